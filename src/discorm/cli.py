@@ -1,0 +1,177 @@
+"""`discorm <command>`: parses argv and calls one function per command.
+
+User errors (DiscoRMError) are printed as one paragraph without a traceback; `--debug` shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+
+from discorm import __version__
+from discorm.errors import DiscoRMError
+
+
+def _cmd_train(args) -> None:
+    from discorm.config import load_args
+    from discorm.train.workflow import run_rm
+
+    results = run_rm(*load_args(args.config, args.overrides, defaults={"do_train": True}))
+    if "eval_accuracy" in results:
+        print(f"held-out accuracy: {results['eval_accuracy']:.4f}")
+
+
+def _cmd_eval(args) -> None:
+    from discorm.config import load_args
+    from discorm.train.workflow import run_rm
+
+    model_args, data_args, training_args, finetuning_args = load_args(args.config, args.overrides)
+    training_args.do_train, training_args.do_eval = False, True
+    results = run_rm(model_args, data_args, training_args, finetuning_args)
+    print(f"accuracy: {results['eval_accuracy']:.4f}  nll: {results['eval_nll']:.4f}  ece: {results['eval_ece']:.4f}")
+
+
+def _cmd_preview(args) -> None:
+    from discorm.config import load_args
+    from discorm.data.preview import preview
+
+    model_args, data_args, training_args, _ = load_args(args.config, args.overrides)
+    print(preview(model_args, data_args, args.n, training_args.seed))
+
+
+def _cmd_pull(args) -> None:
+    from discorm.model.loading import pull_builtin_model
+
+    print(pull_builtin_model(args.name, force=args.force))
+
+
+def _cmd_env(args) -> None:
+    import importlib.metadata as md
+
+    import torch
+
+    lines = [f"discorm {__version__}", f"python {platform.python_version()} ({platform.platform()})"]
+    for package in ("torch", "transformers", "peft", "datasets", "accelerate", "safetensors"):
+        try:
+            lines.append(f"{package} {md.version(package)}")
+        except md.PackageNotFoundError:
+            lines.append(f"{package} not installed")
+    if torch.cuda.is_available():
+        lines.append(f"device: cuda x{torch.cuda.device_count()} ({torch.cuda.get_device_name(0)})")
+    else:
+        lines.append(f"device: cpu ({torch.get_num_threads()} threads)")
+    print("\n".join(lines))
+
+
+def _cmd_keys(args) -> None:
+    from discorm.config import reference_markdown
+
+    print(reference_markdown())
+
+
+def _cmd_score(args) -> None:
+    from discorm.serve.scoring import score_file
+
+    n = score_file(args.model, args.input, args.output, batch_size=args.batch_size, reward_mode=args.reward_mode)
+    print(f"scored {n} rows -> {args.output}")
+
+
+def _cmd_export(args) -> None:
+    from discorm.serve.export import export_sequence_classification
+
+    out = export_sequence_classification(args.run_dir, args.out, merge_lora=args.merge_lora, dtype=args.dtype,
+                                         num_labels=args.num_labels)
+    print(f"exported to {out}")
+
+
+def _cmd_serve(args) -> None:
+    from discorm.serve.server import serve
+
+    serve(args.model, host=args.host, port=args.port, max_batch_size=args.batch_size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="discorm", description="Train and use (distributional) reward models.")
+    parser.add_argument("--version", action="version", version=f"discorm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a reward model: discorm train CONFIG.yaml [key=value ...]")
+    train.add_argument("config")
+    train.add_argument("overrides", nargs="*", help="key=value pairs that override the YAML file")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser("eval", help="evaluate a trained run: discorm eval CONFIG.yaml [key=value ...]")
+    evaluate.add_argument("config")
+    evaluate.add_argument("overrides", nargs="*")
+    evaluate.set_defaults(func=_cmd_eval)
+
+    keys = sub.add_parser("keys", help="print every config key with its default and help")
+    keys.set_defaults(func=_cmd_keys)
+
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    prev = data.add_parser("preview", help="show pairs as the model sees them")
+    prev.add_argument("config")
+    prev.add_argument("overrides", nargs="*")
+    prev.add_argument("--n", type=int, default=3, help="how many pairs to show")
+    prev.set_defaults(func=_cmd_preview)
+
+    models = sub.add_parser("models", help="built-in models").add_subparsers(dest="models_command", required=True)
+    pull = models.add_parser("pull", help="fetch and convert a built-in model into the cache")
+    pull.add_argument("name", nargs="?", default="smollm2-135m-instruct")
+    pull.add_argument("--force", action="store_true", help="convert again even if cached")
+    pull.set_defaults(func=_cmd_pull)
+
+    env = sub.add_parser("env", help="print versions and the device")
+    env.set_defaults(func=_cmd_env)
+
+    score = sub.add_parser("score", help="score rows or pairs with a trained reward model")
+    score.add_argument("model")
+    score.add_argument("--input", required=True)
+    score.add_argument("--output", required=True)
+    score.add_argument("--batch-size", type=int, default=8)
+    score.add_argument("--reward-mode", default=None, choices=["mean", "lower_quantile", "mean_minus_std"])
+    score.set_defaults(func=_cmd_score)
+
+    export = sub.add_parser("export", help="write an AutoModelForSequenceClassification checkpoint")
+    export.add_argument("run_dir")
+    export.add_argument("--out", required=True)
+    export.add_argument("--merge-lora", action="store_true", help="merge LoRA adapters into the weights")
+    export.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    export.add_argument("--num-labels", type=int, default=1, choices=[1, 2],
+                        help="gaussian heads: 2 also exports the log-variance as a second label")
+    export.set_defaults(func=_cmd_export)
+
+    serve = sub.add_parser("serve", help="serve rewards over HTTP")
+    serve.add_argument("model")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--batch-size", type=int, default=16, help="largest micro-batch")
+    serve.set_defaults(func=_cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"] and "--help-keys" in argv:
+        argv = ["keys"]
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="[discorm] %(message)s", level=logging.WARNING)
+    logging.getLogger("discorm").setLevel(logging.INFO)
+    try:
+        args.func(args)
+    except DiscoRMError as err:
+        if args.debug:
+            raise
+        print(f"discorm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("discorm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""The argument dataclasses and how a YAML file plus ``key=value`` overrides become them.
+
+One flat namespace, as in LlamaFactory: every key of every dataclass may appear at the top level of the YAML file
+or on the command line; ``transformers.HfArgumentParser`` routes each key to its dataclass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import transformers
+import yaml
+
+from discorm.errors import ConfigError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+FINETUNING_TYPES = ("full", "lora", "freeze")
+HEADS = ("scalar", "gaussian", "categorical")
+POOLINGS = ("last", "first", "mean")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+REWARD_MODES = ("mean", "lower_quantile", "mean_minus_std")
+FORMATTINGS = ("auto", "explicit", "implicit", "alpaca", "sharegpt")
+
+
+def check_choice(key: str, value: Any, allowed: tuple) -> None:
+    """Raise a ConfigError naming the key, the bad value and the allowed values."""
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not valid; allowed values: {', '.join(map(str, allowed))}.")
+
+
+def check_range(key: str, value: float | None, low: float | None = None, high: float | None = None) -> None:
+    if value is None:
+        return
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ConfigError(f"{key}={value!r} is out of range; it must lie in {bounds}.")
+
+
+@dataclass
+class ModelArguments:
+    """Which backbone and tokenizer to load, and how."""
+
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL,
+        metadata={
+            "help": f"Backbone: '{DEFAULT_MODEL}' (built-in, fetched and cached on first use), a local model "
+            "directory, a DiscoRM run directory, or a Hugging Face Hub id."
+        },
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to use when it differs from model_name_or_path."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow model code from the Hub to run. Off unless you trust the source."}
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Weight dtype: auto (float32 on CPU, the checkpoint's dtype on GPU), float32, bfloat16, float16."
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Attention kernel (sdpa, eager, flash_attention_2, ...); default: sdpa when available."},
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
+
+    def __post_init__(self):
+        check_choice("dtype", self.dtype, DTYPES)
+
+
+@dataclass
+class DataArguments:
+    """Which preference data to read and how to turn it into token sequences."""
+
+    dataset: str | None = field(
+        default="demo",
+        metadata={
+            "help": "Training data: 'demo' (built-in), a file or folder (jsonl/json/parquet/csv), a name in "
+            "dataset_dir/dataset_info.json, or a Hub id; several joined by commas."
+        },
+    )
+    eval_dataset: str | None = field(
+        default=None, metadata={"help": "Evaluation data, same forms as `dataset`; default: the val_size split."}
+    )
+    dataset_dir: str = field(
+        default="data", metadata={"help": "Folder holding a LlamaFactory-style dataset_info.json and data files."}
+    )
+    formatting: str = field(
+        default="auto",
+        metadata={"help": "Input format: auto (detected from the columns), explicit, implicit, alpaca, sharegpt."},
+    )
+    template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Chat template: default the tokenizer's own; built-ins: chatml, llama3, qwen, raw (plain "
+            "concatenation)."
+        },
+    )
+    cutoff_len: int = field(
+        default=1024,
+        metadata={"help": "Max tokens of prompt + response; the prompt is cut first (oldest turns), ends are kept."},
+    )
+    val_size: float = field(
+        default=0.0,
+        metadata={"help": "Held-out share (0 < x < 1) or count (x >= 1) of pairs, split with `seed`."},
+    )
+    max_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many pairs from each data set (for quick runs)."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
+    )
+    strict_data: bool = field(
+        default=False, metadata={"help": "Turn skippable data problems (empty response, identical pair) into errors."}
+    )
+    margin_column: str = field(
+        default="margin", metadata={"help": "Column with a per-pair margin for the loss, used when present."}
+    )
+    soft_label_column: str = field(
+        default="soft_label",
+        metadata={"help": "Column with the fraction of annotators preferring `chosen`, used when present."},
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize even if a cached copy exists."})
+    pad_to_multiple_of: int | None = field(
+        default=None, metadata={"help": "Pad padded batches to a multiple of this (e.g. 8 for tensor cores)."}
+    )
+    prefix_sharing: bool = field(
+        default=True,
+        metadata={
+            "help": "Run each pair as one sequence [prompt | chosen | rejected] so the prompt is computed once "
+            "(exact; decoder models only, falls back with a warning elsewhere)."
+        },
+    )
+    packing: bool = field(
+        default=True,
+        metadata={"help": "Pack the pairs of a batch into one row with no padding (exact; decoder models only)."},
+    )
+    group_by_length: bool = field(
+        default=False, metadata={"help": "Padded path only: batch pairs of similar length to cut padding."}
+    )
+
+    def __post_init__(self):
+        check_choice("formatting", self.formatting, FORMATTINGS)
+        check_range("cutoff_len", self.cutoff_len, low=8)
+        check_range("val_size", self.val_size, low=0)
+        check_range("max_samples", self.max_samples, low=1)
+
+    @property
+    def uses_packed_batches(self) -> bool:
+        return self.packing or self.prefix_sharing
+
+
+@dataclass
+class FinetuningArguments:
+    """Which parameters train, which head sits on the backbone, and the pairwise loss."""
+
+    finetuning_type: str = field(
+        default="lora", metadata={"help": "full (all weights), lora (PEFT adapters), freeze (last N blocks)."}
+    )
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
+    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha; default 2 * lora_rank."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target: str = field(
+        default="all",
+        metadata={"help": "Comma-separated module names for LoRA, or 'all' for every linear layer of the backbone."},
+    )
+    freeze_trainable_layers: int = field(
+        default=2, metadata={"help": "freeze: how many of the last transformer blocks train (the head always does)."}
+    )
+    head: str = field(
+        default="scalar",
+        metadata={"help": "Reward head: scalar, gaussian (mean + variance), categorical (distribution over atoms)."},
+    )
+    disco: bool = field(default=False, metadata={"help": "Shorthand for head: gaussian."})
+    pooling: str = field(
+        default="last",
+        metadata={"help": "Token whose hidden state is scored: last (last real token), first (BERT-style), mean."},
+    )
+    num_atoms: int = field(default=11, metadata={"help": "categorical: number of reward atoms."})
+    atom_range: float = field(
+        default=5.0, metadata={"help": "categorical: atoms are evenly spaced on [-atom_range, atom_range]."}
+    )
+    variance_penalty: float = field(
+        default=0.0, metadata={"help": "gaussian: adds variance_penalty * mean(var_chosen + var_rejected)."}
+    )
+    entropy_coef: float = field(
+        default=0.0,
+        metadata={"help": "categorical: subtracts entropy_coef * entropy of the batch-mean distribution."},
+    )
+    center_rewards_coefficient: float | None = field(
+        default=None, metadata={"help": "Adds coef * mean((r_chosen + r_rejected)^2) to keep rewards centred."}
+    )
+    reward_mode: str = field(
+        default="mean",
+        metadata={
+            "help": "Scalar reward from a distributional head: mean, lower_quantile (alpha-quantile), "
+            "mean_minus_std (mean - k * std)."
+        },
+    )
+    reward_alpha: float = field(default=0.1, metadata={"help": "lower_quantile: the quantile level alpha."})
+    reward_k: float = field(default=1.0, metadata={"help": "mean_minus_std: the number of standard deviations k."})
+    temperature_scaling: bool = field(
+        default=False,
+        metadata={"help": "scalar: fit a temperature on the validation split before reporting calibration."},
+    )
+
+    def __post_init__(self):
+        if self.disco:
+            self.head = "gaussian"
+        check_choice("finetuning_type", self.finetuning_type, FINETUNING_TYPES)
+        check_choice("head", self.head, HEADS)
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("reward_mode", self.reward_mode, REWARD_MODES)
+        check_range("lora_rank", self.lora_rank, low=1)
+        check_range("lora_dropout", self.lora_dropout, low=0, high=1)
+        check_range("freeze_trainable_layers", self.freeze_trainable_layers, low=0)
+        check_range("num_atoms", self.num_atoms, low=2)
+        check_range("reward_alpha", self.reward_alpha, low=1e-6, high=1 - 1e-6)
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_rank
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    """``transformers.TrainingArguments`` with defaults that suit reward models."""
+
+    output_dir: str | None = field(default="saves/discorm", metadata={"help": "Where checkpoints and logs go."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the pairwise collator needs every tokenized column."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Pairs per device per step."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Pairs per device per eval step."})
+
+
+ARG_CLASSES = (ModelArguments, DataArguments, TrainingArguments, FinetuningArguments)
+Args = tuple[ModelArguments, DataArguments, TrainingArguments, FinetuningArguments]
+
+
+def _known_keys() -> dict[str, Any]:
+    """Every accepted key and its type annotation."""
+    keys = {}
+    for cls in ARG_CLASSES:
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            if f.init:
+                keys[f.name] = hints.get(f.name, f.type)
+    return keys
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Turn command-line strings (and YAML's `1e-5`, which YAML reads as a string) into the field's type."""
+    types = typing.get_args(annotation) or (annotation,)
+    if not isinstance(value, str) or str in types:
+        if isinstance(value, int) and not isinstance(value, bool) and float in types and int not in types:
+            return float(value)
+        return value
+    if value.lower() in ("none", "null", "~") and type(None) in types:
+        return None
+    if bool in types:
+        if value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{key}={value!r} is not a boolean; use true or false.")
+    for number in (int, float):
+        if number in types:
+            try:
+                return number(value)
+            except ValueError:
+                if number is int and float in types:
+                    continue
+                raise ConfigError(f"{key}={value!r} is not a valid {number.__name__}.") from None
+    return value
+
+
+def _read_yaml(path: str) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file (see examples/).")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise ConfigError(f"{where}: invalid YAML ({getattr(err, 'problem', err)}); fix the syntax there.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value pairs, got a {type(data).__name__}.")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`key=value` strings from the command line -> dict (values stay strings; typed later)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. learning_rate=1e-5).")
+        out[key.strip().lstrip("-").replace("-", "_")] = value
+    return out
+
+
+def load_args(
+    config: str | dict | None = None, overrides: list[str] | dict | None = None, defaults: dict | None = None
+) -> Args:
+    """Build the four argument dataclasses from defaults, then a YAML file (or dict), then overrides."""
+    values = dict(defaults or {})
+    values.update(_read_yaml(config) if isinstance(config, (str, os.PathLike)) else (config or {}))
+    values.update(parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {}))
+    known = _known_keys()
+    unknown = [key for key in values if key not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hints.append(f"{key!r}" + (f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""))
+        source = f" in {config}" if isinstance(config, str) else ""
+        raise ConfigError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''}{source}: {', '.join(hints)}. "
+            "Run `discorm train --help-keys` for the full list."
+        )
+    typed = {key: _coerce(key, value, known[key]) for key, value in values.items()}
+    parser = transformers.HfArgumentParser(ARG_CLASSES)
+    try:
+        model_args, data_args, training_args, finetuning_args = parser.parse_dict(typed)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"invalid configuration: {err}") from None
+    return model_args, data_args, training_args, finetuning_args
+
+
+def reference_markdown() -> str:
+    """The config reference (every DiscoRM key with its default and help), as a Markdown table per section."""
+    lines = []
+    for cls in (ModelArguments, DataArguments, FinetuningArguments, TrainingArguments):
+        lines += [f"### `{cls.__name__}`", "", "| key | default | meaning |", "| --- | --- | --- |"]
+        for f in fields(cls):
+            if cls is TrainingArguments and f.name not in TrainingArguments.__annotations__:
+                continue
+            help_text = f.metadata.get("help", "").replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| `{f.name}` | `{f.default!r}` | {help_text} |")
+        if cls is TrainingArguments:
+            lines.append("| ... | | every other `transformers.TrainingArguments` key (learning_rate, num_train_epochs, ...) |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Batches of tokenized pairs -> model inputs.
+
+- ``PairwiseDataCollatorWithPadding``: the plain path. Chosen then rejected stacked on the batch dimension,
+  ``input_ids``/``attention_mask`` of shape (2B, L), padded to the longest.
+- ``PackedPairCollator``: the fast path. All pairs of the batch in one row (1, N) with no padding; with prefix
+  sharing each pair is one block ``[prompt | chosen | rejected]``, without it each sequence is its own block.
+  ``score_index`` (2B,) points at the last token of every chosen then every rejected sequence, so the model's
+  output has the same layout as the padded path. See ``model/packed.py`` for the attention.
+
+Both carry ``margin`` (B,) and ``soft_label`` (B,) when the data has them (missing values: margin 0, label 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from discorm.model.packed import block_positions
+
+
+def _pair_extras(features: list[dict]) -> dict:
+    extras = {}
+    for key, missing in (("margin", 0.0), ("soft_label", 1.0)):
+        values = [f.get(key) for f in features]
+        if any(v is not None for v in values):
+            extras[key] = torch.tensor([missing if v is None else v for v in values], dtype=torch.float32)
+    return extras
+
+
+@dataclass
+class PairwiseDataCollatorWithPadding:
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+    padding_side: str = "right"
+
+    def __call__(self, features: list[dict]) -> dict:
+        seqs = [f["prompt_ids"] + f["chosen_ids"] for f in features]
+        seqs += [f["prompt_ids"] + f["rejected_ids"] for f in features]
+        length = max(len(s) for s in seqs)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(seqs), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            span = slice(0, len(seq)) if self.padding_side == "right" else slice(length - len(seq), length)
+            input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, span] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, **_pair_extras(features)}
+
+
+@dataclass
+class PackedPairCollator:
+    prefix_sharing: bool = True
+
+    def __call__(self, features: list[dict]) -> dict:
+        tokens, blocks, chosen_end, rejected_end = [], [], [], []
+        for f in features:
+            prompt, chosen, rejected = f["prompt_ids"], f["chosen_ids"], f["rejected_ids"]
+            start = len(tokens)
+            if self.prefix_sharing:
+                tokens += prompt + chosen + rejected
+                blocks.append((start, len(prompt), len(chosen), len(rejected)))
+                chosen_end.append(start + len(prompt) + len(chosen) - 1)
+                rejected_end.append(len(tokens) - 1)
+            else:
+                tokens += prompt + chosen
+                blocks.append((start, 0, len(prompt) + len(chosen), 0))
+                chosen_end.append(len(tokens) - 1)
+                second = len(tokens)
+                tokens += prompt + rejected
+                blocks.append((second, 0, len(prompt) + len(rejected), 0))
+                rejected_end.append(len(tokens) - 1)
+        return {
+            "input_ids": torch.tensor([tokens], dtype=torch.long),  # (1, N)
+            "position_ids": block_positions(blocks).unsqueeze(0),  # (1, N)
+            "pair_blocks": torch.tensor(blocks, dtype=torch.long),  # (num_blocks, 4)
+            "score_index": torch.tensor(chosen_end + rejected_end, dtype=torch.long),  # (2B,)
+            **_pair_extras(features),
+        }

@@ -1,0 +1,110 @@
+"""The built-in demo data set: preference pairs whose preferred answer is objectively better.
+
+Four kinds of pairs, generated deterministically (no download): a correct vs an incorrect arithmetic answer, an
+answer that follows an explicit format instruction vs one that breaks it, an on-topic vs an off-topic reply, and a
+direct answer vs an evasive one. The train and test splits use disjoint numbers, facts and topics, so held-out
+accuracy measures generalisation, not memory.
+"""
+
+from __future__ import annotations
+
+import random
+
+TOPICS = {
+    "volcanoes": "Volcanoes form where molten rock, called magma, rises through the crust and erupts as lava.",
+    "bees": "Bees collect nectar from flowers and turn it into honey, pollinating plants along the way.",
+    "the moon": "The Moon orbits the Earth about once every 27 days and its gravity drives the ocean tides.",
+    "photosynthesis": "In photosynthesis plants use sunlight, water and carbon dioxide to make sugar and oxygen.",
+    "glaciers": "Glaciers are slow rivers of ice that form where more snow falls than melts each year.",
+    "the heart": "The heart is a muscle that pumps blood through the body, delivering oxygen to every organ.",
+    "rainbows": "A rainbow appears when sunlight is refracted and reflected inside raindrops, splitting the colours.",
+    "bread": "Bread is made from flour, water and yeast; the yeast produces gas that makes the dough rise.",
+    "earthquakes": "Earthquakes happen when tectonic plates slip past each other and release stored energy.",
+    "penguins": "Penguins are flightless seabirds that use their wings as flippers to swim after fish.",
+    "electricity": "Electricity is the flow of electric charge, usually electrons moving through a conductor.",
+    "deserts": "Deserts receive very little rain, and their plants store water to survive long dry spells.",
+    "chess": "Chess is a strategy game for two players in which each side tries to checkmate the other king.",
+    "vaccines": "Vaccines train the immune system to recognise a germ so the body can fight it off quickly.",
+    "tea": "Tea is brewed from the dried leaves of the Camellia sinensis plant steeped in hot water.",
+    "the ocean": "The ocean covers about seventy percent of the Earth and holds most of its water.",
+    "bicycles": "A bicycle turns the push of the rider's legs on the pedals into motion through a chain.",
+    "owls": "Owls are nocturnal birds of prey with silent flight and excellent hearing for hunting at night.",
+    "comets": "Comets are balls of ice and dust that grow glowing tails when they pass close to the Sun.",
+    "coffee": "Coffee is brewed from roasted coffee beans, and its caffeine helps people feel more alert.",
+}
+CAPITALS = {
+    "France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid", "Germany": "Berlin",
+    "Egypt": "Cairo", "Canada": "Ottawa", "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo",
+    "Greece": "Athens", "Cuba": "Havana", "Chile": "Santiago", "Poland": "Warsaw", "Ireland": "Dublin",
+    "Portugal": "Lisbon", "Austria": "Vienna", "Thailand": "Bangkok", "Sweden": "Stockholm", "Russia": "Moscow",
+}
+EVASIONS = [
+    "I'd rather not get into that right now.",
+    "That is a complicated question and I cannot really say.",
+    "Why do you want to know? Let's talk about something else.",
+    "I am not sure anyone can answer that.",
+    "You should probably look that up yourself.",
+]
+
+
+def _arithmetic(rng: random.Random, numbers: range) -> dict:
+    a, b = rng.choice(numbers), rng.choice(numbers)
+    op = rng.choice(["+", "-", "*"])
+    value = {"+": a + b, "-": a - b, "*": a * b}[op]
+    wrong = value + rng.choice([-3, -2, -1, 1, 2, 3, 10, -10])
+    prompt = rng.choice(["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Please calculate {a} {op} {b}."])
+    answer = rng.choice(["{a} {op} {b} = {v}.", "The answer is {v}.", "{v}"])
+    fill = {"a": a, "op": op, "b": b}
+    return {
+        "prompt": prompt.format(**fill),
+        "chosen": answer.format(v=value, **fill),
+        "rejected": answer.format(v=wrong, **fill),
+    }
+
+
+def _format(rng: random.Random, countries: list[str]) -> dict:
+    country = rng.choice(countries)
+    capital = CAPITALS[country]
+    sentence = f"The capital of {country} is {capital}."
+    kind = rng.choice(["upper", "one_word", "lower", "list"])
+    if kind == "upper":
+        prompt, good, bad = f"Answer in capital letters only: what is the capital of {country}?", sentence.upper(), sentence
+    elif kind == "one_word":
+        prompt = f"Reply with one word only. What is the capital of {country}?"
+        good, bad = capital, f"{sentence} It is a large city with a long history and many famous sights."
+    elif kind == "lower":
+        prompt, good, bad = f"Answer in lowercase letters only: what is the capital of {country}?", sentence.lower(), sentence.upper()
+    else:
+        prompt = f"Name the capital of {country} and two of its neighbours as a bulleted list."
+        good, bad = f"- {capital}\n- a neighbouring country\n- another neighbour", f"{capital}, and some neighbours."
+    return {"prompt": prompt, "chosen": good, "rejected": bad}
+
+
+def _topic(rng: random.Random, topics: list[str]) -> dict:
+    topic, other = rng.sample(topics, 2)
+    prompt = rng.choice(["Tell me about {t}.", "Can you explain {t} briefly?", "What should I know about {t}?"])
+    return {"prompt": prompt.format(t=topic), "chosen": TOPICS[topic], "rejected": TOPICS[other]}
+
+
+def _direct(rng: random.Random, topics: list[str]) -> dict:
+    topic = rng.choice(topics)
+    prompt = rng.choice(["Explain {t} in one sentence.", "Give me one fact about {t}."])
+    return {"prompt": prompt.format(t=topic), "chosen": TOPICS[topic], "rejected": rng.choice(EVASIONS)}
+
+
+def rows(split: str = "train", seed: int = 0) -> list[dict]:
+    """The demo pairs of one split ("train": 400 pairs, "test": 100), in a fixed order."""
+    topics, countries = sorted(TOPICS), sorted(CAPITALS)
+    if split == "train":
+        rng, count, numbers, topics, countries = random.Random(seed), 400, range(2, 50), topics[:14], countries[:14]
+    elif split == "test":
+        rng, count, numbers, topics, countries = random.Random(seed + 1), 100, range(50, 99), topics[14:], countries[14:]
+    else:
+        raise ValueError(f"demo split must be 'train' or 'test', got {split!r}")
+    makers = [
+        lambda: _arithmetic(rng, numbers),
+        lambda: _format(rng, countries),
+        lambda: _topic(rng, topics),
+        lambda: _direct(rng, topics),
+    ]
+    return [makers[i % len(makers)]() for i in range(count)]

@@ -1,0 +1,239 @@
+"""Input formats -> one canonical ``Pair`` record.
+
+Detected from the columns (``formatting: auto``) or chosen explicitly:
+
+- explicit: ``prompt``, ``chosen``, ``rejected`` as strings or lists of chat messages, optional ``system``;
+- implicit: only ``chosen`` and ``rejected``, each a whole dialogue (HH-RLHF ``\\n\\nHuman: ... \\n\\nAssistant:``
+  text, or message lists); the shared prompt is split off at the last turn boundary both share;
+- alpaca / sharegpt: LlamaFactory ranking data sets (``dataset_info.json``), with its column mapping and tags.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from discorm.errors import DataError
+
+Message = dict  # {"role": "system" | "user" | "assistant" | "tool", "content": str}
+
+LLAMAFACTORY_COLUMNS = {
+    "alpaca": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected",
+               "system": "system", "history": "history"},
+    "sharegpt": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected", "system": "system"},
+}
+LLAMAFACTORY_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                     "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
+ACCEPTED_FORMATS = (
+    "explicit (prompt, chosen, rejected[, system]); implicit (chosen, rejected as whole dialogues); "
+    "alpaca ranking (instruction, input, chosen, rejected) and sharegpt ranking (conversations, chosen, rejected) "
+    "through a dataset_info.json"
+)
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+
+
+class SkipPair(Exception):
+    """A row that is well-formed but unusable; counted under ``reason`` (or an error with strict_data)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass
+class Pair:
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
+    margin: float | None = None
+    soft_label: float | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class FormatSpec:
+    """How to read the rows of one source: the format, the column mapping and (sharegpt) the role tags."""
+
+    name: str
+    columns: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)
+    margin_column: str = "margin"
+    soft_label_column: str = "soft_label"
+
+    def column(self, key: str) -> str:
+        return self.columns.get(key) or LLAMAFACTORY_COLUMNS.get(self.name, {}).get(key) or key
+
+
+def detect_format(columns: list[str], where: str) -> str:
+    present = set(columns)
+    if {"chosen", "rejected"} <= present:
+        return "explicit" if "prompt" in present else "implicit"
+    if {"conversations", "chosen", "rejected"} <= present or {"messages", "chosen", "rejected"} <= present:
+        return "sharegpt"
+    raise DataError(
+        f"{where}: cannot tell the data format from the columns {sorted(present)}. Accepted formats: "
+        f"{ACCEPTED_FORMATS}. Rename the columns, or map them in a dataset_info.json entry."
+    )
+
+
+def _expect(value, types, column: str, where: str):
+    if not isinstance(value, types):
+        names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise DataError(
+            f"{where}: column {column!r} should be {names}, found {type(value).__name__} ({str(value)[:60]!r}). "
+            "Fix that row or drop it."
+        )
+    return value
+
+
+def _messages(value, column: str, where: str, default_role: str) -> list[Message]:
+    """A string, one message dict, or a list of message dicts -> a list of {"role", "content"} messages."""
+    _expect(value, (str, list, dict), column, where)
+    if isinstance(value, str):
+        return [{"role": default_role, "content": value}]
+    items = [value] if isinstance(value, dict) else value
+    messages = []
+    for item in items:
+        _expect(item, dict, column, where)
+        if "role" not in item or "content" not in item:
+            raise DataError(
+                f"{where}: messages in column {column!r} need 'role' and 'content' keys, found {sorted(item)}."
+            )
+        _expect(item["content"], str, f"{column}[].content", where)
+        messages.append({"role": item["role"], "content": item["content"]})
+    return messages
+
+
+def parse_hh(text: str) -> list[Message]:
+    """'\\n\\nHuman: a\\n\\nAssistant: b' -> [{"role": "user", ...}, {"role": "assistant", ...}]."""
+    parts = _HH_TURN.split(text)
+    messages = []
+    for role, content in zip(parts[1::2], parts[2::2]):
+        messages.append({"role": "user" if role == "Human" else "assistant", "content": content.strip()})
+    return messages
+
+
+def split_shared_prompt(chosen: list[Message], rejected: list[Message]) -> tuple[list, list, list]:
+    """The longest common run of whole messages is the prompt; the rest of each dialogue is its response."""
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    # Both responses must be non-empty and start at an assistant turn (rendered after the generation prompt).
+    while shared > 0 and (
+        shared == len(chosen) or shared == len(rejected) or chosen[shared]["role"] != "assistant"
+    ):
+        shared -= 1
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def _with_system(prompt: list[Message], system) -> list[Message]:
+    if system and not (prompt and prompt[0]["role"] == "system"):
+        return [{"role": "system", "content": system}, *prompt]
+    return prompt
+
+
+def _explicit(row: dict, spec: FormatSpec, where: str):
+    prompt = _messages(row[spec.column("prompt")], "prompt", where, "user")
+    chosen = _messages(row[spec.column("chosen")], "chosen", where, "assistant")
+    rejected = _messages(row[spec.column("rejected")], "rejected", where, "assistant")
+    system = row.get(spec.column("system"))
+    if system is not None:
+        _expect(system, str, "system", where)
+    return _with_system(prompt, system), chosen, rejected
+
+
+def _implicit(row: dict, spec: FormatSpec, where: str):
+    chosen, rejected = row[spec.column("chosen")], row[spec.column("rejected")]
+    _expect(chosen, (str, list), "chosen", where)
+    _expect(rejected, (str, list), "rejected", where)
+    if isinstance(chosen, str) != isinstance(rejected, str):
+        raise DataError(f"{where}: 'chosen' and 'rejected' must both be text or both be message lists.")
+    if isinstance(chosen, str):
+        if _HH_TURN.search(chosen) and _HH_TURN.search(rejected):
+            chosen, rejected = parse_hh(chosen), parse_hh(rejected)
+            if not chosen or not rejected:
+                raise SkipPair("malformed", f"{where}: no Human/Assistant turns found")
+        else:
+            return [], [{"role": "assistant", "content": chosen}], [{"role": "assistant", "content": rejected}]
+    else:
+        chosen = _messages(chosen, "chosen", where, "assistant")
+        rejected = _messages(rejected, "rejected", where, "assistant")
+    return split_shared_prompt(chosen, rejected)
+
+
+def _alpaca(row: dict, spec: FormatSpec, where: str):
+    instruction = _expect(row.get(spec.column("prompt")) or "", str, spec.column("prompt"), where)
+    query = _expect(row.get(spec.column("query")) or "", str, spec.column("query"), where)
+    prompt = []
+    for turn in row.get(spec.column("history")) or []:
+        _expect(turn, list, spec.column("history"), where)
+        prompt += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
+    prompt.append({"role": "user", "content": "\n".join(t for t in (instruction, query) if t)})
+    chosen = _expect(row.get(spec.column("chosen")), str, spec.column("chosen"), where)
+    rejected = _expect(row.get(spec.column("rejected")), str, spec.column("rejected"), where)
+    return (
+        _with_system(prompt, row.get(spec.column("system"))),
+        [{"role": "assistant", "content": chosen}],
+        [{"role": "assistant", "content": rejected}],
+    )
+
+
+def _sharegpt(row: dict, spec: FormatSpec, where: str):
+    tags = {**LLAMAFACTORY_TAGS, **spec.tags}
+    roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["observation_tag"]: "tool",
+             tags["function_tag"]: "assistant", tags["system_tag"]: "system"}
+
+    def convert(message, column):
+        _expect(message, dict, column, where)
+        role, content = message.get(tags["role_tag"]), message.get(tags["content_tag"])
+        if role not in roles:
+            raise DataError(f"{where}: column {column!r} has role {role!r}; the tags allow {sorted(roles)}.")
+        return {"role": roles[role], "content": _expect(content, str, column, where)}
+
+    column = spec.column("messages")
+    messages = [convert(m, column) for m in _expect(row.get(column), list, column, where)]
+    chosen = convert(row.get(spec.column("chosen")), spec.column("chosen"))
+    rejected = convert(row.get(spec.column("rejected")), spec.column("rejected"))
+    return _with_system(messages, row.get(spec.column("system"))), [chosen], [rejected]
+
+
+_CONVERTERS = {"explicit": _explicit, "implicit": _implicit, "alpaca": _alpaca, "sharegpt": _sharegpt}
+_REQUIRED = {"explicit": ("prompt", "chosen", "rejected"), "implicit": ("chosen", "rejected"),
+             "alpaca": ("prompt", "chosen", "rejected"), "sharegpt": ("messages", "chosen", "rejected")}
+
+
+def check_columns(columns: list[str], spec: FormatSpec, where: str) -> None:
+    missing = [spec.column(key) for key in _REQUIRED[spec.name] if spec.column(key) not in columns]
+    if missing:
+        raise DataError(
+            f"{where}: missing column(s) {missing} for the {spec.name} format; columns found: {sorted(columns)}. "
+            f"Accepted formats: {ACCEPTED_FORMATS}."
+        )
+
+
+def _optional_number(row: dict, column: str, where: str, low=None, high=None) -> float | None:
+    value = row.get(column)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"{where}: column {column!r} should be a number, found {type(value).__name__} ({value!r}).")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise DataError(f"{where}: column {column!r}={value} is outside [{low}, {high}].")
+    return float(value)
+
+
+def to_pair(row: dict, spec: FormatSpec, where: str) -> Pair:
+    """Convert one row; raises DataError for wrong types, SkipPair for unusable but well-formed rows."""
+    prompt, chosen, rejected = _CONVERTERS[spec.name](row, spec, where)
+    if not any(m["content"].strip() for m in chosen) or not any(m["content"].strip() for m in rejected):
+        raise SkipPair("empty response", f"{where}: empty chosen or rejected response")
+    if chosen == rejected:
+        raise SkipPair("identical chosen/rejected", f"{where}: chosen and rejected are identical")
+    return Pair(
+        prompt=prompt,
+        chosen=chosen,
+        rejected=rejected,
+        margin=_optional_number(row, spec.margin_column, where),
+        soft_label=_optional_number(row, spec.soft_label_column, where, 0.0, 1.0),
+        meta={"source": where},
+    )

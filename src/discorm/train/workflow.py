@@ -1,0 +1,131 @@
+"""``run_rm``: the reward-model recipe, top to bottom.
+
+args -> tokenizer -> pairwise data -> model (backbone + head) -> collator -> PairwiseTrainer
+-> train / evaluate / predict -> run directory (weights, logs, plots, metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+
+from discorm.config import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
+from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding
+from discorm.data.loader import build_datasets
+from discorm.model.loading import load_tokenizer
+from discorm.model.reward_model import RewardModel
+from discorm.train.callbacks import JsonlLogCallback, plot_calibration, plot_training
+from discorm.train.metrics import fit_temperature, pairwise_metrics, reliability_bins
+from discorm.train.trainer import PairwiseTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def make_collator(model: RewardModel, data_args: DataArguments, tokenizer):
+    """The packed, prefix-shared collator where the model runs it exactly; the padded one otherwise."""
+    if data_args.uses_packed_batches and model.supports_packing:
+        return PackedPairCollator(prefix_sharing=data_args.prefix_sharing)
+    return PairwiseDataCollatorWithPadding(tokenizer.pad_token_id, data_args.pad_to_multiple_of)
+
+
+def _metrics_fn(model: RewardModel, finetuning_args: FinetuningArguments):
+    def compute_metrics(prediction) -> dict:
+        params = torch.as_tensor(prediction.predictions)  # (B, 2, K)
+        target = torch.as_tensor(prediction.label_ids)
+        return pairwise_metrics(model.head, params[:, 0], params[:, 1], target,
+                                temperature=model.info.get("temperature", 1.0))
+
+    return compute_metrics
+
+
+def _write_predictions(trainer: PairwiseTrainer, dataset, output_dir: str, prefix: str = "predict") -> dict:
+    """predictions.jsonl (index, chosen/rejected score, correct, P(chosen preferred)) + <prefix> metrics."""
+    model = trainer.reward_model
+    output = trainer.predict(dataset, metric_key_prefix=prefix)
+    params = torch.as_tensor(output.predictions)
+    pc, pr = params[:, 0], params[:, 1]
+    chosen, rejected = model.reward(pc), model.reward(pr)
+    prob = model.head.prob_pair(pc, pr)
+    with open(Path(output_dir, "predictions.jsonl"), "w") as handle:
+        for i in range(len(chosen)):
+            record = {"index": i, "chosen_score": float(chosen[i]), "rejected_score": float(rejected[i]),
+                      "correct": bool(chosen[i] > rejected[i]), "p_chosen": float(prob[i])}
+            if model.head.kind != "scalar":
+                record["chosen_sigma"] = float(model.head.std(pc[i : i + 1])[0])
+                record["rejected_sigma"] = float(model.head.std(pr[i : i + 1])[0])
+            handle.write(json.dumps(record) + "\n")
+    target = torch.as_tensor(output.label_ids).double().numpy()
+    plot_calibration(reliability_bins(prob.double().numpy(), target), output_dir,
+                     f"Reliability ({model.head.kind} head)")
+    return output.metrics
+
+
+def run_rm(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    finetuning_args: FinetuningArguments,
+    callbacks: list | None = None,
+) -> dict:
+    """Train and/or evaluate a reward model; returns the final metrics (also written to the output dir)."""
+    set_seed(training_args.seed)
+    if training_args.do_train:  # data first: a bad data file fails before the model loads
+        tokenizer = load_tokenizer(model_args)
+        train_set, eval_set, summaries = build_datasets(data_args, tokenizer, training_args.seed)
+        model = RewardModel.for_training(model_args, finetuning_args, tokenizer)
+    else:  # evaluate a trained run with the template it was trained with
+        model = RewardModel.from_pretrained(model_args.model_name_or_path, model_args=model_args)
+        tokenizer = model.tokenizer or load_tokenizer(model_args)
+        data_args.template = data_args.template or model.info.get("template")
+        train_set, eval_set, summaries = build_datasets(data_args, tokenizer, training_args.seed, need_train=False)
+    model.info.update(template=data_args.template, cutoff_len=data_args.cutoff_len)
+    collator = make_collator(model, data_args, tokenizer)
+    logger.info("batches: %s", type(collator).__name__)
+
+    trainer = PairwiseTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set if training_args.do_train else None,
+        eval_dataset=eval_set,
+        data_collator=collator,
+        compute_metrics=_metrics_fn(model, finetuning_args),
+        callbacks=[JsonlLogCallback(), *(callbacks or [])],
+        finetuning_args=finetuning_args,
+    )
+    output_dir = training_args.output_dir
+    results: dict = {"data": summaries}
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.save_state()
+        trainer.save_metrics("train", train_result.metrics)
+        results.update(train_result.metrics)
+        if trainer.is_world_process_zero():
+            plot_training(trainer.state.log_history, output_dir)
+
+    if eval_set is not None and (training_args.do_eval or training_args.do_predict or training_args.do_train):
+        if finetuning_args.temperature_scaling and model.head.kind == "scalar":
+            _fit_temperature(trainer, eval_set, model)
+        metrics = _write_predictions(trainer, eval_set, output_dir, prefix="eval")
+        trainer.save_metrics("eval", metrics)
+        if trainer.is_world_process_zero():
+            plot_training(trainer.state.log_history + [{"step": trainer.state.global_step, **metrics}], output_dir)
+            Path(output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        results.update(metrics)
+        logger.info("held-out accuracy: %.4f on %d pairs", metrics["eval_accuracy"], len(eval_set))
+    return results
+
+
+def _fit_temperature(trainer: PairwiseTrainer, eval_set, model: RewardModel) -> None:
+    """Fit the scalar head's temperature on the held-out pairs (stored in discorm_config.json)."""
+    output = trainer.predict(eval_set, metric_key_prefix="uncalibrated")
+    params = torch.as_tensor(output.predictions)
+    diff = (params[:, 0, 0] - params[:, 1, 0]).double().numpy()
+    model.info["temperature"] = fit_temperature(diff, torch.as_tensor(output.label_ids).double().numpy())
+    logger.info("temperature scaling: T = %.3f", model.info["temperature"])
+    if trainer.is_world_process_zero():
+        model.save_pretrained(trainer.args.output_dir)
