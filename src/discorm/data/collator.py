@@ -71,10 +71,10 @@ class PackedPairCollator:
                 tokens += prompt + rejected
                 blocks.append((second, 0, len(prompt) + len(rejected), 0))
                 rejected_end.append(len(tokens) - 1)
-        return {
+        return {  # score_index first: the Trainer reads the batch size off the first tensor
+            "score_index": torch.tensor(chosen_end + rejected_end, dtype=torch.long),  # (2B,)
             "input_ids": torch.tensor([tokens], dtype=torch.long),  # (1, N)
             "position_ids": block_positions(blocks).unsqueeze(0),  # (1, N)
             "pair_blocks": torch.tensor(blocks, dtype=torch.long),  # (num_blocks, 4)
-            "score_index": torch.tensor(chosen_end + rejected_end, dtype=torch.long),  # (2B,)
             **_pair_extras(features),
         }

@@ -67,9 +67,11 @@ class FormatSpec:
 def detect_format(columns: list[str], where: str) -> str:
     present = set(columns)
     if {"chosen", "rejected"} <= present:
-        return "explicit" if "prompt" in present else "implicit"
-    if {"conversations", "chosen", "rejected"} <= present or {"messages", "chosen", "rejected"} <= present:
-        return "sharegpt"
+        if "prompt" in present:
+            return "explicit"
+        if "instruction" in present:
+            return "alpaca"
+        return "sharegpt" if "conversations" in present else "implicit"
     raise DataError(
         f"{where}: cannot tell the data format from the columns {sorted(present)}. Accepted formats: "
         f"{ACCEPTED_FORMATS}. Rename the columns, or map them in a dataset_info.json entry."

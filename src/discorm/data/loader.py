@@ -145,7 +145,7 @@ def read_source(name: str, data_args: DataArguments, eval_split: bool = False):
             f"dataset {name!r} is not in {data_args.dataset_dir}/{DATASET_INFO} and is not a file; known "
             f"names: {', '.join(sorted(info))}."
         )
-    if "/" not in name:
+    if "/" not in name or Path(name).suffix in FILE_TYPES or name.startswith(("/", ".", "~")):
         raise DataError(
             f"dataset {name!r} not found: it is not 'demo', not a file or folder (looked in . and "
             f"{data_args.dataset_dir}/), and no {DATASET_INFO} is there. Check the path."

@@ -204,16 +204,13 @@ class RewardModel(nn.Module):
 
             set_peft_model_state_dict(self.backbone, load_file(str(directory / "adapter_model.safetensors")))
             return
-        from transformers.modeling_utils import load_sharded_checkpoint
-
-        if (directory / "model.safetensors").is_file():
-            missing, unexpected = self.backbone.load_state_dict(load_file(str(directory / "model.safetensors")),
-                                                                strict=False)
-            if missing or unexpected:
-                raise ModelError(f"{directory} does not match this model: missing {missing[:3]}, "
-                                 f"unexpected {unexpected[:3]}.")
-        else:
-            load_sharded_checkpoint(self.backbone, str(directory), strict=True)
+        index = directory / "model.safetensors.index.json"
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [
+            "model.safetensors"]
+        state = {name: t for shard in shards for name, t in load_file(str(directory / shard)).items()}
+        missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ModelError(f"{directory} does not match this model: missing {missing[:3]}, unexpected {unexpected[:3]}.")
 
     @classmethod
     def from_pretrained(

@@ -73,6 +73,8 @@ def run_rm(
 ) -> dict:
     """Train and/or evaluate a reward model; returns the final metrics (also written to the output dir)."""
     set_seed(training_args.seed)
+    if data_args.group_by_length:
+        training_args.train_sampling_strategy = "group_by_length"  # uses the tokenized `length` column
     if training_args.do_train:  # data first: a bad data file fails before the model loads
         tokenizer = load_tokenizer(model_args)
         train_set, eval_set, summaries = build_datasets(data_args, tokenizer, training_args.seed)

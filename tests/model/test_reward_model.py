@@ -1,0 +1,142 @@
+import pytest
+import torch
+
+from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding
+from discorm.errors import ModelError
+from discorm.model.reward_model import RewardModel, pool
+from tests.conftest import build_model
+
+
+def _batch(pad_side: str, pad_id: int = 0):
+    seqs = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17, 18, 19, 20, 21]]
+    return PairwiseDataCollatorWithPadding(pad_id, padding_side=pad_side)(
+        [{"prompt_ids": [], "chosen_ids": s, "rejected_ids": s[:2]} for s in seqs]
+    )
+
+
+def test_pool_picks_last_real_token_for_both_padding_sides():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float).view(2, 4, 1)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert pool(hidden, right, "last").flatten().tolist() == [1, 7]
+    assert pool(hidden, left, "last").flatten().tolist() == [3, 7]
+    assert pool(hidden, left, "first").flatten().tolist() == [2, 4]
+    assert pool(hidden, right, "mean").flatten().tolist() == [0.5, 5.5]
+
+
+@pytest.mark.parametrize("arch, pooling", [("tiny_llama", "last"), ("tiny_bert", "first"), ("tiny_gpt2", "last")])
+def test_shapes_and_padding_side_invariance(arch, pooling, request):
+    model = build_model(request.getfixturevalue(arch), pooling=pooling).eval()
+    right, left = _batch("right"), _batch("left")
+    with torch.no_grad():
+        out_right = model(**right, return_token_values=True)
+        out_left = model(**left)
+    assert out_right.scores.shape == (6,)
+    assert out_right.head_params.shape == (6, 1)
+    assert out_right.token_values.shape == right["input_ids"].shape
+    if pooling == "last":
+        torch.testing.assert_close(out_right.scores, out_left.scores, atol=1e-6, rtol=0)
+        # the token value at the last real token is the sequence score
+        last = right["attention_mask"].sum(-1) - 1
+        torch.testing.assert_close(out_right.token_values[torch.arange(6), last], out_right.scores, atol=1e-6, rtol=0)
+
+
+def test_no_vocabulary_logits(tiny_llama):
+    """The checkpoint is a LlamaForCausalLM with an LM head; the reward model must not contain it."""
+    model = build_model(tiny_llama)
+    vocab = model.backbone.config.vocab_size
+    names = [name for name, _ in model.named_modules()]
+    assert not any("lm_head" in name for name in names)
+    linear_out = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert vocab not in linear_out
+    assert type(model.backbone).__name__ == "LlamaModel"
+
+
+def test_finetuning_types_set_requires_grad(tiny_llama):
+    full = build_model(tiny_llama, "full")
+    assert all(p.requires_grad for p in full.parameters())
+
+    freeze = build_model(tiny_llama, "freeze", freeze_trainable_layers=1)
+    trainable = {n for n, p in freeze.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("backbone.layers.1.", "head.")) for n in trainable)
+    assert any(n.startswith("head.") for n in trainable)
+
+    lora = build_model(tiny_llama, "lora", lora_rank=4)
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert all("lora_" in n or n.startswith("head.") for n in trainable)
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+        assert any(proj in n for n in trainable), proj
+    assert "head.value.weight" in trainable
+
+    with pytest.raises(ModelError, match="freeze_trainable_layers=5"):
+        build_model(tiny_llama, "freeze", freeze_trainable_layers=5)
+
+
+@pytest.mark.parametrize("finetuning_type", ["full", "lora", "freeze"])
+@pytest.mark.parametrize("head", ["scalar", "gaussian", "categorical"])
+def test_save_load_round_trip(tiny_llama, tmp_path, finetuning_type, head):
+    model = build_model(tiny_llama, finetuning_type, head=head, lora_rank=4)
+    with torch.no_grad():  # make the trained parts differ from a fresh init
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    batch = _batch("right")
+    model.eval()
+    before = model(**batch).head_params
+    model.save_pretrained(tmp_path / "run")
+    assert (tmp_path / "run" / "value_head.safetensors").is_file()
+    assert not list((tmp_path / "run").glob("*.bin")) and not list((tmp_path / "run").glob("*.pt"))
+    loaded = RewardModel.from_pretrained(tmp_path / "run")
+    assert loaded.head.kind == head and loaded.info["finetuning_type"] == finetuning_type
+    torch.testing.assert_close(loaded(**batch).head_params, before, atol=1e-6, rtol=0)
+
+
+def test_scalar_checkpoint_seeds_gaussian_but_not_back(tiny_llama, tmp_path):
+    scalar = build_model(tiny_llama, head="scalar").eval()
+    scalar.save_pretrained(tmp_path / "s")
+    gaussian = RewardModel.from_pretrained(tmp_path / "s", head="gaussian")
+    batch = _batch("right")
+    torch.testing.assert_close(gaussian(**batch).head_params[:, 0], scalar(**batch).scores, atol=1e-6, rtol=0)
+    gaussian.save_pretrained(tmp_path / "g")
+    with pytest.raises(ModelError, match="'gaussian' head, which cannot be loaded as a 'scalar' head"):
+        RewardModel.from_pretrained(tmp_path / "g", head="scalar")
+
+
+def test_bert_falls_back_to_padded_batches(tiny_bert):
+    assert build_model(tiny_bert, pooling="first").supports_packing is False
+
+
+# --------------------------------------------------------------------------- exactness of the fast paths
+PAIRS = [
+    {"prompt_ids": [5, 6, 7, 8, 9], "chosen_ids": [10, 11], "rejected_ids": list(range(30, 50))},  # 10x
+    {"prompt_ids": [12], "chosen_ids": [13, 14, 15, 16, 17, 18], "rejected_ids": [19, 20, 21]},
+    {"prompt_ids": list(range(60, 90)), "chosen_ids": [91], "rejected_ids": [92, 93]},
+    {"prompt_ids": [], "chosen_ids": [94, 95, 96], "rejected_ids": [97, 98, 99, 100, 101, 102]},
+]
+
+
+def _scores_and_grads(model, batch):
+    model.zero_grad()
+    out = model(**batch)
+    half = out.head_params.shape[0] // 2
+    loss = model.head.pair_loss(out.head_params[:half], out.head_params[half:]).sum()
+    loss = loss + out.head_params.pow(2).sum() * 0.1  # also touch every score
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+    return out.head_params.detach(), grads
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_qwen2", "tiny_gpt2"])
+@pytest.mark.parametrize("prefix_sharing", [True, False])
+@pytest.mark.parametrize("head", ["scalar", "gaussian"])
+@pytest.mark.parametrize("finetuning_type", ["full", "lora"])
+def test_packed_and_prefix_shared_match_plain(arch, prefix_sharing, head, finetuning_type, request):
+    model = build_model(request.getfixturevalue(arch), finetuning_type, head=head, lora_rank=4).eval()
+    assert model.supports_packing
+    plain_params, plain_grads = _scores_and_grads(model, PairwiseDataCollatorWithPadding(0)(PAIRS))
+    packed_params, packed_grads = _scores_and_grads(model, PackedPairCollator(prefix_sharing)(PAIRS))
+    torch.testing.assert_close(packed_params, plain_params, atol=1e-5, rtol=0)
+    assert plain_grads.keys() == packed_grads.keys() and len(plain_grads) > 4
+    for name, grad in plain_grads.items():
+        scale = grad.abs().max().clamp_min(1e-8)
+        assert (packed_grads[name] - grad).abs().max() / scale < 1e-4, name

@@ -1,0 +1,154 @@
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from discorm.config import load_args
+from discorm.data.collator import PairwiseDataCollatorWithPadding
+from discorm.model.reward_model import RewardModel
+from discorm.train.metrics import accuracy, expected_calibration_error, fit_temperature
+from discorm.train.trainer import PairwiseTrainer
+from discorm.train.workflow import run_rm
+from tests.conftest import build_model
+
+FEATURES = [
+    {"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9], "rejected_ids": [10], "margin": 0.5, "soft_label": 0.8},
+    {"prompt_ids": [11], "chosen_ids": [12, 13, 14], "rejected_ids": [15, 16], "margin": 1.5, "soft_label": 1.0},
+]
+
+
+def _trainer(model, tmp_path, **ft):
+    _, _, training_args, finetuning_args = load_args({"output_dir": str(tmp_path), "use_cpu": True, **ft})
+    return PairwiseTrainer(model=model, args=training_args, finetuning_args=finetuning_args,
+                           data_collator=PairwiseDataCollatorWithPadding(0))
+
+
+def _scores(model, features):
+    batch = PairwiseDataCollatorWithPadding(0)(features)
+    with torch.no_grad():
+        scores = model(batch["input_ids"], batch["attention_mask"]).scores
+    return scores[: len(features)], scores[len(features) :], batch
+
+
+@pytest.mark.parametrize("variant", ["plain", "margin", "center", "soft"])
+def test_loss_matches_hand_computation(tiny_llama, tmp_path, variant):
+    model = build_model(tiny_llama).eval()
+    c, r, batch = _scores(model, FEATURES)
+    options = {"center_rewards_coefficient": 0.01} if variant == "center" else {}
+    trainer = _trainer(model, tmp_path, **options)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if variant == "plain" or variant == "center":
+        expected = -F.logsigmoid(c - r).mean()
+        if variant == "center":
+            expected = expected + 0.01 * ((c + r) ** 2).mean()
+    elif variant == "margin":
+        inputs["margin"] = batch["margin"]
+        expected = -F.logsigmoid(c - r - batch["margin"]).mean()
+    else:
+        inputs["soft_label"] = batch["soft_label"]
+        y = batch["soft_label"]
+        expected = -(y * F.logsigmoid(c - r) + (1 - y) * F.logsigmoid(r - c)).mean()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, inputs)
+    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=0)
+
+
+def test_metric_functions():
+    assert accuracy(np.array([1.0, 2.0, 3.0, 0.0]), np.array([0.0, 2.0, 4.0, -1.0])) == pytest.approx(0.625)
+    prob, y = np.array([0.9, 0.6, 0.2]), np.ones(3)
+    # symmetrised set: confidences {0.9,0.6,0.2,0.1,0.4,0.8} with outcomes {1,1,1,0,0,0}, each its own bin
+    expected = np.mean([0.1, 0.4, 0.8, 0.1, 0.4, 0.8])
+    assert expected_calibration_error(prob, y) == pytest.approx(expected)
+    rng = np.random.default_rng(0)
+    diff = rng.normal(0, 3, 4000)
+    labels = (rng.random(4000) < 1 / (1 + np.exp(-diff / 2.5))).astype(float)
+    assert fit_temperature(diff, labels) == pytest.approx(2.5, rel=0.15)
+
+
+def _synthetic_file(path, n=64, seed=0):
+    """An easy task: the preferred answer says 'yes', the other 'no'."""
+    rng = random.Random(seed)
+    words = ["fox", "dog", "moon", "bees", "tea", "chess", "owls", "bread"]
+    rows = [{"prompt": " ".join(rng.sample(words, 3)), "chosen": "yes " + rng.choice(words),
+             "rejected": "no " + rng.choice(words)} for _ in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _config(model_dir, data, out, **extra):
+    return {"model_name_or_path": str(model_dir), "dataset": str(data), "output_dir": str(out), "do_train": True,
+            "finetuning_type": "full", "learning_rate": 3e-3, "per_device_train_batch_size": 4, "cutoff_len": 64,
+            "logging_steps": 1, "save_strategy": "no", "disable_tqdm": True, "seed": 1, "use_cpu": True,
+            "lr_scheduler_type": "constant", **extra}
+
+
+def test_training_learns_an_easy_task(tiny_llama, tmp_path):
+    data = _synthetic_file(tmp_path / "easy.jsonl")
+    results = run_rm(*load_args(_config(tiny_llama, data, tmp_path / "out", max_steps=30, eval_dataset=str(data))))
+    assert results["eval_accuracy"] >= 0.9
+    log = [json.loads(line) for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()]
+    assert {"step", "loss", "lr", "accuracy", "elapsed", "remaining"} <= set(log[0])
+    for name in ("training_loss.png", "eval_accuracy.png", "calibration.png", "eval_results.json"):
+        assert (tmp_path / "out" / name).is_file(), name
+
+
+@pytest.mark.parametrize("finetuning_type", ["full", "lora"])
+def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_llama, tmp_path, finetuning_type):
+    data = _synthetic_file(tmp_path / "easy.jsonl")
+    common = dict(max_steps=12, save_strategy="steps", save_steps=6, finetuning_type=finetuning_type,
+                  lr_scheduler_type="linear", lora_rank=4)
+    run_rm(*load_args(_config(tiny_llama, data, tmp_path / "a", **common)))
+    run_rm(*load_args(_config(tiny_llama, data, tmp_path / "b", **common,
+                              resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-6"))))
+
+    def last_loss(run):
+        history = json.loads((tmp_path / run / "trainer_state.json").read_text())["log_history"]
+        return [h["loss"] for h in history if "loss" in h and h["step"] == 12][0]
+
+    assert abs(last_loss("a") - last_loss("b")) < 1e-5
+    a = RewardModel.from_pretrained(tmp_path / "a").eval()
+    b = RewardModel.from_pretrained(tmp_path / "b").eval()
+    ca, _, _ = _scores(a, FEATURES)
+    cb, _, _ = _scores(b, FEATURES)
+    torch.testing.assert_close(ca, cb, atol=1e-5, rtol=0)
+    # every checkpoint is a loadable run directory
+    RewardModel.from_pretrained(tmp_path / "a" / "checkpoint-6")
+
+
+def test_predictions_match_model_scores(tiny_llama, tmp_path):
+    data = _synthetic_file(tmp_path / "easy.jsonl", n=24)
+    evaluation = _synthetic_file(tmp_path / "eval.jsonl", n=10, seed=3)
+    run_rm(*load_args(_config(tiny_llama, data, tmp_path / "out", max_steps=4, eval_dataset=str(evaluation))))
+    model = RewardModel.from_pretrained(tmp_path / "out").eval()
+    lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 10 and [x["index"] for x in lines] == list(range(10))
+    from discorm.config import DataArguments
+    from discorm.data.loader import build_datasets
+
+    _, eval_set, _ = build_datasets(DataArguments(dataset=str(data), eval_dataset=str(evaluation), cutoff_len=64),
+                                    model.tokenizer)
+    chosen, rejected, _ = _scores(model, list(eval_set))
+    assert np.allclose([x["chosen_score"] for x in lines], chosen.numpy(), atol=1e-5)
+    assert np.allclose([x["rejected_score"] for x in lines], rejected.numpy(), atol=1e-5)
+    assert [x["correct"] for x in lines] == (chosen > rejected).tolist()
+    # evaluating the run directory again gives the same accuracy
+    results = run_rm(*load_args({"model_name_or_path": str(tmp_path / "out"), "dataset": str(evaluation),
+                                 "output_dir": str(tmp_path / "eval"), "do_eval": True, "use_cpu": True}))
+    assert results["eval_accuracy"] == pytest.approx(np.mean([x["correct"] for x in lines]))
+
+
+def test_cli_errors_are_one_paragraph(tiny_llama, tmp_path, capsys):
+    from discorm.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model_name_or_path: {tiny_llama}\nlearning_rat: 1e-4\n")
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'learning_rate'" in err and "Traceback" not in err and err.count("\n") == 1
+    config.write_text(f"model_name_or_path: {tiny_llama}\ndataset: {tmp_path}/missing.jsonl\n")
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "missing.jsonl" in err and "not found" in err and "Traceback" not in err
