@@ -46,27 +46,27 @@ def packed_sdpa_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    pieces = []
-    for start, prompt_len, chosen_len, rejected_len in discorm_blocks:
-        mid = start + prompt_len + chosen_len
-        pieces.append(
-            F.scaled_dot_product_attention(
-                query[:, :, start:mid], key[:, :, start:mid], value[:, :, start:mid],
-                dropout_p=dropout, scale=scaling, is_causal=True,
-            )
-        )
+    # torch.split (not per-block slicing): its backward is one concatenation instead of a zero-filled
+    # full-length gradient per slice.
+    sizes = [n for _, p, c, r in discorm_blocks for n in (p + c, r) if n]
+    q_parts, k_parts, v_parts = (t.split(sizes, dim=2) for t in (query, key, value))
+    pieces, part = [], 0
+    for _, prompt_len, _, rejected_len in discorm_blocks:
+        q, k, v = q_parts[part], k_parts[part], v_parts[part]
+        pieces.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True))
+        part += 1
         if rejected_len:
-            end = mid + rejected_len
-            prompt = slice(start, start + prompt_len)
+            q_r, k_r, v_r = q_parts[part], k_parts[part], v_parts[part]
             pieces.append(
                 F.scaled_dot_product_attention(
-                    query[:, :, mid:end],
-                    torch.cat([key[:, :, prompt], key[:, :, mid:end]], dim=2),
-                    torch.cat([value[:, :, prompt], value[:, :, mid:end]], dim=2),
+                    q_r,
+                    torch.cat([k[:, :, :prompt_len], k_r], dim=2),
+                    torch.cat([v[:, :, :prompt_len], v_r], dim=2),
                     attn_mask=_branch_mask(prompt_len, rejected_len, query.device),
                     dropout_p=dropout, scale=scaling,
                 )
             )
+            part += 1
     out = torch.cat(pieces, dim=2)  # (1, heads, N, d)
     return out.transpose(1, 2).contiguous(), None
 
