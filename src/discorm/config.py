@@ -127,6 +127,11 @@ class DataArguments:
         default="soft_label",
         metadata={"help": "Column with the fraction of annotators preferring `chosen`, used when present."},
     )
+    noise_column: str = field(
+        default="noise",
+        metadata={"help": "Column with a per-pair noise/disagreement level; evaluation reports its correlation "
+                  "with the predicted spread of distributional heads."},
+    )
     overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize even if a cached copy exists."})
     pad_to_multiple_of: int | None = field(
         default=None, metadata={"help": "Pad padded batches to a multiple of this (e.g. 8 for tensor cores)."}

@@ -47,6 +47,7 @@ class Pair:
     rejected: list[Message]
     margin: float | None = None
     soft_label: float | None = None
+    noise: float | None = None
     meta: dict = field(default_factory=dict)
 
 
@@ -59,6 +60,7 @@ class FormatSpec:
     tags: dict = field(default_factory=dict)
     margin_column: str = "margin"
     soft_label_column: str = "soft_label"
+    noise_column: str = "noise"
 
     def column(self, key: str) -> str:
         return self.columns.get(key) or LLAMAFACTORY_COLUMNS.get(self.name, {}).get(key) or key
@@ -237,5 +239,6 @@ def to_pair(row: dict, spec: FormatSpec, where: str) -> Pair:
         rejected=rejected,
         margin=_optional_number(row, spec.margin_column, where),
         soft_label=_optional_number(row, spec.soft_label_column, where, 0.0, 1.0),
+        noise=_optional_number(row, spec.noise_column, where),
         meta={"source": where},
     )

@@ -117,7 +117,8 @@ def _dataset_info(data_args: DataArguments) -> dict | None:
 
 def read_source(name: str, data_args: DataArguments, eval_split: bool = False):
     """One ``dataset`` entry -> (rows, FormatSpec or None for auto-detection)."""
-    spec_args = {"margin_column": data_args.margin_column, "soft_label_column": data_args.soft_label_column}
+    spec_args = {"margin_column": data_args.margin_column, "soft_label_column": data_args.soft_label_column,
+                 "noise_column": data_args.noise_column}
     if name in ("demo", "demo_test"):
         rows = demo.rows("test" if name == "demo_test" or eval_split else "train")
         return [(f"demo row {i}", row) for i, row in enumerate(rows)], FormatSpec("explicit", **spec_args)
@@ -165,7 +166,7 @@ def load_pairs(names: str, data_args: DataArguments, stats: DataStats, eval_spli
         if spec is None:
             fmt = detect_format(list(rows[0][1]), where) if data_args.formatting == "auto" else data_args.formatting
             spec = FormatSpec(fmt, margin_column=data_args.margin_column,
-                              soft_label_column=data_args.soft_label_column)
+                              soft_label_column=data_args.soft_label_column, noise_column=data_args.noise_column)
         check_columns(list(rows[0][1]), spec, where)
         for row_where, row in rows:
             stats.read += 1
@@ -210,7 +211,7 @@ def tokenize_pairs(pairs: list[Pair], pair_tokenizer: PairTokenizer, stats: Data
 
 def _cache_key(names: str, data_args: DataArguments, tokenizer, renderer: Renderer, eval_split: bool) -> str:
     parts = [CACHE_VERSION, names, str(eval_split), renderer.name, str(data_args.cutoff_len),
-             str(data_args.max_samples), data_args.formatting, data_args.margin_column, data_args.soft_label_column,
+             str(data_args.max_samples), data_args.formatting, data_args.margin_column, data_args.soft_label_column, data_args.noise_column,
              getattr(tokenizer, "name_or_path", ""), str(len(tokenizer)), str(renderer.chat_template)]
     for name in names.split(","):
         for path in (Path(name.strip()), Path(data_args.dataset_dir, name.strip())):

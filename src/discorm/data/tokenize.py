@@ -114,6 +114,8 @@ class PairTokenizer:
             example["margin"] = pair.margin
         if pair.soft_label is not None:
             example["soft_label"] = pair.soft_label
+        if pair.noise is not None:
+            example["noise"] = pair.noise
         return example
 
 

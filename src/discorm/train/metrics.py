@@ -98,8 +98,9 @@ def pairwise_metrics(
         metrics["mean_sigma"] = float(spread.mean())
         if noise is not None and len(noise) == len(chosen):
             pair_sigma = np.sqrt(head.std(pc).numpy() ** 2 + head.std(pr).numpy() ** 2)
-            if np.std(noise) > 0 and np.std(pair_sigma) > 0:
-                metrics["sigma_noise_corr"] = float(np.corrcoef(pair_sigma, noise)[0, 1])
+            known = ~np.isnan(noise)
+            if known.sum() > 2 and np.std(noise[known]) > 0 and np.std(pair_sigma[known]) > 0:
+                metrics["sigma_noise_corr"] = float(np.corrcoef(pair_sigma[known], noise[known])[0, 1])
     if temperature != 1.0:
         metrics["temperature"] = float(temperature)
     return metrics

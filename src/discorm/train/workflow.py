@@ -10,6 +10,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import set_seed
 
@@ -32,12 +33,16 @@ def make_collator(model: RewardModel, data_args: DataArguments, tokenizer):
     return PairwiseDataCollatorWithPadding(tokenizer.pad_token_id, data_args.pad_to_multiple_of)
 
 
-def _metrics_fn(model: RewardModel, finetuning_args: FinetuningArguments):
+def _metrics_fn(model: RewardModel, eval_set):
+    noise = None
+    if eval_set is not None and "noise" in eval_set.column_names:
+        noise = np.array([np.nan if x is None else x for x in eval_set["noise"]], dtype=float)
+
     def compute_metrics(prediction) -> dict:
         params = torch.as_tensor(prediction.predictions)  # (B, 2, K)
         target = torch.as_tensor(prediction.label_ids)
         return pairwise_metrics(model.head, params[:, 0], params[:, 1], target,
-                                temperature=model.info.get("temperature", 1.0))
+                                temperature=model.info.get("temperature", 1.0), noise=noise)
 
     return compute_metrics
 
@@ -94,7 +99,7 @@ def run_rm(
         train_dataset=train_set if training_args.do_train else None,
         eval_dataset=eval_set,
         data_collator=collator,
-        compute_metrics=_metrics_fn(model, finetuning_args),
+        compute_metrics=_metrics_fn(model, eval_set),
         callbacks=[JsonlLogCallback(), *(callbacks or [])],
         finetuning_args=finetuning_args,
     )

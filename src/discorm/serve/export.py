@@ -1,0 +1,104 @@
+"""Export a DiscoRM run as a standard ``*ForSequenceClassification`` checkpoint (``num_labels=1``), the format
+TRL, vLLM, OpenRLHF and RewardBench load, with the tokenizer and the chat template the model was trained with.
+
+- The value head becomes the ``score`` layer, so ``AutoModelForSequenceClassification`` gives the same reward.
+- Sequence-classification models read the score at the last token that is not ``pad_token_id``. When the pad
+  token also ends every turn (SmolLM2 pads with ``<|im_end|>``), that would move the score one token back, so the
+  export picks a special token that never occurs in rendered conversations as the pad token.
+- Gaussian heads: ``discorm_head.safetensors`` holds the variance layer (``variance.weight``, ``variance.bias``):
+  ``var = softplus(variance.weight @ h + variance.bias) + 1e-4`` at the scored token. With ``num_labels=2`` the
+  second label is ``variance.weight @ h`` and the bias is in ``config.discorm_variance_bias``.
+- A scalar head with a bias (imported models) keeps it in ``config.discorm_reward_bias``: the exported logits
+  omit this constant, which no pairwise comparison can see.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForSequenceClassification
+
+from discorm.data.templates import BUILTIN_TEMPLATES
+from discorm.errors import ModelError
+from discorm.model.reward_model import RewardModel
+
+logger = logging.getLogger(__name__)
+_PROBE = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+
+
+def choose_pad_token(tokenizer) -> tuple[int, bool]:
+    """A special token id that rendered conversations never contain -> (id, whether a token was added)."""
+    try:
+        probe = set(tokenizer.apply_chat_template(_PROBE, tokenize=True, add_generation_prompt=False))
+    except (ValueError, TypeError):
+        probe = set()
+    probe |= {tokenizer.eos_token_id, tokenizer.bos_token_id} - {None}
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in probe:
+        return tokenizer.pad_token_id, False
+    for token_id in [tokenizer.unk_token_id, *tokenizer.all_special_ids]:
+        if token_id is not None and token_id not in probe:
+            return token_id, False
+    tokenizer.add_special_tokens({"pad_token": "<|discorm_pad|>"})
+    return tokenizer.pad_token_id, True
+
+
+def export_sequence_classification(
+    run_dir: str, out: str, merge_lora: bool = False, dtype: str | None = None, num_labels: int = 1
+) -> Path:
+    model = RewardModel.from_pretrained(run_dir)
+    if model.is_lora:
+        if not merge_lora:
+            raise ModelError(
+                f"{run_dir} is a LoRA run: a standalone sequence-classification checkpoint needs the adapters "
+                "merged into the weights. Pass --merge-lora."
+            )
+        model.backbone = model.backbone.merge_and_unload()
+    head = model.head
+    if head.kind == "categorical":
+        raise ModelError("a categorical head has no single-logit form; export a scalar or gaussian run, or serve "
+                         "it with `discorm serve`.")
+    if num_labels == 2 and head.kind != "gaussian":
+        raise ModelError("num_labels=2 carries the variance of a gaussian head; this run has a scalar head.")
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ModelError(f"{run_dir} has no tokenizer to export with the model.")
+    template = model.info.get("template")
+    if template in BUILTIN_TEMPLATES and BUILTIN_TEMPLATES[template]:
+        tokenizer.chat_template = BUILTIN_TEMPLATES[template]
+    pad_id, added = choose_pad_token(tokenizer)
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
+    backbone = model.backbone
+    if added:  # a new pad token: one more embedding row, never used by real text
+        backbone.resize_token_embeddings(len(tokenizer))
+
+    config = backbone.config.__class__.from_dict(backbone.config.to_dict())
+    config.num_labels = num_labels
+    config.pad_token_id = pad_id
+    config.architectures = None
+    config.discorm_head = head.kind
+    config.discorm_reward_mode = "mean"
+    classifier = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    inner = getattr(classifier, classifier.base_model_prefix)
+    inner.load_state_dict(backbone.state_dict())
+    weight = head.value.weight.detach().float()
+    if num_labels == 2:
+        weight = torch.cat([weight, head.variance.weight.detach().float()])
+        classifier.config.discorm_variance_bias = float(head.variance.bias)
+    classifier.score.weight.data.copy_(weight)
+    if getattr(head.value, "bias", None) is not None:
+        classifier.config.discorm_reward_bias = float(head.value.bias)
+        logger.warning("the value head has a bias (%.4f); it is kept in config.discorm_reward_bias and not added "
+                       "to the exported logits (a constant no pairwise comparison sees).", float(head.value.bias))
+    if dtype:
+        classifier = classifier.to(getattr(torch, dtype))
+    out_dir = Path(out)
+    classifier.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    if head.kind == "gaussian":
+        tensors = {f"variance.{k}": v.detach().contiguous().float() for k, v in head.variance.state_dict().items()}
+        save_file(tensors, out_dir / "discorm_head.safetensors", metadata={"head": "gaussian", "eps": "1e-4"})
+    logger.info("exported %s -> %s (%s head, pad token %r)", run_dir, out_dir, head.kind, tokenizer.pad_token)
+    return out_dir
