@@ -152,3 +152,29 @@ def test_cli_errors_are_one_paragraph(tiny_llama, tmp_path, capsys):
     assert main(["train", str(config)]) == 2
     err = capsys.readouterr().err
     assert "missing.jsonl" in err and "not found" in err and "Traceback" not in err
+
+
+def test_distributional_metrics_report_sigma_and_its_noise_correlation():
+    from discorm.model.heads import GaussianHead
+    from discorm.train.metrics import pairwise_metrics
+
+    head = GaussianHead(4)
+    noise = np.linspace(0.1, 3.0, 50)
+    pc = torch.stack([torch.ones(50), torch.as_tensor(noise, dtype=torch.float) ** 2], 1)
+    pr = torch.stack([torch.zeros(50), torch.full((50,), 0.01)], 1)
+    metrics = pairwise_metrics(head, pc, pr, noise=noise)
+    assert metrics["sigma_noise_corr"] > 0.95 and metrics["mean_sigma"] > 0
+    assert metrics["accuracy"] == 1.0 and 0 < metrics["ece"] < 1
+    # the scalar head reports no spread
+    from discorm.model.heads import ScalarHead
+
+    assert "mean_sigma" not in pairwise_metrics(ScalarHead(4), pc[:, :1], pr[:, :1])
+
+
+def test_noise_column_reaches_evaluation(tiny_llama, tmp_path):
+    rows = [{"prompt": "q", "chosen": f"yes {i}", "rejected": f"no {i}", "noise": float(i % 5)} for i in range(16)]
+    data = tmp_path / "noisy.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = run_rm(*load_args(_config(tiny_llama, data, tmp_path / "out", max_steps=2, head="gaussian",
+                                        eval_dataset=str(data))))
+    assert "eval_sigma_noise_corr" in results and "eval_mean_sigma" in results
