@@ -98,14 +98,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def train(model_dir: Path, data: Path, val: Path, head: str, out: Path, seed: int, epochs: int):
+def train(model_dir: Path, data: Path, val: Path, head: str, out: Path, seed: int, epochs: int, lr: float):
     from discorm.config import load_args
     from discorm.train.workflow import run_rm
 
     config = {"model_name_or_path": str(model_dir), "dataset": str(data), "eval_dataset": str(val),
               "output_dir": str(out), "do_train": True, "finetuning_type": "full", "head": head,
               "cutoff_len": 64, "per_device_train_batch_size": 32, "per_device_eval_batch_size": 256,
-              "learning_rate": 2e-3, "num_train_epochs": epochs, "lr_scheduler_type": "cosine",
+              "learning_rate": lr, "num_train_epochs": epochs, "lr_scheduler_type": "constant_with_warmup",
               "warmup_steps": 20, "weight_decay": 0.0, "save_strategy": "no", "logging_steps": 50,
               "disable_tqdm": True, "seed": seed, "use_cpu": True, "noise_column": "noise"}
     run_rm(*load_args(config))
@@ -168,7 +168,7 @@ def metrics(setting: str, rows: list[dict], prob: np.ndarray, sigma: np.ndarray 
     return out
 
 
-def run_setting(setting: str, seed: int, work: Path, epochs: int, sizes: tuple[int, int, int]) -> dict:
+def run_setting(setting: str, seed: int, work: Path, epochs: int, lr: float, sizes: tuple[int, int, int]) -> dict:
     rng = random.Random(1000 * seed + hash(setting) % 997)
     folder = work / f"{setting}-{seed}"
     folder.mkdir(parents=True)
@@ -178,7 +178,7 @@ def run_setting(setting: str, seed: int, work: Path, epochs: int, sizes: tuple[i
     results = {}
     for head in ("scalar", "gaussian", "categorical"):
         run = folder / head
-        train(model_dir, data, val, head, run, seed, epochs)
+        train(model_dir, data, val, head, run, seed, epochs, lr)
         prob, diff, sigma = predict(run, test_rows)
         results[head] = metrics(setting, test_rows, prob, None if head == "scalar" else sigma)
         if head == "scalar":
@@ -204,8 +204,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", default=["A", "A-const", "B"], choices=list(COLUMNS))
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--train", type=int, default=4000)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--train", type=int, default=12000)
     parser.add_argument("--val", type=int, default=1000)
     parser.add_argument("--test", type=int, default=2000)
     opts = parser.parse_args()
@@ -216,7 +217,7 @@ def main() -> None:
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="bench_calibration_"))
     for setting in opts.settings:
-        runs = [run_setting(setting, seed, work, opts.epochs, (opts.train, opts.val, opts.test))
+        runs = [run_setting(setting, seed, work, opts.epochs, opts.lr, (opts.train, opts.val, opts.test))
                 for seed in range(opts.seeds)]
         cols = COLUMNS[setting]
         print(f"\n{TITLES[setting]}: {opts.train} training pairs, {opts.test} test pairs, mean over "

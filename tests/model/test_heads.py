@@ -54,13 +54,13 @@ def test_gaussian_loss_finite_for_extreme_z_and_tiny_sigma():
 def test_gaussian_gradients_reach_both_layers_and_start_like_scalar():
     torch.manual_seed(0)
     head = GaussianHead(8)
-    hidden = torch.randn(6, 8)
+    hidden = torch.nn.functional.normalize(torch.randn(600, 8), dim=-1) * math.sqrt(8)  # RMS-normed states
     params = head(hidden)
-    assert torch.allclose(params[:, 1], torch.full((6,), 1.702**2 / 2), atol=1e-4)
-    prob = head.prob_pair(params[:3], params[3:])
-    scalar_like = torch.sigmoid(params[:3, 0] - params[3:, 0])
-    assert (prob - scalar_like).abs().max() < 0.01  # probit with matched variance ~ logistic
-    head.pair_loss(params[:3], params[3:]).sum().backward()
+    assert abs(params[:, 1].median() / (1.702**2 / 2) - 1) < 0.1 and params[:, 1].std() > 0
+    prob = head.prob_pair(params[:300], params[300:])
+    scalar_like = torch.sigmoid(params[:300, 0] - params[300:, 0])
+    assert (prob - scalar_like).abs().mean() < 0.02  # probit with matched variance ~ logistic
+    head.pair_loss(params[:300], params[300:]).sum().backward()
     assert head.value.weight.grad.abs().sum() > 0 and head.variance.weight.grad.abs().sum() > 0
 
 

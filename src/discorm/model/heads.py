@@ -119,8 +119,10 @@ class GaussianHead(RewardHead):
         self.reset_variance()
 
     def reset_variance(self) -> None:
-        """Start from a constant variance that makes the model's P(c > r) match the scalar model's."""
-        nn.init.zeros_(self.variance.weight)
+        """Start near the variance that makes P(c > r) match the scalar model's (the bias), with weights small
+        but not zero: with zero weights no gradient reaches the backbone through the variance, and the backbone
+        learns to drop the features that predict noise (benchmarks/bench_calibration.py shows it)."""
+        nn.init.normal_(self.variance.weight, std=0.5 / math.sqrt(self.variance.in_features))
         target = _SCALAR_MATCHING_VARIANCE - _VARIANCE_EPS
         nn.init.constant_(self.variance.bias, math.log(math.expm1(target)))
 
