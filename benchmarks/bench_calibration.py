@@ -32,7 +32,7 @@ from scipy.stats import norm, rankdata, spearmanr
 
 MU = [0.5 * a for a in range(8)]
 SIGMA = [0.2, 0.5, 1.0, 2.0, 3.0]
-GROUPS = [lambda a, c: a, lambda a, c: c, lambda a, c: 7 - a]
+GROUPS = [lambda a, c: a, lambda a, c: c]  # two groups: one values a, the other c
 FILLER = [f"w{i}" for i in range(30)]
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -162,9 +162,12 @@ def metrics(setting: str, rows: list[dict], prob: np.ndarray, sigma: np.ndarray 
     else:
         out["soft_ce"] = float(-np.mean(p_star * np.log(prob) + (1 - p_star) * np.log(1 - prob)))
         disagreement = 4 * p_star * (1 - p_star)
-        spread = np.hypot(sigma[:, 0], sigma[:, 1]) if sigma is not None else 1 - np.abs(2 * prob - 1)
-        out["auroc_disagree"] = auroc(spread, disagreement > 0)
-        out["spearman_disagree"] = float(spearmanr(spread, disagreement).statistic)
+        uncertain = 1 - np.abs(2 * prob - 1)  # how undecided the predicted P is, for every head
+        out["auroc_disagree_p"] = auroc(uncertain, disagreement > 0)
+        if sigma is not None:  # the predicted spread of the two rewards
+            spread = np.hypot(sigma[:, 0], sigma[:, 1])
+            out["auroc_disagree_sigma"] = auroc(spread, disagreement > 0)
+            out["spearman_disagree_sigma"] = float(spearmanr(spread, disagreement).statistic)
     return out
 
 
@@ -194,7 +197,8 @@ def run_setting(setting: str, seed: int, work: Path, epochs: int, lr: float, siz
 COLUMNS = {
     "A": ["accuracy", "nll", "brier", "ece", "ece_low_noise", "ece_high_noise", "abs_p_err", "spearman_sigma"],
     "A-const": ["accuracy", "nll", "brier", "ece", "abs_p_err"],
-    "B": ["accuracy", "nll", "soft_ce", "ece", "abs_p_err", "auroc_disagree", "spearman_disagree"],
+    "B": ["accuracy", "nll", "soft_ce", "ece", "abs_p_err", "auroc_disagree_p", "auroc_disagree_sigma",
+          "spearman_disagree_sigma"],
 }
 TITLES = {"A": "(A) per-item noise, varying", "A-const": "(A) constant-noise control",
           "B": "(B) hidden annotator groups"}

@@ -67,6 +67,8 @@ def make_model_dir(path: Path, arch: str = "llama") -> Path:
         GPT2LMHeadModel,
         LlamaConfig,
         LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
         Qwen2Config,
         Qwen2ForCausalLM,
     )
@@ -82,6 +84,10 @@ def make_model_dir(path: Path, arch: str = "llama") -> Path:
         config = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
         model = Qwen2ForCausalLM(config)
+    elif arch == "mistral":
+        config = MistralConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+        model = MistralForCausalLM(config)
     elif arch == "gpt2":
         config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=1024)
         model = GPT2LMHeadModel(config)
@@ -103,6 +109,11 @@ def tiny_llama(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("tiny_qwen2"), "qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral(tmp_path_factory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("tiny_mistral"), "mistral")
 
 
 @pytest.fixture(scope="session")

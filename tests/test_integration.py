@@ -117,11 +117,10 @@ def test_hh_lora_train_eval_reload(smol_dir, hh_slices, tmp_path, head):
     assert [round(s, 4) for s in scores[6:].tolist()] == [round(p["rejected_score"], 4) for p in predictions[:6]]
 
 
-@pytest.mark.parametrize("head", ["scalar", "gaussian"])
-def test_quickstart_reaches_target_accuracy(smol_dir, tmp_path, head):
+@pytest.mark.parametrize("example", ["quickstart.yaml", "discorm_gaussian.yaml"])
+def test_quickstart_reaches_target_accuracy(smol_dir, tmp_path, example):
     model_args, data_args, training_args, ft = load_args(
-        str(REPO / "examples" / "quickstart.yaml"),
-        {"output_dir": str(tmp_path / "qs"), "head": head, "disable_tqdm": True},
+        str(REPO / "examples" / example), {"output_dir": str(tmp_path / "qs"), "disable_tqdm": True},
         defaults={"do_train": True},
     )
     results = run_rm(model_args, data_args, training_args, ft)

@@ -260,3 +260,10 @@ def test_packed_collator_matches_padding_collator_tokens():
         rejected = torch.cat([ids[start : start + p], ids[start + p + c : start + p + c + r]])
         assert chosen.tolist() == padded["input_ids"][row][: p + c].tolist()
         assert rejected.tolist() == padded["input_ids"][2 + row][: p + r].tolist()
+
+
+def test_worker_processes_give_the_same_tokens(tokenizer):
+    single, _, _ = build_datasets(DataArguments(dataset="demo", overwrite_cache=True), tokenizer)
+    parallel, _, summaries = build_datasets(
+        DataArguments(dataset="demo", preprocessing_num_workers=2, overwrite_cache=True), tokenizer)
+    assert single[:] == parallel[:] and "400 pairs read, 400 kept" in summaries[0]

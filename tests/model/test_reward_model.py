@@ -24,7 +24,11 @@ def test_pool_picks_last_real_token_for_both_padding_sides():
     assert pool(hidden, right, "mean").flatten().tolist() == [0.5, 5.5]
 
 
-@pytest.mark.parametrize("arch, pooling", [("tiny_llama", "last"), ("tiny_bert", "first"), ("tiny_gpt2", "last")])
+@pytest.mark.parametrize(
+    "arch, pooling",
+    [("tiny_llama", "last"), ("tiny_qwen2", "last"), ("tiny_mistral", "last"), ("tiny_gpt2", "last"),
+     ("tiny_bert", "first")],
+)
 def test_shapes_and_padding_side_invariance(arch, pooling, request):
     model = build_model(request.getfixturevalue(arch), pooling=pooling).eval()
     right, left = _batch("right"), _batch("left")

@@ -178,3 +178,19 @@ def test_noise_column_reaches_evaluation(tiny_llama, tmp_path):
     results = run_rm(*load_args(_config(tiny_llama, data, tmp_path / "out", max_steps=2, head="gaussian",
                                         eval_dataset=str(data))))
     assert "eval_sigma_noise_corr" in results and "eval_mean_sigma" in results
+
+
+def test_temperature_scaling_and_cli_eval(tiny_llama, tmp_path, capsys):
+    from discorm.cli import main
+
+    data = _synthetic_file(tmp_path / "easy.jsonl", n=32)
+    results = run_rm(*load_args(_config(tiny_llama, data, tmp_path / "out", max_steps=6, eval_dataset=str(data),
+                                        temperature_scaling=True)))
+    info = json.loads((tmp_path / "out" / "discorm_config.json").read_text())
+    assert info["temperature"] > 0 and results["eval_temperature"] == pytest.approx(info["temperature"])
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"model_name_or_path: {tmp_path / 'out'}\ndataset: {data}\noutput_dir: {tmp_path / 'ev'}\n"
+                      "use_cpu: true\n")
+    assert main(["eval", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy:" in out and "ece:" in out

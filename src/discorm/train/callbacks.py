@@ -42,8 +42,9 @@ class JsonlLogCallback(TrainerCallback):
             handle.write(json.dumps(record) + "\n")
 
 
-def smooth(values: list[float], weight: float = 0.9) -> list[float]:
-    """Exponential moving average with bias correction (as TensorBoard draws it)."""
+def smooth(values: list[float], weight: float | None = None) -> list[float]:
+    """Exponential moving average with bias correction (as TensorBoard draws it); lighter for short runs."""
+    weight = weight if weight is not None else (0.9 if len(values) >= 100 else 0.6)
     out, avg = [], 0.0
     for i, v in enumerate(values, start=1):
         avg = weight * avg + (1 - weight) * v
