@@ -144,3 +144,14 @@ def test_packed_and_prefix_shared_match_plain(arch, prefix_sharing, head, finetu
     for name, grad in plain_grads.items():
         scale = grad.abs().max().clamp_min(1e-8)
         assert (packed_grads[name] - grad).abs().max() / scale < 1e-4, name
+
+
+def test_packed_path_under_gradient_checkpointing(tiny_llama):
+    model = build_model(tiny_llama, "full").eval()
+    plain_params, plain_grads = _scores_and_grads(model, PairwiseDataCollatorWithPadding(0)(PAIRS))
+    model.gradient_checkpointing_enable({"use_reentrant": False})
+    model.train()  # checkpointing recomputes only in training mode; the tiny Llama has no dropout
+    packed_params, packed_grads = _scores_and_grads(model, PackedPairCollator(True)(PAIRS))
+    torch.testing.assert_close(packed_params, plain_params, atol=1e-5, rtol=0)
+    for name, grad in plain_grads.items():
+        assert (packed_grads[name] - grad).abs().max() / grad.abs().max().clamp_min(1e-8) < 1e-4, name

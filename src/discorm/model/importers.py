@@ -101,8 +101,9 @@ def import_foreign(path: str, model_args, head: str | None):
         "%s is a plain pretrained model, not a reward model: its %s head is newly initialised and untrained "
         "(train one with `discorm train`).", path, kind
     )
-    torch.manual_seed(0)
-    new_head = build_head(kind, backbone.config.hidden_size)
+    with torch.random.fork_rng():  # a reproducible head without touching the caller's random state
+        torch.manual_seed(0)
+        new_head = build_head(kind, backbone.config.hidden_size)
     info = {"base_model": model_args.model_name_or_path, "finetuning_type": "full"}
     return RewardModel(backbone, new_head, "last", tokenizer, info)
 
