@@ -70,7 +70,8 @@ def pull_builtin_model(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
                 shutil.copyfileobj(src, dst)
         logger.info("Converting %s from GGUF to safetensors ...", spec["gguf"])
         staging = Path(tmp, "model")
-        convert_gguf(gguf_dir, spec["gguf"], staging)
+        with torch.random.fork_rng():  # building the model draws random numbers; keep runs reproducible
+            convert_gguf(gguf_dir, spec["gguf"], staging)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)  # atomic: a crash never leaves a half-written cache entry
