@@ -113,8 +113,9 @@ def test_hh_lora_train_eval_reload(smol_dir, hh_slices, tmp_path, head):
     batch = PairwiseDataCollatorWithPadding(model.tokenizer.pad_token_id)(list(eval_set)[:6])
     with torch.no_grad():
         scores = model(batch["input_ids"], batch["attention_mask"]).scores
-    assert [round(s, 4) for s in scores[:6].tolist()] == [round(p["chosen_score"], 4) for p in predictions[:6]]
-    assert [round(s, 4) for s in scores[6:].tolist()] == [round(p["rejected_score"], 4) for p in predictions[:6]]
+    # predictions come from packed batches, these from padded ones: equal up to float summation order
+    assert scores[:6].tolist() == pytest.approx([p["chosen_score"] for p in predictions[:6]], abs=1e-4)
+    assert scores[6:].tolist() == pytest.approx([p["rejected_score"] for p in predictions[:6]], abs=1e-4)
 
 
 @pytest.mark.parametrize("example", ["quickstart.yaml", "discorm_gaussian.yaml"])
