@@ -28,6 +28,21 @@ def _pair_extras(features: list[dict]) -> dict:
     return extras
 
 
+def pad_sequences(seqs: list[list[int]], pad_token_id: int, padding_side: str = "right",
+                  pad_to_multiple_of: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> input_ids, attention_mask, both (len(seqs), L) with L the longest (rounded up)."""
+    length = max(len(s) for s in seqs)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(seqs), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        span = slice(0, len(seq)) if padding_side == "right" else slice(length - len(seq), length)
+        input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, span] = 1
+    return input_ids, attention_mask
+
+
 @dataclass
 class PairwiseDataCollatorWithPadding:
     pad_token_id: int
@@ -37,15 +52,8 @@ class PairwiseDataCollatorWithPadding:
     def __call__(self, features: list[dict]) -> dict:
         seqs = [f["prompt_ids"] + f["chosen_ids"] for f in features]
         seqs += [f["prompt_ids"] + f["rejected_ids"] for f in features]
-        length = max(len(s) for s in seqs)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(seqs), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(seqs), length), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            span = slice(0, len(seq)) if self.padding_side == "right" else slice(length - len(seq), length)
-            input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[row, span] = 1
+        input_ids, attention_mask = pad_sequences(seqs, self.pad_token_id, self.padding_side,
+                                                  self.pad_to_multiple_of)  # (2B, L)
         return {"input_ids": input_ids, "attention_mask": attention_mask, **_pair_extras(features)}
 
 

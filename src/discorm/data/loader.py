@@ -162,7 +162,7 @@ def load_pairs(names: str, data_args: DataArguments, stats: DataStats, eval_spli
         rows, spec = read_source(name, data_args, eval_split)
         if data_args.max_samples:
             rows = rows[: data_args.max_samples]
-        where = rows[0][0].rsplit(":", 1)[0].rsplit(" row", 1)[0]
+        where = name
         if spec is None:
             fmt = detect_format(list(rows[0][1]), where) if data_args.formatting == "auto" else data_args.formatting
             spec = FormatSpec(fmt, margin_column=data_args.margin_column,

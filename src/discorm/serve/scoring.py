@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from discorm.data.collator import PairwiseDataCollatorWithPadding
+from discorm.data.collator import pad_sequences
 from discorm.data.formats import FormatSpec, detect_format, to_pair
 from discorm.data.templates import Renderer
 from discorm.errors import DataError
@@ -70,16 +70,14 @@ class SequenceEncoder:
 def score_ids(model, sequences: list[list[int]], batch_size: int = 8, show_progress: bool = False) -> torch.Tensor:
     """Token id lists -> head params (N, K), computed in length-sorted padded batches, returned in input order."""
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    pad = model.tokenizer.pad_token_id if model.tokenizer is not None else 0
-    collate = PairwiseDataCollatorWithPadding(pad or 0)
+    pad = (model.tokenizer.pad_token_id if model.tokenizer is not None else None) or 0
     device = next(model.parameters()).device
     out = [None] * len(sequences)
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc="Scoring", disable=not show_progress):
         index = order[start : start + batch_size]
-        batch = collate([{"prompt_ids": [], "chosen_ids": sequences[i], "rejected_ids": []} for i in index])
-        rows = len(index)
-        params = model(batch["input_ids"][:rows].to(device), batch["attention_mask"][:rows].to(device)).head_params
+        input_ids, attention_mask = pad_sequences([sequences[i] for i in index], pad)
+        params = model(input_ids.to(device), attention_mask.to(device)).head_params
         for row, i in enumerate(index):
             out[i] = params[row].float().cpu()
     return torch.stack(out) if out else torch.zeros(0, 1)
