@@ -55,6 +55,8 @@ def _write_predictions(trainer: PairwiseTrainer, dataset, output_dir: str, prefi
     pc, pr = params[:, 0], params[:, 1]
     chosen, rejected = model.reward(pc), model.reward(pr)
     prob = model.head.prob_pair(pc, pr)
+    if not trainer.is_world_process_zero():
+        return output.metrics
     with open(Path(output_dir, "predictions.jsonl"), "w") as handle:
         for i in range(len(chosen)):
             record = {"index": i, "chosen_score": float(chosen[i]), "rejected_score": float(rejected[i]),
