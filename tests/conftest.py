@@ -31,8 +31,8 @@ def _isolated_cache(tmp_path, monkeypatch):
     real = Path(os.environ.get("DISCORM_HOME", Path.home() / ".cache" / "discorm"))
     monkeypatch.setenv("DISCORM_HOME", str(tmp_path / "discorm_home"))
     (tmp_path / "discorm_home").mkdir()
-    if (real / "models").exists():
-        (tmp_path / "discorm_home" / "models").symlink_to(real / "models")
+    (real / "models").mkdir(parents=True, exist_ok=True)  # a model fetched by one test serves the others
+    (tmp_path / "discorm_home" / "models").symlink_to(real / "models")
     torch.manual_seed(0)
 
 
