@@ -71,13 +71,9 @@ def packed_sdpa_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-def _packed_mask(*args, **kwargs):
-    """Padded batches get the usual SDPA mask; packed ones get it too, and the attention above ignores it."""
-    return sdpa_mask(*args, **kwargs)
-
-
 AttentionInterface.register(ATTN_IMPLEMENTATION, packed_sdpa_attention)
-AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _packed_mask)
+# Padded batches get the usual SDPA mask; packed ones get it too, and the attention above ignores it.
+AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
 
 
 def block_positions(blocks: list[Block]) -> torch.Tensor:

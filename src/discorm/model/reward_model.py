@@ -121,7 +121,7 @@ class RewardModel(nn.Module):
         return self._packing_ok
 
     def _check_packing(self) -> bool:
-        config = self.backbone_config
+        config = self.config
         if getattr(config, "_attn_implementation", None) != ATTN_IMPLEMENTATION:
             return False
         generator = torch.Generator().manual_seed(0)
@@ -159,10 +159,6 @@ class RewardModel(nn.Module):
         return ok
 
     # ----------------------------------------------------------------- conveniences
-    @property
-    def backbone_config(self):
-        return self.backbone.config
-
     @property
     def config(self):
         return self.backbone.config
