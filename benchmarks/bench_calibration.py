@@ -114,19 +114,21 @@ def train(model_dir: Path, data: Path, val: Path, head: str, out: Path, seed: in
 def predict(run: Path, rows: list[dict]):
     """-> P(chosen > rejected) (N,), scalar score difference (N,), per-response sigma (N, 2)."""
     from discorm.data.formats import Pair
+    from discorm.data.tokenize import Encoder
     from discorm.model.reward_model import RewardModel
-    from discorm.serve.scoring import SequenceEncoder, score_ids
+    from discorm.serve.scoring import score_pairs
 
     model = RewardModel.from_pretrained(run).eval()
-    encoder = SequenceEncoder(model)
-    seqs = []
+    encoder = Encoder.for_model(model)
+    examples = []
     for r in rows:
         pair = Pair([{"role": "user", "content": r["prompt"]}], [{"role": "assistant", "content": r["chosen"]}],
                     [{"role": "assistant", "content": r["rejected"]}])
-        seqs += [encoder.encode_conversation(pair.prompt, pair.chosen),
-                 encoder.encode_conversation(pair.prompt, pair.rejected)]
-    params = score_ids(model, seqs, batch_size=256)
-    pc, pr = params[0::2], params[1::2]
+        encoded = encoder.encode(pair.prompt, [pair.chosen, pair.rejected])
+        examples.append({"prompt_ids": encoded.prompt_ids, "chosen_ids": encoded.response_ids[0],
+                         "rejected_ids": encoded.response_ids[1]})
+    params = score_pairs(model, examples, batch_size=256)
+    pc, pr = params[:, 0], params[:, 1]
     with torch.no_grad():
         prob = model.head.prob_pair(pc, pr).double().numpy()
         diff = (model.head.mean(pc) - model.head.mean(pr)).double().numpy()

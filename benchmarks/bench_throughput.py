@@ -98,7 +98,7 @@ def worker(opts) -> dict:
         ft = FinetuningArguments(finetuning_type=opts.finetuning, lora_rank=16, lora_alpha=32, lora_target="all")
         model = RewardModel.for_training(ModelArguments(model_name_or_path=model_dir), ft, tokenizer)
         if opts.mode == "optimised":
-            assert model.supports_packing
+            assert model.check_packing()
             collator = PackedPairCollator(prefix_sharing=True)
             real_tokens = sum(len(e["prompt_ids"]) + len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in train)
         else:

@@ -6,6 +6,7 @@ or on the command line; ``transformers.HfArgumentParser`` routes each key to its
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import typing
@@ -16,16 +17,22 @@ from typing import Any
 import transformers
 import yaml
 
+from discorm.data.tokenize import DEFAULT_CUTOFF_LEN
 from discorm.errors import ConfigError
+from discorm.model.heads import HEADS
+from discorm.model.rm_config import REWARD_MODES
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 FINETUNING_TYPES = ("full", "lora", "freeze")
-HEADS = ("scalar", "gaussian", "categorical")
 POOLINGS = ("last", "first", "mean")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-REWARD_MODES = ("mean", "lower_quantile", "mean_minus_std")
 FORMATTINGS = ("auto", "explicit", "implicit", "alpaca", "sharegpt")
+
+
+def _arg(default: Any, help: str, **kwargs):
+    """A dataclass field with its help text (read by HfArgumentParser and `discorm keys`)."""
+    return field(default=default, metadata={"help": help}, **kwargs)
 
 
 def check_choice(key: str, value: Any, allowed: tuple) -> None:
@@ -46,30 +53,20 @@ def check_range(key: str, value: float | None, low: float | None = None, high: f
 class ModelArguments:
     """Which backbone and tokenizer to load, and how."""
 
-    model_name_or_path: str = field(
-        default=DEFAULT_MODEL,
-        metadata={
-            "help": f"Backbone: '{DEFAULT_MODEL}' (built-in, fetched and cached on first use), a local model "
-            "directory, a DiscoRM run directory, or a Hugging Face Hub id."
-        },
-    )
-    tokenizer_name_or_path: str | None = field(
-        default=None, metadata={"help": "Tokenizer to use when it differs from model_name_or_path."}
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow model code from the Hub to run. Off unless you trust the source."}
-    )
-    dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "Weight dtype: auto (float32 on CPU, the checkpoint's dtype on GPU), float32, bfloat16, float16."
-        },
-    )
-    attn_implementation: str | None = field(
-        default=None,
-        metadata={"help": "Attention kernel (sdpa, eager, flash_attention_2, ...); default: sdpa when available."},
-    )
-    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub downloads are cached."})
+    model_name_or_path: str = _arg(
+        DEFAULT_MODEL,
+        f"Backbone: '{DEFAULT_MODEL}' (built-in, fetched and cached on first use), a local model "
+        "directory, a DiscoRM run directory, or a Hugging Face Hub id.")
+    tokenizer_name_or_path: str | None = _arg(
+        None, "Tokenizer to use when it differs from model_name_or_path.")
+    trust_remote_code: bool = _arg(
+        False, "Allow model code from the Hub to run. Off unless you trust the source.")
+    dtype: str = _arg(
+        "auto",
+        "Weight dtype: auto (float32 on CPU, the checkpoint's dtype on GPU), float32, bfloat16, float16.")
+    attn_implementation: str | None = _arg(
+        None, "Attention kernel (sdpa, eager, flash_attention_2, ...); default: sdpa when available.")
+    cache_dir: str | None = _arg(None, "Where Hub downloads are cached.")
 
     def __post_init__(self):
         check_choice("dtype", self.dtype, DTYPES)
@@ -79,77 +76,49 @@ class ModelArguments:
 class DataArguments:
     """Which preference data to read and how to turn it into token sequences."""
 
-    dataset: str | None = field(
-        default="demo",
-        metadata={
-            "help": "Training data: 'demo' (built-in), a file or folder (jsonl/json/parquet/csv), a name in "
-            "dataset_dir/dataset_info.json, or a Hub id; several joined by commas."
-        },
-    )
-    eval_dataset: str | None = field(
-        default=None, metadata={"help": "Evaluation data, same forms as `dataset`; default: the val_size split."}
-    )
-    dataset_dir: str = field(
-        default="data", metadata={"help": "Folder holding a LlamaFactory-style dataset_info.json and data files."}
-    )
-    formatting: str = field(
-        default="auto",
-        metadata={"help": "Input format: auto (detected from the columns), explicit, implicit, alpaca, sharegpt."},
-    )
-    template: str | None = field(
-        default=None,
-        metadata={
-            "help": "Chat template: default the tokenizer's own; built-ins: chatml, llama3, qwen, raw (plain "
-            "concatenation)."
-        },
-    )
-    cutoff_len: int = field(
-        default=1024,
-        metadata={"help": "Max tokens of prompt + response; the prompt is cut first (oldest turns), ends are kept."},
-    )
-    val_size: float = field(
-        default=0.0,
-        metadata={"help": "Held-out share (0 < x < 1) or count (x >= 1) of pairs, split with `seed`."},
-    )
-    max_samples: int | None = field(
-        default=None, metadata={"help": "Use at most this many pairs from each data set (for quick runs)."}
-    )
-    preprocessing_num_workers: int | None = field(
-        default=None, metadata={"help": "Processes for tokenization (datasets.map num_proc)."}
-    )
-    strict_data: bool = field(
-        default=False, metadata={"help": "Turn skippable data problems (empty response, identical pair) into errors."}
-    )
-    margin_column: str = field(
-        default="margin", metadata={"help": "Column with a per-pair margin for the loss, used when present."}
-    )
-    soft_label_column: str = field(
-        default="soft_label",
-        metadata={"help": "Column with the fraction of annotators preferring `chosen`, used when present."},
-    )
-    noise_column: str = field(
-        default="noise",
-        metadata={"help": "Column with a per-pair noise/disagreement level; evaluation reports its correlation "
-                  "with the predicted spread of distributional heads."},
-    )
-    overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize even if a cached copy exists."})
-    pad_to_multiple_of: int | None = field(
-        default=None, metadata={"help": "Pad padded batches to a multiple of this (e.g. 8 for tensor cores)."}
-    )
-    prefix_sharing: bool = field(
-        default=True,
-        metadata={
-            "help": "Run each pair as one sequence [prompt | chosen | rejected] so the prompt is computed once "
-            "(exact; decoder models only, falls back with a warning elsewhere)."
-        },
-    )
-    packing: bool = field(
-        default=True,
-        metadata={"help": "Pack the pairs of a batch into one row with no padding (exact; decoder models only)."},
-    )
-    group_by_length: bool = field(
-        default=False, metadata={"help": "Padded path only: batch pairs of similar length to cut padding."}
-    )
+    dataset: str | None = _arg(
+        "demo",
+        "Training data: 'demo' (built-in), a file or folder (jsonl/json/parquet/csv), a name in "
+        "dataset_dir/dataset_info.json, or a Hub id; several joined by commas.")
+    eval_dataset: str | None = _arg(
+        None, "Evaluation data, same forms as `dataset`; default: the val_size split.")
+    dataset_dir: str = _arg("data", "Folder holding a LlamaFactory-style dataset_info.json and data files.")
+    formatting: str = _arg(
+        "auto", "Input format: auto (detected from the columns), explicit, implicit, alpaca, sharegpt.")
+    template: str | None = _arg(
+        None,
+        "Chat template: default the tokenizer's own; built-ins: chatml, llama3, qwen, raw (plain "
+        "concatenation).")
+    cutoff_len: int = _arg(
+        DEFAULT_CUTOFF_LEN,
+        "Max tokens of prompt + response; the prompt is cut first (oldest turns), ends are kept.")
+    val_size: float = _arg(0.0, "Held-out share (0 < x < 1) or count (x >= 1) of pairs, split with `seed`.")
+    max_samples: int | None = _arg(None, "Use at most this many pairs from each data set (for quick runs).")
+    preprocessing_num_workers: int | None = _arg(None, "Processes for tokenization (datasets.map num_proc).")
+    strict_data: bool = _arg(
+        False, "Turn skippable data problems (empty response, identical pair) into errors.")
+    margin_column: str = _arg("margin", "Column with a per-pair margin for the loss, used when present.")
+    soft_label_column: str = _arg(
+        "soft_label", "Column with the fraction of annotators preferring `chosen`, used when present.")
+    noise_column: str = _arg(
+        "noise",
+        "Column with a per-pair noise/disagreement level; evaluation reports its correlation with the "
+        "predicted spread of distributional heads.")
+    overwrite_cache: bool = _arg(False, "Re-tokenize even if a cached copy exists.")
+    pad_to_multiple_of: int | None = _arg(
+        None, "Pad padded batches to a multiple of this (e.g. 8 for tensor cores).")
+    prefix_sharing: bool = _arg(
+        True,
+        "In packed batches, run each pair as one block [prompt | chosen | rejected] so the prompt is "
+        "computed once (exact).")
+    packing: bool = _arg(
+        True,
+        "Pack the pairs of a batch into one row with no padding (exact; decoder models with last-token "
+        "pooling; others get padded batches and the log says why). false: padded batches.")
+    group_by_length: bool = _arg(
+        False,
+        "Train on batches of pairs of similar length (the Trainer's length-grouped sampler): cuts padding in"
+        " padded batches. Evaluation keeps the data order.")
 
     def __post_init__(self):
         check_choice("formatting", self.formatting, FORMATTINGS)
@@ -157,76 +126,54 @@ class DataArguments:
         check_range("val_size", self.val_size, low=0)
         check_range("max_samples", self.max_samples, low=1)
 
-    @property
-    def uses_packed_batches(self) -> bool:
-        return self.packing or self.prefix_sharing
-
 
 @dataclass
 class FinetuningArguments:
     """Which parameters train, which head sits on the backbone, and the pairwise loss."""
 
-    finetuning_type: str = field(
-        default="lora", metadata={"help": "full (all weights), lora (PEFT adapters), freeze (last N blocks)."}
+    finetuning_type: str = _arg("lora", "full (all weights), lora (PEFT adapters), freeze (last N blocks).")
+    lora_rank: int = _arg(8, "LoRA rank r.")
+    lora_alpha: int | None = _arg(None, "LoRA alpha; default 2 * lora_rank.")
+    lora_dropout: float = _arg(0.0, "LoRA dropout.")
+    lora_target: str = _arg(
+        "all", "Comma-separated module names for LoRA, or 'all' for every linear layer of the backbone.")
+    freeze_trainable_layers: int = _arg(
+        2, "freeze: how many of the last transformer blocks train (the head always does).")
+    head: str = _arg(
+        "scalar", "Reward head: scalar, gaussian (mean + variance), categorical (distribution over atoms).")
+    disco: bool = _arg(False, "Shorthand for head: gaussian.")
+    pooling: str = _arg(
+        "last", "Token whose hidden state is scored: last (last real token), first (BERT-style), mean.")
+    head_options: dict = field(
+        default_factory=dict,
+        metadata={"help": "Options of the chosen head (see 'Head options'); each may also be a top-level key."},
     )
-    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
-    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha; default 2 * lora_rank."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target: str = field(
-        default="all",
-        metadata={"help": "Comma-separated module names for LoRA, or 'all' for every linear layer of the backbone."},
-    )
-    freeze_trainable_layers: int = field(
-        default=2, metadata={"help": "freeze: how many of the last transformer blocks train (the head always does)."}
-    )
-    head: str = field(
-        default="scalar",
-        metadata={"help": "Reward head: scalar, gaussian (mean + variance), categorical (distribution over atoms)."},
-    )
-    disco: bool = field(default=False, metadata={"help": "Shorthand for head: gaussian."})
-    pooling: str = field(
-        default="last",
-        metadata={"help": "Token whose hidden state is scored: last (last real token), first (BERT-style), mean."},
-    )
-    num_atoms: int = field(default=11, metadata={"help": "categorical: number of reward atoms."})
-    atom_range: float = field(
-        default=5.0, metadata={"help": "categorical: atoms are evenly spaced on [-atom_range, atom_range]."}
-    )
-    variance_penalty: float = field(
-        default=0.0, metadata={"help": "gaussian: adds variance_penalty * mean(var_chosen + var_rejected)."}
-    )
-    entropy_coef: float = field(
-        default=0.0,
-        metadata={"help": "categorical: subtracts entropy_coef * entropy of the batch-mean distribution."},
-    )
-    center_rewards_coefficient: float | None = field(
-        default=None, metadata={"help": "Adds coef * mean((r_chosen + r_rejected)^2) to keep rewards centred."}
-    )
-    reward_mode: str = field(
-        default="mean",
-        metadata={
-            "help": "Scalar reward from a distributional head: mean, lower_quantile (alpha-quantile), "
-            "mean_minus_std (mean - k * std)."
-        },
-    )
-    reward_alpha: float = field(default=0.1, metadata={"help": "lower_quantile: the quantile level alpha."})
-    reward_k: float = field(default=1.0, metadata={"help": "mean_minus_std: the number of standard deviations k."})
-    temperature_scaling: bool = field(
-        default=False,
-        metadata={"help": "scalar: fit a temperature on the validation split before reporting calibration."},
-    )
+    center_rewards_coefficient: float | None = _arg(
+        None, "Adds coef * mean((r_chosen + r_rejected)^2) to keep rewards centred.")
+    reward_mode: str = _arg(
+        "mean",
+        "Scalar reward from a distributional head: mean, lower_quantile (alpha-quantile), mean_minus_std "
+        "(mean - k * std).")
+    reward_alpha: float = _arg(0.1, "lower_quantile: the quantile level alpha.")
+    reward_k: float = _arg(1.0, "mean_minus_std: the number of standard deviations k.")
+    temperature_scaling: bool = _arg(
+        False, "scalar: fit a temperature on the validation split before reporting calibration.")
 
     def __post_init__(self):
         if self.disco:
             self.head = "gaussian"
         check_choice("finetuning_type", self.finetuning_type, FINETUNING_TYPES)
-        check_choice("head", self.head, HEADS)
+        check_choice("head", self.head, tuple(HEADS))
+        self.head_options = HEADS[self.head].resolve_options(dict(self.head_options or {}))
+        if self.temperature_scaling and not HEADS[self.head].supports_temperature:
+            raise ConfigError(f"temperature_scaling applies to heads whose P(chosen > rejected) has a temperature "
+                              f"({', '.join(k for k, h in HEADS.items() if h.supports_temperature)}); the "
+                              f"{self.head} head is calibrated by its own spread. Remove temperature_scaling.")
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("reward_mode", self.reward_mode, REWARD_MODES)
         check_range("lora_rank", self.lora_rank, low=1)
         check_range("lora_dropout", self.lora_dropout, low=0, high=1)
         check_range("freeze_trainable_layers", self.freeze_trainable_layers, low=0)
-        check_range("num_atoms", self.num_atoms, low=2)
         check_range("reward_alpha", self.reward_alpha, low=1e-6, high=1 - 1e-6)
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_rank
@@ -236,13 +183,12 @@ class FinetuningArguments:
 class TrainingArguments(transformers.TrainingArguments):
     """``transformers.TrainingArguments`` with defaults that suit reward models."""
 
-    output_dir: str | None = field(default="saves/discorm", metadata={"help": "Where checkpoints and logs go."})
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Kept False: the pairwise collator needs every tokenized column."}
-    )
-    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "Pairs per device per step."})
-    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Pairs per device per eval step."})
+    output_dir: str | None = _arg("saves/discorm", "Where checkpoints and logs go.")
+    remove_unused_columns: bool = _arg(
+        False, "Kept False: the pairwise collator needs every tokenized column.")
+    logging_steps: float = _arg(10, "Log every N steps.")
+    per_device_train_batch_size: int = _arg(4, "Pairs per device per step.")
+    per_device_eval_batch_size: int = _arg(8, "Pairs per device per eval step.")
 
 
 ARG_CLASSES = (ModelArguments, DataArguments, TrainingArguments, FinetuningArguments)
@@ -250,14 +196,21 @@ Args = tuple[ModelArguments, DataArguments, TrainingArguments, FinetuningArgumen
 
 
 def _known_keys() -> dict[str, Any]:
-    """Every accepted key and its type annotation."""
+    """Every accepted key and its type annotation (head options: the type of their default)."""
     keys = {}
     for cls in ARG_CLASSES:
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
             if f.init:
                 keys[f.name] = hints.get(f.name, f.type)
+    for head in HEADS.values():
+        for option in head.options:
+            keys.setdefault(option.name, type(option.default))
     return keys
+
+
+def _head_option_names() -> set[str]:
+    return {option.name for head in HEADS.values() for option in head.options}
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -332,6 +285,9 @@ def load_args(
             "Run `discorm train --help-keys` for the full list."
         )
     typed = {key: _coerce(key, value, known[key]) for key, value in values.items()}
+    options = {key: typed.pop(key) for key in _head_option_names() & set(typed)}
+    if options:
+        typed["head_options"] = {**(typed.get("head_options") or {}), **options}
     parser = transformers.HfArgumentParser(ARG_CLASSES)
     try:
         model_args, data_args, training_args, finetuning_args = parser.parse_dict(typed)
@@ -350,9 +306,18 @@ def reference_markdown() -> str:
         for f in fields(cls):
             if cls is TrainingArguments and f.name not in TrainingArguments.__annotations__:
                 continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             help_text = f.metadata.get("help", "").replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| `{f.name}` | `{f.default!r}` | {help_text} |")
+            lines.append(f"| `{f.name}` | `{default!r}` | {help_text} |")
         if cls is TrainingArguments:
             lines.append("| ... | | every other `transformers.TrainingArguments` key (learning_rate, num_train_epochs, ...) |")
         lines.append("")
+    lines += ["### Head options", "", "Top-level keys that apply to one head; saved ones are part of the trained model, "
+              "the others are loss coefficients read from the current config.", "",
+              "| key | head | default | saved | meaning |", "| --- | --- | --- | --- | --- |"]
+    for kind, head in HEADS.items():
+        for option in head.options:
+            lines.append(f"| `{option.name}` | {kind} | `{option.default!r}` | {'yes' if option.saved else 'no'} | "
+                         f"{option.help} |")
+    lines.append("")
     return "\n".join(lines)

@@ -86,11 +86,11 @@ def test_categorical_probability_matches_double_loop():
 
 
 def test_categorical_two_peaks_and_regulariser():
-    head = CategoricalHead(4, num_atoms=3, atom_range=1.0, entropy_coef=0.1)
+    head = CategoricalHead(4, num_atoms=3, atom_range=1.0)
     two_peaks = torch.log(torch.tensor([[0.5, 1e-6, 0.5]]))
     assert float(head.mean(two_peaks)) == pytest.approx(0.0, abs=1e-5)
     assert float(head.std(two_peaks)) == pytest.approx(1.0, abs=1e-4)
-    assert float(head.regulariser(two_peaks, two_peaks)) < 0
+    assert float(head.regulariser(two_peaks, two_peaks, entropy_coef=0.1)) < 0
 
 
 def test_reward_modes():

@@ -91,7 +91,7 @@ def test_save_load_round_trip(tiny_llama, tmp_path, finetuning_type, head):
     assert (tmp_path / "run" / "value_head.safetensors").is_file()
     assert not list((tmp_path / "run").glob("*.bin")) and not list((tmp_path / "run").glob("*.pt"))
     loaded = RewardModel.from_pretrained(tmp_path / "run")
-    assert loaded.head.kind == head and loaded.info["finetuning_type"] == finetuning_type
+    assert loaded.head.kind == head and loaded.rm_config.finetuning_type == finetuning_type
     torch.testing.assert_close(loaded(**batch).head_params, before, atol=1e-6, rtol=0)
 
 
@@ -107,7 +107,8 @@ def test_scalar_checkpoint_seeds_gaussian_but_not_back(tiny_llama, tmp_path):
 
 
 def test_bert_falls_back_to_padded_batches(tiny_bert):
-    assert build_model(tiny_bert, pooling="first").supports_packing is False
+    model = build_model(tiny_bert, pooling="first")
+    assert model.check_packing() is False and "bidirectional" in model.packing_obstacle
 
 
 # --------------------------------------------------------------------------- exactness of the fast paths
@@ -136,7 +137,7 @@ def _scores_and_grads(model, batch):
 @pytest.mark.parametrize("finetuning_type", ["full", "lora"])
 def test_packed_and_prefix_shared_match_plain(arch, prefix_sharing, head, finetuning_type, request):
     model = build_model(request.getfixturevalue(arch), finetuning_type, head=head, lora_rank=4).eval()
-    assert model.supports_packing
+    assert model.check_packing()
     plain_params, plain_grads = _scores_and_grads(model, PairwiseDataCollatorWithPadding(0)(PAIRS))
     packed_params, packed_grads = _scores_and_grads(model, PackedPairCollator(prefix_sharing)(PAIRS))
     torch.testing.assert_close(packed_params, plain_params, atol=1e-5, rtol=0)

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForCausalLM
 
+from discorm.data.tokenize import Encoder
 from discorm.errors import ModelError
 from discorm.model.reward_model import RewardModel
 from discorm.serve.export import export_sequence_classification
-from discorm.serve.scoring import SequenceEncoder
 from tests.conftest import build_model
 
 CHATS = [
@@ -39,13 +39,13 @@ def _trained_run(tiny_llama, tmp_path, finetuning_type="full", head="scalar"):
 def _classifier_rewards(export_dir, model, items):
     classifier = AutoModelForSequenceClassification.from_pretrained(export_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(export_dir)
-    encoder = SequenceEncoder(model)
+    encoder = Encoder.for_model(model)
     rewards = []
     for item in items:  # one at a time and padded in a batch
-        ids = torch.tensor([encoder(item)])
+        ids = torch.tensor([encoder.encode_item(item)])
         with torch.no_grad():
             rewards.append(classifier(input_ids=ids).logits[0])
-    seqs = [encoder(item) for item in items]
+    seqs = [encoder.encode_item(item) for item in items]
     length = max(map(len, seqs))
     batch = torch.tensor([s + [tokenizer.pad_token_id] * (length - len(s)) for s in seqs])
     with torch.no_grad():
@@ -129,7 +129,7 @@ def test_import_trl_sequence_classification(tiny_llama, tmp_path):
         model = RewardModel.from_pretrained(tmp_path / "trl").eval()
         got = model(ids, attention_mask=mask).scores
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    assert model.info["imported_from"] == "sequence_classification"
+    assert model.rm_config.imported_from == "sequence_classification"
 
 
 def test_score_cli(tiny_llama, tmp_path):
@@ -179,8 +179,8 @@ def test_server_endpoints_and_bad_requests(server):
         assert body["rewards"] == pytest.approx(expected, abs=1e-5) and len(body["sigmas"]) == 4
         assert client.post("/score", json={"inputs": CHATS[:1]}).json()["rewards"] == pytest.approx(expected[:1],
                                                                                                     abs=1e-5)
-        encoder = SequenceEncoder(model)
-        text = model.tokenizer.decode(encoder(CHATS[0]))
+        encoder = Encoder.for_model(model)
+        text = model.tokenizer.decode(encoder.encode_item(CHATS[0]))
         reward = client.post("/get_reward", json={"query": [text]}).json()["rewards"][0]
         assert reward == pytest.approx(expected[0], abs=1e-4)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from discorm.errors import DataError
 
 Message = dict  # {"role": "system" | "user" | "assistant" | "tool", "content": str}
+ROLES = ("system", "user", "assistant", "tool")
 
 LLAMAFACTORY_COLUMNS = {
     "alpaca": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected",
@@ -104,6 +105,11 @@ def _messages(value, column: str, where: str, default_role: str) -> list[Message
                 f"{where}: messages in column {column!r} need 'role' and 'content' keys, found {sorted(item)}."
             )
         _expect(item["content"], str, f"{column}[].content", where)
+        if item["role"] not in ROLES:
+            raise DataError(
+                f"{where}: a message in column {column!r} has role {item['role']!r}; roles must be one of "
+                f"{', '.join(ROLES)}. Rename the role in the data."
+            )
         messages.append({"role": item["role"], "content": item["content"]})
     return messages
 
@@ -241,4 +247,27 @@ def to_pair(row: dict, spec: FormatSpec, where: str) -> Pair:
         soft_label=_optional_number(row, spec.soft_label_column, where, 0.0, 1.0),
         noise=_optional_number(row, spec.noise_column, where),
         meta={"source": where},
+    )
+
+
+def to_conversation(item, where: str = "input") -> str | tuple[list[Message], list[Message]]:
+    """A scoring input -> an already rendered text, or (prompt messages, response messages).
+
+    Accepted: a text; a list of chat messages (the last one is the response); ``{"messages": [...]}``;
+    ``{"prompt": text | messages, "response": text | messages}``."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and "messages" in item:
+        item = item["messages"]
+    if isinstance(item, list):
+        if not item:
+            raise DataError(f"{where}: the message list is empty; give at least the response message.")
+        messages = _messages(item, "messages", where, "assistant")
+        return messages[:-1], messages[-1:]
+    if isinstance(item, dict) and "prompt" in item and "response" in item:
+        return (_messages(item["prompt"], "prompt", where, "user"),
+                _messages(item["response"], "response", where, "assistant"))
+    raise DataError(
+        f"{where}: cannot score {str(item)[:80]!r}; give a text, a list of chat messages, {{'messages': [...]}} "
+        "or {'prompt': ..., 'response': ...}."
     )

@@ -1,4 +1,4 @@
-"""Rendering + tokenization + truncation designed for reward models.
+"""Rendering + tokenization + truncation designed for reward models: the one encoder of the package.
 
 Each pair becomes ``prompt_ids``, ``chosen_ids`` and ``rejected_ids``: the model sees ``prompt + chosen`` and
 ``prompt + rejected`` and its score is read at the last token of each (the end-of-turn token).
@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from discorm.data.formats import Message, Pair
+from discorm.data.formats import Message, Pair, to_conversation
 from discorm.data.templates import Renderer
 from discorm.errors import DataError
 
+DEFAULT_CUTOFF_LEN = 1024  # DataArguments.cutoff_len's default, for models saved without one
 SKIP_REASONS = ("empty response", "identical chosen/rejected", "truncated to identical", "malformed")
 
 
@@ -65,57 +66,99 @@ def _cut_response(ids: list[int], budget: int) -> list[int]:
     return ids[: max(budget - 1, 0)] + ids[-1:]
 
 
-class PairTokenizer:
-    """Pair -> token ids with RM-aware truncation; collects DataStats."""
+@dataclass
+class Encoded:
+    prompt_ids: list[int]
+    response_ids: list[list[int]]  # one list per response, each ending with its end-of-turn token
+    truncated: bool
 
-    def __init__(self, tokenizer, renderer: Renderer, cutoff_len: int, strict: bool = False):
+
+class Encoder:
+    """The one rule that turns conversations into tokens, for training, evaluation, scoring and serving.
+
+    ``encode(prompt, responses)`` renders the prompt and each response with the chat template and truncates to
+    ``cutoff_len`` by the RM-aware rule (oldest prompt turns, then the prompt from the left, then response
+    middles; every response keeps its end-of-turn token). A pair is encoded with both responses, so the prompt is
+    cut the same way for both; a single response scored alone is encoded with itself only.
+    """
+
+    def __init__(self, tokenizer, renderer: Renderer, cutoff_len: int):
         self.tokenizer = tokenizer
         self.renderer = renderer
         self.cutoff_len = cutoff_len
-        self.strict = strict
 
-    def encode(self, text: str) -> list[int]:
+    @classmethod
+    def for_model(cls, model, cutoff_len: int | None = None) -> Encoder:
+        """The encoder a trained model was trained with: its tokenizer, template and cutoff length."""
+        if model.tokenizer is None:
+            raise DataError("this model directory has no tokenizer; save one next to the weights.")
+        config = model.rm_config
+        return cls(model.tokenizer, Renderer(model.tokenizer, config.template),
+                   cutoff_len or config.cutoff_len or DEFAULT_CUTOFF_LEN)
+
+    def tokens(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def __call__(self, pair: Pair, stats: DataStats) -> dict | None:
-        where = pair.meta.get("source", "")
-        prompt = pair.prompt
+    def encode(self, prompt: list[Message], responses: list[list[Message]], where: str = "") -> Encoded:
         prompt_text = self.renderer.render_prompt(prompt)
-        chosen = self.encode(self.renderer.render_response(prompt, prompt_text, pair.chosen, where))
-        rejected = self.encode(self.renderer.render_response(prompt, prompt_text, pair.rejected, where))
-        prompt_ids = self.encode(prompt_text)
-        longest = max(len(chosen), len(rejected))
+        response_ids = [self.tokens(self.renderer.render_response(prompt, prompt_text, r, where)) for r in responses]
+        prompt_ids = self.tokens(prompt_text)
+        longest = max(map(len, response_ids))
         truncated = False
         while len(prompt_ids) + longest > self.cutoff_len:
             shorter = _drop_oldest_turn(prompt)
             if shorter is None:
                 break
             prompt, truncated = shorter, True
-            prompt_text = self.renderer.render_prompt(prompt)
-            prompt_ids = self.encode(prompt_text)
+            prompt_ids = self.tokens(self.renderer.render_prompt(prompt))
         if len(prompt_ids) + longest > self.cutoff_len:
             truncated = True
             keep = max(self.cutoff_len - longest, min(len(prompt_ids), self.cutoff_len // 4))
             prompt_ids = prompt_ids[len(prompt_ids) - keep :]
             budget = self.cutoff_len - len(prompt_ids)
-            chosen, rejected = _cut_response(chosen, budget), _cut_response(rejected, budget)
-        if truncated:
+            response_ids = [_cut_response(ids, budget) for ids in response_ids]
+        return Encoded(prompt_ids, response_ids, truncated)
+
+    def encode_text(self, text: str) -> list[int]:
+        """An already rendered conversation: its tokens, cut from the left to keep the end-of-turn token (the
+        turn structure is unknown, so the rule above cannot apply)."""
+        return self.tokens(text)[-self.cutoff_len :]
+
+    def encode_item(self, item, where: str = "input") -> list[int]:
+        """A scoring input (a text, chat messages, {"messages"}, {"prompt", "response"}) -> one token sequence."""
+        conversation = to_conversation(item, where)
+        if isinstance(conversation, str):
+            return self.encode_text(conversation)
+        prompt, response = conversation
+        encoded = self.encode(prompt, [response], where)
+        return encoded.prompt_ids + encoded.response_ids[0]
+
+
+class PairTokenizer(Encoder):
+    """Pair -> a tokenized training example (prompt_ids, chosen_ids, rejected_ids, extras); collects DataStats."""
+
+    def __init__(self, tokenizer, renderer: Renderer, cutoff_len: int, strict: bool = False):
+        super().__init__(tokenizer, renderer, cutoff_len)
+        self.strict = strict
+
+    def __call__(self, pair: Pair, stats: DataStats) -> dict | None:
+        where = pair.meta.get("source", "")
+        encoded = self.encode(pair.prompt, [pair.chosen, pair.rejected], where)
+        prompt_ids, (chosen, rejected) = encoded.prompt_ids, encoded.response_ids
+        if encoded.truncated:
             stats.truncated += 1
         if chosen == rejected:
-            reason = "truncated to identical" if truncated else "identical chosen/rejected"
+            reason = "truncated to identical" if encoded.truncated else "identical chosen/rejected"
             raise_or_count(stats, reason, f"{where}: chosen and rejected are identical as tokens", self.strict)
             return None
         stats.lengths += [len(prompt_ids) + len(chosen), len(prompt_ids) + len(rejected)]
         stats.pair_tokens += len(prompt_ids) + len(chosen) + len(rejected)
         stats.padded_tokens += 2 * len(prompt_ids) + len(chosen) + len(rejected)
         example = {"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected,
-                   "length": len(prompt_ids) + longest}
-        if pair.margin is not None:
-            example["margin"] = pair.margin
-        if pair.soft_label is not None:
-            example["soft_label"] = pair.soft_label
-        if pair.noise is not None:
-            example["noise"] = pair.noise
+                   "length": len(prompt_ids) + max(len(chosen), len(rejected))}
+        for key in ("margin", "soft_label", "noise"):
+            if getattr(pair, key) is not None:
+                example[key] = getattr(pair, key)
         return example
 
 

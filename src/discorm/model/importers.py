@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from discorm.errors import ModelError
 from discorm.model.heads import ScalarHead, build_head
 from discorm.model.loading import load_backbone, resolve_dtype, resolve_model_path
+from discorm.model.rm_config import RewardModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ def _inner_model(model):
 
 
 def import_foreign(path: str, model_args, head: str | None):
-    from discorm.model.reward_model import RewardModel
-
     root = Path(path)
     value_head = _llamafactory_value_head(root) if root.is_dir() else None
     tokenizer = _tokenizer(path, model_args)
@@ -76,9 +75,8 @@ def import_foreign(path: str, model_args, head: str | None):
         else:
             backbone = load_backbone(path, model_args)
         scalar = _scalar_head_from(value_head["v_head.summary.weight"], value_head.get("v_head.summary.bias"))
-        info = {"base_model": path, "finetuning_type": "full", "imported_from": "llamafactory"}
         logger.info("Imported a LlamaFactory reward model from %s", path)
-        return RewardModel(backbone, _maybe_gaussian(scalar, head), "last", tokenizer, info)
+        return _reward_model(backbone, _as_head(scalar, head, path), tokenizer, path, "llamafactory")
 
     config_file = root / "config.json"
     architectures = json.loads(config_file.read_text()).get("architectures") or [] if config_file.is_file() else []
@@ -91,9 +89,9 @@ def import_foreign(path: str, model_args, head: str | None):
             )
         score = classifier.score if hasattr(classifier, "score") else classifier.classifier
         scalar = _scalar_head_from(score.weight.data, getattr(score, "bias", None))
-        info = {"base_model": path, "finetuning_type": "full", "imported_from": "sequence_classification"}
         logger.info("Imported a sequence-classification reward model from %s", path)
-        return RewardModel(_inner_model(classifier), _maybe_gaussian(scalar, head), "last", tokenizer, info)
+        return _reward_model(_inner_model(classifier), _as_head(scalar, head, path), tokenizer, path,
+                             "sequence_classification")
 
     backbone = load_backbone(path, model_args)
     kind = head or "scalar"
@@ -104,16 +102,22 @@ def import_foreign(path: str, model_args, head: str | None):
     with torch.random.fork_rng():  # a reproducible head without touching the caller's random state
         torch.manual_seed(0)
         new_head = build_head(kind, backbone.config.hidden_size)
-    info = {"base_model": model_args.model_name_or_path, "finetuning_type": "full"}
-    return RewardModel(backbone, new_head, "last", tokenizer, info)
+    return _reward_model(backbone, new_head, tokenizer, model_args.model_name_or_path, "pretrained")
 
 
-def _maybe_gaussian(scalar: ScalarHead, head: str | None):
-    if head in (None, "scalar"):
+def _reward_model(backbone, head, tokenizer, base_model: str, source: str):
+    from discorm.model.reward_model import RewardModel
+
+    config = RewardModelConfig(head=head.kind, head_options=head.saved_options(), base_model=base_model,
+                               cutoff_len=getattr(backbone.config, "max_position_embeddings", None),
+                               finetuning_type="full", imported_from=source)
+    return RewardModel(backbone, head, config, tokenizer)
+
+
+def _as_head(scalar: ScalarHead, kind: str | None, where: str):
+    """The imported scalar head, or another head seeded from it where that head accepts it."""
+    if kind in (None, "scalar"):
         return scalar
-    if head == "gaussian":
-        gaussian = build_head("gaussian", scalar.value.in_features)
-        gaussian.value.weight.data.copy_(scalar.value.weight.data)
-        logger.warning("an imported scalar head seeds the Gaussian mean; the variance head is new.")
-        return gaussian
-    raise ModelError(f"an imported scalar reward model cannot be loaded with head={head!r}; use scalar or gaussian.")
+    head = build_head(kind, scalar.value.in_features)
+    head.load_head_state(scalar.state_dict(), "scalar", where)
+    return head

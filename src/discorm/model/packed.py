@@ -83,3 +83,19 @@ def block_positions(blocks: list[Block]) -> torch.Tensor:
         parts.append(torch.arange(prompt_len + chosen_len))
         parts.append(torch.arange(prompt_len, prompt_len + rejected_len))
     return torch.cat(parts)
+
+
+def unsupported_reason(backbone: torch.nn.Module) -> str | None:
+    """Why this backbone cannot run the packed attention, found from its config and modules; None when it can
+    (the reward model then still compares a packed forward pass with a padded one)."""
+    config = backbone.config
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation != ATTN_IMPLEMENTATION:
+        return f"it was loaded with attn_implementation={implementation!r}, not DiscoRM's {ATTN_IMPLEMENTATION!r}"
+    if getattr(config, "attn_logit_softcapping", None):
+        return (f"its attention logits are soft-capped (attn_logit_softcapping={config.attn_logit_softcapping}), "
+                "which SDPA cannot compute")
+    bidirectional = [type(m).__name__ for m in backbone.modules() if getattr(m, "is_causal", None) is False]
+    if bidirectional:
+        return f"its attention is bidirectional ({bidirectional[0]}.is_causal=False, an encoder), not causal"
+    return None

@@ -2,7 +2,7 @@
 
 A run directory written by ``save_pretrained`` holds the backbone (``model.safetensors``, full and freeze tuning)
 or the LoRA adapter (``adapter_model.safetensors``), the head (``value_head.safetensors``), the tokenizer, and
-``discorm_config.json`` (head, pooling, base model, finetuning type, template). Safetensors only.
+``discorm_config.json`` (the model's :class:`RewardModelConfig`). Safetensors only.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from transformers.utils import ModelOutput
 
 from discorm.config import FinetuningArguments, ModelArguments
 from discorm.errors import ModelError
-from discorm.model.heads import GaussianHead, RewardHead, build_head
+from discorm.model.heads import RewardHead, build_head
 from discorm.model.loading import (
     apply_finetuning,
     load_backbone,
@@ -29,11 +29,11 @@ from discorm.model.loading import (
     log_trainable,
     resolve_model_path,
 )
-from discorm.model.packed import ATTN_IMPLEMENTATION, block_positions
+from discorm.model.packed import block_positions, unsupported_reason
+from discorm.model.rm_config import CONFIG_FILE, RewardModelConfig
 
 logger = logging.getLogger(__name__)
 
-DISCORM_CONFIG = "discorm_config.json"
 HEAD_FILE = "value_head.safetensors"
 
 
@@ -62,19 +62,17 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) ->
 
 
 class RewardModel(nn.Module):
-    """Backbone + pooling + head. ``forward`` takes a padded batch or a packed one (see ``model/packed.py``)."""
+    """Backbone + pooling + head, described by a :class:`RewardModelConfig`. ``forward`` takes a padded batch or a
+    packed one (see ``model/packed.py``)."""
 
-    def __init__(self, backbone: nn.Module, head: RewardHead, pooling: str = "last", tokenizer=None, info=None):
+    def __init__(self, backbone: nn.Module, head: RewardHead, rm_config: RewardModelConfig, tokenizer=None):
         super().__init__()
         self.backbone = backbone
         self.head = head
-        self.pooling = pooling
+        self.rm_config = rm_config
         self.tokenizer = tokenizer
-        self.info = dict(info or {})
-        self.reward_mode = self.info.get("reward_mode", "mean")
-        self.reward_alpha = self.info.get("reward_alpha", 0.1)
-        self.reward_k = self.info.get("reward_k", 1.0)
-        self._packing_ok: bool | None = None
+        self._packing_obstacle: str | None = None
+        self._packing_checked = False
 
     # ----------------------------------------------------------------- forward
     def forward(
@@ -101,7 +99,7 @@ class RewardModel(nn.Module):
             hidden = self.backbone(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
             ).last_hidden_state  # (B, L, H)
-            pooled = pool(hidden, attention_mask, self.pooling)
+            pooled = pool(hidden, attention_mask, self.rm_config.pooling)
         params = self.head(pooled.float())  # (B, K), float32 whatever the backbone dtype
         token_values = None
         if return_token_values:
@@ -109,92 +107,115 @@ class RewardModel(nn.Module):
             token_values = self.head.mean(token_params).view(hidden.shape[:2])
         return RewardModelOutput(scores=self.reward(params), head_params=params, token_values=token_values)
 
-    def reward(self, params: torch.Tensor) -> torch.Tensor:
-        return self.head.reward(params, self.reward_mode, self.reward_alpha, self.reward_k)
+    def reward(self, params: torch.Tensor, mode: str | None = None, alpha: float | None = None,
+               k: float | None = None) -> torch.Tensor:
+        """(N, K) head params -> (N,) rewards, by the config's reward mode unless one is given for this call."""
+        config = self.rm_config
+        return self.head.reward(params, mode or config.reward_mode,
+                                config.reward_alpha if alpha is None else alpha, config.reward_k if k is None else k)
 
     # ----------------------------------------------------------------- packing support
-    @property
-    def supports_packing(self) -> bool:
-        """True when this backbone runs the packed attention exactly (checked once on a tiny input)."""
-        if self._packing_ok is None:
-            self._packing_ok = self._check_packing()
-        return self._packing_ok
+    def check_packing(self) -> bool:
+        """Whether this backbone runs DiscoRM's packed attention exactly: checked once, by comparing a packed
+        forward pass with a padded one on a tiny input. The reason for a refusal is in ``packing_obstacle``."""
+        if not self._packing_checked:
+            self._packing_obstacle = unsupported_reason(self.backbone) or self._compare_packed_with_padded()
+            self._packing_checked = True
+            if self._packing_obstacle:
+                logger.warning("packed batches are off for %s: %s; padded batches are used.",
+                               self.config.model_type, self._packing_obstacle)
+        return self._packing_obstacle is None
 
-    def _check_packing(self) -> bool:
-        config = self.config
-        if getattr(config, "_attn_implementation", None) != ATTN_IMPLEMENTATION:
-            return False
+    @property
+    def packing_obstacle(self) -> str | None:
+        return self._packing_obstacle
+
+    def _compare_packed_with_padded(self) -> str | None:
+        """Last-token hidden states of a packed pair block and a plain sequence vs the same padded."""
         generator = torch.Generator().manual_seed(0)
-        vocab = min(getattr(config, "vocab_size", 100) or 100, 1000)
+        vocab = min(getattr(self.config, "vocab_size", 100) or 100, 1000)
         device = next(self.parameters()).device
         prompt, chosen, rejected = (torch.randint(3, vocab, (n,), generator=generator) for n in (3, 2, 5))
         single = torch.randint(3, vocab, (4,), generator=generator)
         blocks = [(0, 3, 2, 5), (10, 0, 4, 0)]
-        packed_ids = torch.cat([prompt, chosen, rejected, single]).unsqueeze(0)
+        packed_ids = torch.cat([prompt, chosen, rejected, single]).unsqueeze(0).to(device)
         seqs = [torch.cat([prompt, chosen]), torch.cat([prompt, rejected]), single]
-        padded = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=0)
-        mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(s) for s in seqs], batch_first=True)
+        padded = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=0).to(device)
+        mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(s) for s in seqs], batch_first=True).to(device)
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
-                packed = self(
-                    packed_ids.to(device),
-                    position_ids=block_positions(blocks).unsqueeze(0).to(device),
-                    pair_blocks=torch.tensor(blocks, device=device),
-                    score_index=torch.tensor([4, 9, 13], device=device),
-                ).head_params
-                plain = self(padded.to(device), attention_mask=mask.to(device)).head_params
-            ok = torch.allclose(packed, plain, rtol=1e-3, atol=1e-3)
+                packed = self.backbone(input_ids=packed_ids, discorm_blocks=blocks,
+                                       position_ids=block_positions(blocks).unsqueeze(0).to(device))
+                plain = self.backbone(input_ids=padded, attention_mask=mask,
+                                      position_ids=(mask.cumsum(-1) - 1).clamp_min(0))
         except (TypeError, RuntimeError, ValueError) as err:
-            logger.warning("packed attention failed on %s: %s", type(self.backbone).__name__, err)
-            ok = False
+            return f"the packed forward pass failed ({type(err).__name__}: {err})"
         finally:
             self.train(was_training)
-        if not ok:
-            logger.warning(
-                "%s does not honour DiscoRM's packed attention (e.g. a bidirectional encoder); packing and "
-                "prefix sharing are turned off and padded batches are used.", config.model_type
-            )
-        return ok
+        packed = packed.last_hidden_state[0, [4, 9, 13]].float()
+        plain = plain.last_hidden_state[torch.arange(3), mask.sum(-1) - 1].float()
+        difference = float((packed - plain).abs().max())
+        if difference > 1e-3 * max(1.0, float(plain.abs().max())):
+            return f"packed and padded hidden states differ by {difference:.2g} on a test input"
+        return None
 
     # ----------------------------------------------------------------- conveniences
     @property
     def config(self):
+        """The backbone's transformers config (the Trainer and PEFT read it)."""
         return self.backbone.config
 
     @property
     def is_lora(self) -> bool:
-        return self.info.get("finetuning_type") == "lora"
+        return self.rm_config.is_lora
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
         self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
         if self.is_lora:
             self.backbone.enable_input_require_grads()
 
-    def score(self, inputs, batch_size: int = 8, show_progress: bool = False, **kwargs) -> list[dict]:
-        """Score texts, chat message lists or {"prompt", "response"} dicts; see ``discorm.serve.scoring``."""
+    def score(self, inputs, batch_size: int = 8, show_progress: bool = False, reward_mode: str | None = None,
+              **reward_options) -> list[dict]:
+        """Score texts, chat message lists or {"prompt", "response"} dicts; see ``discorm.serve.scoring``.
+        ``reward_mode`` (and ``reward_alpha`` / ``reward_k``) apply to this call only."""
         from discorm.serve.scoring import score_inputs
 
-        return score_inputs(self, inputs, batch_size=batch_size, show_progress=show_progress, **kwargs)
+        return score_inputs(self, inputs, batch_size=batch_size, show_progress=show_progress,
+                            reward_mode=reward_mode, **reward_options)
 
     # ----------------------------------------------------------------- save / load
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Backbone (or LoRA adapter) + value_head.safetensors + tokenizer + discorm_config.json."""
+    def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None) -> None:
+        """Backbone (or LoRA adapter) + value_head.safetensors + tokenizer + discorm_config.json.
+
+        ``state_dict``: this module's full state dict as gathered by the Trainer under FSDP / DeepSpeed ZeRO-3
+        (keys ``backbone.*`` and ``head.*``); without it, the module's own tensors are saved."""
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(out)
-        tensors = {name: t.detach().contiguous().cpu() for name, t in self.head.state_dict().items()}
+        if state_dict is None:
+            backbone_state, head_state = None, self.head.state_dict()
+        else:
+            backbone_state = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+            head_state = {k[len("head."):]: v for k, v in state_dict.items() if k.startswith("head.")}
+            if not backbone_state or set(head_state) != set(self.head.state_dict()):
+                raise ModelError(
+                    f"cannot save to {out}: the gathered state dict holds {len(backbone_state)} backbone and "
+                    f"{sorted(head_state)} head tensors, not the whole model. Under DeepSpeed ZeRO-3 set "
+                    "`stage3_gather_16bit_weights_on_model_save: true`; under FSDP use `state_dict_type: "
+                    "FULL_STATE_DICT`."
+                )
+        self.backbone.save_pretrained(out, state_dict=backbone_state)
+        tensors = {name: t.detach().float().contiguous().cpu() for name, t in head_state.items()}
         save_file(tensors, out / HEAD_FILE, metadata={"head": self.head.kind})
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(out)
-        info = {**self.info, "head": self.head.kind, "head_options": self.head.extra_config(), "pooling": self.pooling}
-        (out / DISCORM_CONFIG).write_text(json.dumps(info, indent=2, sort_keys=True))
+        self.rm_config.save(out)
 
     def load_weights(self, directory: str | os.PathLike) -> None:
         """Load the trained weights of a run directory or checkpoint into this model (same layout)."""
         directory = Path(directory)
-        load_head_weights(self.head, load_file(str(directory / HEAD_FILE)), self.head.kind, str(directory))
+        self.head.load_head_state(load_file(str(directory / HEAD_FILE)), self.head.kind, str(directory))
         if self.is_lora:
             from peft import set_peft_model_state_dict
 
@@ -216,44 +237,43 @@ class RewardModel(nn.Module):
         model_args: ModelArguments | None = None,
         trainable: bool = False,
         device: str | torch.device | None = None,
-        **reward_options,
+        **config_overrides,
     ) -> RewardModel:
         """Load a DiscoRM run directory (or a checkpoint in it), a LlamaFactory RM output directory, a
-        sequence-classification reward checkpoint, or a built-in model name."""
+        sequence-classification reward checkpoint, or a built-in model name. ``config_overrides`` replace fields
+        of the model's config (e.g. ``reward_mode="lower_quantile"``)."""
         from discorm.model.importers import import_foreign
 
         model_args = model_args or ModelArguments(model_name_or_path=str(path))
         path = resolve_model_path(str(path))
-        info_file = Path(path, DISCORM_CONFIG)
-        if not info_file.is_file():
+        if not Path(path, CONFIG_FILE).is_file():
             model = import_foreign(path, model_args, head)
         else:
-            info = json.loads(info_file.read_text())
-            model = cls._load_run_dir(Path(path), info, model_args, head, trainable)
-        for key, value in reward_options.items():
-            setattr(model, key, value)
-            model.info[key] = value
+            model = cls._load_run_dir(Path(path), RewardModelConfig.load(path), model_args, head, trainable)
+        if config_overrides:
+            model.rm_config = replace(model.rm_config, **config_overrides)
         if device is not None:
             model.to(device)
         return model.train(trainable)
 
     @classmethod
-    def _load_run_dir(cls, path: Path, info: dict, model_args, head: str | None, trainable: bool) -> RewardModel:
-        if info.get("finetuning_type") == "lora":
+    def _load_run_dir(cls, path: Path, config: RewardModelConfig, model_args, head: str | None,
+                      trainable: bool) -> RewardModel:
+        if config.is_lora:
             from peft import PeftModel
 
-            base_args = ModelArguments(**{**vars(model_args), "model_name_or_path": info["base_model"]})
-            base = load_backbone(resolve_model_path(info["base_model"]), base_args)
+            base_args = replace(model_args, model_name_or_path=config.base_model)
+            base = load_backbone(resolve_model_path(config.base_model), base_args)
             backbone = PeftModel.from_pretrained(base, path, is_trainable=trainable)
         else:
             backbone = load_backbone(str(path), model_args)
-        stored = info.get("head", "scalar")
-        head = head or stored
-        head_module = build_head(head, backbone.config.hidden_size, **info.get("head_options", {}))
-        tensors = load_file(str(path / HEAD_FILE))
-        load_head_weights(head_module, tensors, stored, str(path))
+        kind = head or config.head
+        options = config.head_options if kind == config.head else {}
+        head_module = build_head(kind, backbone.config.hidden_size, **options)
+        head_module.load_head_state(load_file(str(path / HEAD_FILE)), config.head, str(path))
         tokenizer = AutoTokenizer.from_pretrained(path) if Path(path, "tokenizer_config.json").is_file() else None
-        return cls(backbone, head_module, info.get("pooling", "last"), tokenizer, {**info, "head": head})
+        config = replace(config, head=kind, head_options=head_module.saved_options())
+        return cls(backbone, head_module, config, tokenizer)
 
     @classmethod
     def for_training(
@@ -262,47 +282,23 @@ class RewardModel(nn.Module):
         """A fresh head on a pretrained backbone (or a DiscoRM run to continue), with the finetuning applied."""
         tokenizer = tokenizer or load_tokenizer(model_args)
         path = resolve_model_path(model_args.model_name_or_path)
-        head_options = {
-            "num_atoms": finetuning_args.num_atoms,
-            "atom_range": finetuning_args.atom_range,
-            "variance_penalty": finetuning_args.variance_penalty,
-            "entropy_coef": finetuning_args.entropy_coef,
-        }
-        if Path(path, DISCORM_CONFIG).is_file():
+        if Path(path, CONFIG_FILE).is_file():
             model = cls.from_pretrained(path, head=finetuning_args.head, model_args=model_args, trainable=True)
             if not model.is_lora:
                 model.backbone = apply_finetuning(model.backbone, finetuning_args)
-            base_model = model.info.get("base_model", path) if model.is_lora else model_args.model_name_or_path
+            base_model = model.rm_config.base_model if model.is_lora else model_args.model_name_or_path
+            finetuning_type = "lora" if model.is_lora else finetuning_args.finetuning_type
+            model.rm_config = replace(model.rm_config, base_model=base_model, finetuning_type=finetuning_type)
         else:
             backbone = apply_finetuning(load_backbone(path, model_args), finetuning_args)
-            head = build_head(finetuning_args.head, backbone.config.hidden_size, **head_options)
-            model = cls(backbone, head, finetuning_args.pooling, tokenizer)
-            base_model = model_args.model_name_or_path
+            head = build_head(finetuning_args.head, backbone.config.hidden_size, **finetuning_args.head_options)
+            config = RewardModelConfig(head=head.kind, head_options=head.saved_options(),
+                                       pooling=finetuning_args.pooling, base_model=model_args.model_name_or_path,
+                                       finetuning_type=finetuning_args.finetuning_type)
+            model = cls(backbone, head, config)
         model.tokenizer = tokenizer
-        model.info.update(
-            base_model=base_model,
-            finetuning_type="lora" if model.is_lora else finetuning_args.finetuning_type,
-            reward_mode=finetuning_args.reward_mode,
-            reward_alpha=finetuning_args.reward_alpha,
-            reward_k=finetuning_args.reward_k,
-        )
+        model.rm_config = replace(model.rm_config, reward_mode=finetuning_args.reward_mode,
+                                  reward_alpha=finetuning_args.reward_alpha, reward_k=finetuning_args.reward_k)
         model.head.requires_grad_(True)
         log_trainable(model)
         return model.train()
-
-
-def load_head_weights(head: RewardHead, tensors: dict, stored_kind: str, where: str) -> None:
-    """Load head tensors; a scalar checkpoint may seed a Gaussian head (fresh variance), nothing else mixes."""
-    if stored_kind == head.kind:
-        head.load_state_dict(tensors)
-        return
-    if stored_kind == "scalar" and isinstance(head, GaussianHead):
-        head.value.load_state_dict({"weight": tensors["value.weight"]})
-        head.reset_variance()
-        logger.warning("%s holds a scalar head: its value layer seeds the Gaussian mean; the variance is new.", where)
-        return
-    raise ModelError(
-        f"{where} holds a {stored_kind!r} head, which cannot be loaded as a {head.kind!r} head: the "
-        f"{stored_kind} parameters do not determine the {head.kind} ones (only scalar -> gaussian is possible). "
-        f"Load it with head={stored_kind!r}, or train a new {head.kind} head from it."
-    )

@@ -57,15 +57,15 @@ def export_sequence_classification(
             )
         model.backbone = model.backbone.merge_and_unload()
     head = model.head
-    if head.kind == "categorical":
-        raise ModelError("a categorical head has no single-logit form; export a scalar or gaussian run, or serve "
-                         "it with `discorm serve`.")
-    if num_labels == 2 and head.kind != "gaussian":
-        raise ModelError("num_labels=2 carries the variance of a gaussian head; this run has a scalar head.")
+    if num_labels not in head.export_labels:
+        forms = f"num_labels in {list(head.export_labels)}" if head.export_labels else "no sequence-classification form"
+        raise ModelError(f"a {head.kind} head has {forms}, so it cannot be exported with num_labels={num_labels}; "
+                         "serve it with `discorm serve` instead, or export a head that has one.")
+    spec = head.export_spec(num_labels)
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ModelError(f"{run_dir} has no tokenizer to export with the model.")
-    template = model.info.get("template")
+    template = model.rm_config.template
     if template in BUILTIN_TEMPLATES and BUILTIN_TEMPLATES[template]:
         tokenizer.chat_template = BUILTIN_TEMPLATES[template]
     pad_id, added = choose_pad_token(tokenizer)
@@ -83,22 +83,15 @@ def export_sequence_classification(
     classifier = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
     inner = getattr(classifier, classifier.base_model_prefix)
     inner.load_state_dict(backbone.state_dict())
-    weight = head.value.weight.detach().float()
-    if num_labels == 2:
-        weight = torch.cat([weight, head.variance.weight.detach().float()])
-        classifier.config.discorm_variance_bias = float(head.variance.bias)
-    classifier.score.weight.data.copy_(weight)
-    if getattr(head.value, "bias", None) is not None:
-        classifier.config.discorm_reward_bias = float(head.value.bias)
-        logger.warning("the value head has a bias (%.4f); it is kept in config.discorm_reward_bias and not added "
-                       "to the exported logits (a constant no pairwise comparison sees).", float(head.value.bias))
+    classifier.score.weight.data.copy_(spec.weight)
+    for key, value in spec.config.items():
+        setattr(classifier.config, key, value)
     if dtype:
         classifier = classifier.to(getattr(torch, dtype))
     out_dir = Path(out)
     classifier.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    if head.kind == "gaussian":
-        tensors = {f"variance.{k}": v.detach().contiguous().float() for k, v in head.variance.state_dict().items()}
-        save_file(tensors, out_dir / "discorm_head.safetensors", metadata={"head": "gaussian", "eps": "1e-4"})
+    for name, tensors in spec.files.items():
+        save_file(tensors, out_dir / name, metadata={"head": head.kind})
     logger.info("exported %s -> %s (%s head, pad token %r)", run_dir, out_dir, head.kind, tokenizer.pad_token)
     return out_dir

@@ -1,4 +1,5 @@
-"""Scoring with a trained reward model, in length-sorted batches, with the chat template it was trained with.
+"""Scoring with a trained reward model: the tokens come from the model's own encoder (``data/tokenize.py``), so
+a conversation is scored on exactly the tokens training would give it.
 
 An input is one of: a full text (already rendered; scored as is), a list of chat messages (the last one is the
 response), ``{"messages": [...]}``, or ``{"prompt": str | messages, "response": str | messages}``.
@@ -12,58 +13,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from discorm.data.collator import pad_sequences
-from discorm.data.formats import FormatSpec, detect_format, to_pair
-from discorm.data.templates import Renderer
+from discorm.data.collator import PackedPairCollator, pad_sequences
+from discorm.data.formats import FormatSpec, SkipPair, detect_format, to_pair
+from discorm.data.tokenize import Encoder
 from discorm.errors import DataError
-
-
-def _as_messages(value, role: str) -> list[dict]:
-    return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
-
-
-class SequenceEncoder:
-    """Inputs -> token ids as the model saw them in training (prompt cut from the left if too long)."""
-
-    def __init__(self, model, max_length: int | None = None):
-        if model.tokenizer is None:
-            raise DataError("this model directory has no tokenizer; save one next to the weights.")
-        self.tokenizer = model.tokenizer
-        self.renderer = Renderer(model.tokenizer, model.info.get("template"))
-        self.max_length = max_length or model.info.get("cutoff_len") or 4096
-
-    def encode_text(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids[-self.max_length :]
-
-    def encode_conversation(self, prompt: list[dict], response: list[dict]) -> list[int]:
-        prompt_text = self.renderer.render_prompt(prompt)
-        response_text = self.renderer.render_response(prompt, prompt_text, response)
-        encode = self.tokenizer
-        prompt_ids = encode(prompt_text, add_special_tokens=False)["input_ids"] if prompt_text else []
-        response_ids = encode(response_text, add_special_tokens=False)["input_ids"]
-        if len(prompt_ids) + len(response_ids) > self.max_length:
-            keep = max(self.max_length - len(response_ids), 0)
-            prompt_ids = prompt_ids[len(prompt_ids) - keep :] if keep else []
-            response_ids = response_ids[-self.max_length :]
-        return prompt_ids + response_ids
-
-    def __call__(self, item) -> list[int]:
-        if isinstance(item, str):
-            return self.encode_text(item)
-        if isinstance(item, dict) and "messages" in item:
-            item = item["messages"]
-        if isinstance(item, list):
-            if not item or not all(isinstance(m, dict) and "role" in m and "content" in m for m in item):
-                raise DataError("a message list needs {'role', 'content'} objects and at least one message.")
-            return self.encode_conversation(item[:-1], item[-1:])
-        if isinstance(item, dict) and "prompt" in item and "response" in item:
-            return self.encode_conversation(_as_messages(item["prompt"], "user"),
-                                            _as_messages(item["response"], "assistant"))
-        raise DataError(
-            f"cannot score {str(item)[:80]!r}: give a text, a list of chat messages, {{'messages': [...]}} or "
-            "{'prompt': ..., 'response': ...}."
-        )
 
 
 @torch.no_grad()
@@ -73,8 +26,7 @@ def score_ids(model, sequences: list[list[int]], batch_size: int = 8, show_progr
     pad = (model.tokenizer.pad_token_id if model.tokenizer is not None else None) or 0
     device = next(model.parameters()).device
     out = [None] * len(sequences)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="Scoring", disable=not show_progress):
+    for start in tqdm(range(0, len(order), batch_size), desc="Scoring", disable=not show_progress):
         index = order[start : start + batch_size]
         input_ids, attention_mask = pad_sequences([sequences[i] for i in index], pad)
         params = model(input_ids.to(device), attention_mask.to(device)).head_params
@@ -83,32 +35,60 @@ def score_ids(model, sequences: list[list[int]], batch_size: int = 8, show_progr
     return torch.stack(out) if out else torch.zeros(0, 1)
 
 
-def describe(model, params: torch.Tensor) -> list[dict]:
-    """Head params -> [{"reward", "reward_mode", and "mean"/"sigma" for distributional heads}]."""
-    rewards = model.reward(params).tolist()
-    records = [{"reward": r, "reward_mode": model.reward_mode} for r in rewards]
-    if model.head.kind != "scalar":
-        for record, mean, sigma in zip(records, model.head.mean(params).tolist(), model.head.std(params).tolist()):
-            record.update(mean=mean, sigma=sigma)
-    return records
+@torch.no_grad()
+def score_pairs(model, examples: list[dict], batch_size: int = 8, show_progress: bool = False) -> torch.Tensor:
+    """Tokenized pairs (prompt_ids, chosen_ids, rejected_ids) -> head params (N, 2, K) as [chosen, rejected].
+
+    Length-sorted batches, each packed with the prompt shared where the model runs it exactly (padded
+    otherwise); returned in input order."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["prompt_ids"]) + len(
+        examples[i]["chosen_ids"]) + len(examples[i]["rejected_ids"]))
+    packed = model.rm_config.pooling == "last" and model.check_packing()
+    device = next(model.parameters()).device
+    out = [None] * len(examples)
+    for start in tqdm(range(0, len(order), batch_size), desc="Scoring pairs", disable=not show_progress):
+        index = order[start : start + batch_size]
+        batch = [examples[i] for i in index]
+        if packed:
+            inputs = PackedPairCollator(prefix_sharing=True)(batch)
+            params = model(**{k: v.to(device) for k, v in inputs.items()}).head_params
+        else:
+            seqs = [f["prompt_ids"] + f[key] for key in ("chosen_ids", "rejected_ids") for f in batch]
+            params = score_ids(model, seqs, batch_size=len(seqs))
+        params = params.float().cpu().view(2, len(batch), -1)  # chosen first, then rejected
+        for row, i in enumerate(index):
+            out[i] = params[:, row]
+    return torch.stack(out) if out else torch.zeros(0, 2, 1)
+
+
+def describe(model, params: torch.Tensor, reward_mode: str | None = None, reward_alpha: float | None = None,
+             reward_k: float | None = None) -> list[dict]:
+    """Head params -> [{"reward", "reward_mode", and the head's summary values (mean, sigma, ...)}]."""
+    mode = reward_mode or model.rm_config.reward_mode
+    rewards = model.reward(params, mode, reward_alpha, reward_k).tolist()
+    summary = {name: values.tolist() for name, values in model.head.summary(params).items()}
+    return [{"reward": r, "reward_mode": mode, **{name: values[i] for name, values in summary.items()}}
+            for i, r in enumerate(rewards)]
 
 
 def score_inputs(model, inputs: list, batch_size: int = 8, show_progress: bool = False,
-                 reward_mode: str | None = None) -> list[dict]:
-    if reward_mode:
-        model.reward_mode = reward_mode
+                 reward_mode: str | None = None, reward_alpha: float | None = None,
+                 reward_k: float | None = None) -> list[dict]:
+    """Score a list of inputs; the reward options apply to this call only (the model is left unchanged)."""
     was_training = model.training
     model.eval()
-    encoder = SequenceEncoder(model)
+    encoder = Encoder.for_model(model)
     try:
-        params = score_ids(model, [encoder(item) for item in inputs], batch_size, show_progress)
+        params = score_ids(model, [encoder.encode_item(item, f"input {i}") for i, item in enumerate(inputs)],
+                           batch_size, show_progress)
     finally:
         model.train(was_training)
-    return describe(model, params)
+    return describe(model, params, reward_mode, reward_alpha, reward_k)
 
 
 def score_file(model_dir: str, input_path: str, output_path: str, batch_size: int = 8,
-               reward_mode: str | None = None) -> int:
+               reward_mode: str | None = None, reward_alpha: float | None = None,
+               reward_k: float | None = None) -> int:
     """Score a file of pairs (any format the data layer reads) or of single responses; writes JSONL."""
     from discorm.data.loader import read_path
     from discorm.model.reward_model import RewardModel
@@ -117,19 +97,24 @@ def score_file(model_dir: str, input_path: str, output_path: str, batch_size: in
     if not path.exists():
         raise DataError(f"{input_path} does not exist; pass a .jsonl/.json/.parquet/.csv file of rows to score.")
     rows = read_path(path)
-    model = RewardModel.from_pretrained(model_dir)
-    if reward_mode:
-        model.reward_mode = reward_mode
-    model.eval()
-    encoder = SequenceEncoder(model)
+    model = RewardModel.from_pretrained(model_dir).eval()
+    encoder = Encoder.for_model(model)
+    options = {"reward_mode": reward_mode, "reward_alpha": reward_alpha, "reward_k": reward_k}
     columns = set(rows[0][1])
     if {"chosen", "rejected"} <= columns:
-        fmt = detect_format(list(columns), input_path)
-        pairs = [to_pair(row, FormatSpec(fmt), where) for where, row in rows]
-        seqs = [encoder.encode_conversation(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)]
-        params = score_ids(model, seqs, batch_size, show_progress=True)
-        chosen, rejected = describe(model, params[0::2]), describe(model, params[1::2])
-        prob = model.head.prob_pair(params[0::2], params[1::2]).tolist()
+        spec = FormatSpec(detect_format(list(columns), input_path))
+        examples = []
+        for where, row in rows:
+            try:
+                pair = to_pair(row, spec, where)
+            except SkipPair as skip:
+                raise DataError(f"{skip} ; a pair to score needs two different, non-empty responses.") from None
+            encoded = encoder.encode(pair.prompt, [pair.chosen, pair.rejected], where)
+            examples.append({"prompt_ids": encoded.prompt_ids, "chosen_ids": encoded.response_ids[0],
+                             "rejected_ids": encoded.response_ids[1]})
+        params = score_pairs(model, examples, batch_size, show_progress=True)
+        chosen, rejected = describe(model, params[:, 0], **options), describe(model, params[:, 1], **options)
+        prob = model.head.prob_pair(params[:, 0], params[:, 1], model.rm_config.temperature).tolist()
         records = [{"index": i, "chosen": c, "rejected": r, "p_chosen": p}
                    for i, (c, r, p) in enumerate(zip(chosen, rejected, prob))]
     else:
@@ -142,8 +127,9 @@ def score_file(model_dir: str, input_path: str, output_path: str, batch_size: in
             else:
                 raise DataError(f"{where}: expected 'text', 'messages', 'prompt'+'response' or 'chosen'+'rejected' "
                                 f"columns, found {sorted(row)}.")
-        params = score_ids(model, [encoder(item) for item in items], batch_size, show_progress=True)
-        records = [{"index": i, **record} for i, record in enumerate(describe(model, params))]
+        params = score_ids(model, [encoder.encode_item(item, where) for item, (where, _) in zip(items, rows)],
+                           batch_size, show_progress=True)
+        records = [{"index": i, **record} for i, record in enumerate(describe(model, params, **options))]
     with open(output_path, "w") as handle:
         for record in records:
             handle.write(json.dumps(record) + "\n")

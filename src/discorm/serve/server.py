@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from discorm.data.tokenize import Encoder
 from discorm.errors import DiscoRMError
-from discorm.serve.scoring import SequenceEncoder, describe, score_ids
+from discorm.serve.scoring import describe, score_ids
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_b
         raise DiscoRMError("the reward server needs FastAPI and uvicorn: pip install 'discorm[serve]'.") from None
 
     model.eval()
-    encoder = SequenceEncoder(model)
+    encoder = Encoder.for_model(model)
     batcher = MicroBatcher(model, max_batch_size)
 
     @asynccontextmanager
@@ -115,7 +116,7 @@ def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_b
         if len(items) > max_items:
             return None, error(413, f"{len(items)} inputs is over the limit of {max_items} per request")
         try:
-            sequences = [encode(item) for item in items]
+            sequences = [encode(item, f"item {i}") for i, item in enumerate(items)]
         except (DiscoRMError, KeyError, TypeError, AttributeError) as err:
             return None, error(422, f"invalid input: {err}")
         params = await batcher.submit(sequences)
@@ -123,7 +124,7 @@ def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_b
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "head": model.head.kind, "reward_mode": model.reward_mode}
+        return {"status": "ok", "head": model.head.kind, "reward_mode": model.rm_config.reward_mode}
 
     @app.post("/score")
     async def score(request: Request):
@@ -131,13 +132,12 @@ def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_b
         if failure:
             return failure
         items = payload.get("inputs") if isinstance(payload, dict) else payload
-        records, failure = await score_items(items, encoder)
+        records, failure = await score_items(items, encoder.encode_item)
         if failure:
             return failure
-        body = {"rewards": [r["reward"] for r in records], "reward_mode": model.reward_mode}
-        if model.head.kind != "scalar":
-            body["sigmas"] = [r["sigma"] for r in records]
-            body["means"] = [r["mean"] for r in records]
+        body = {"rewards": [r["reward"] for r in records], "reward_mode": model.rm_config.reward_mode}
+        for name in records[0].keys() - {"reward", "reward_mode"}:
+            body[f"{name}s"] = [r[name] for r in records]  # e.g. "means", "sigmas"
         return body
 
     @app.post("/get_reward")
@@ -150,7 +150,7 @@ def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_b
         queries = payload["query"]
         if isinstance(queries, list) and not all(isinstance(q, str) for q in queries):
             return error(422, '"query" must be a list of strings')
-        records, failure = await score_items(queries, encoder.encode_text)
+        records, failure = await score_items(queries, lambda text, where: encoder.encode_text(text))
         if failure:
             return failure
         rewards = [r["reward"] for r in records]

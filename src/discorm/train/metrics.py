@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from discorm.model.heads import RewardHead, ScalarHead
+from discorm.model.heads import RewardHead
 
 
 def accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
@@ -64,12 +64,6 @@ def fit_temperature(diff: np.ndarray, target: np.ndarray) -> float:
     return math.exp((low + high) / 2)
 
 
-def pair_probabilities(head: RewardHead, pc: torch.Tensor, pr: torch.Tensor, temperature: float = 1.0):
-    if isinstance(head, ScalarHead) and temperature != 1.0:
-        return torch.sigmoid((pc[:, 0] - pr[:, 0]) / temperature)
-    return head.prob_pair(pc, pr)
-
-
 def pairwise_metrics(
     head: RewardHead,
     pc: torch.Tensor,
@@ -82,7 +76,7 @@ def pairwise_metrics(
     pc, pr = pc.float(), pr.float()
     target = torch.ones(pc.shape[0]) if target is None else target.float()
     chosen, rejected = head.mean(pc).numpy(), head.mean(pr).numpy()
-    prob = pair_probabilities(head, pc, pr, temperature).clamp(1e-7, 1 - 1e-7).double().numpy()
+    prob = head.prob_pair(pc, pr, temperature).clamp(1e-7, 1 - 1e-7).double().numpy()
     y = target.double().numpy()
     metrics = {
         "accuracy": accuracy(chosen, rejected),
@@ -93,7 +87,7 @@ def pairwise_metrics(
         "brier": float(np.mean((prob - y) ** 2)),
         "ece": expected_calibration_error(prob, y),
     }
-    if head.kind != "scalar":
+    if head.distributional:
         spread = torch.cat([head.std(pc), head.std(pr)]).numpy()
         metrics["mean_sigma"] = float(spread.mean())
         if noise is not None and len(noise) == len(chosen):

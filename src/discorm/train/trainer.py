@@ -1,17 +1,21 @@
-"""PairwiseTrainer: a ``transformers.Trainer`` whose loss is the head's pairwise negative log-likelihood.
+"""PairwiseTrainer: a ``transformers.Trainer`` whose loss is :class:`PairwiseLoss`.
 
 Everything else (optimizers, schedulers, accumulation, DDP/DeepSpeed/FSDP through Accelerate, logging) is the
-Trainer's own. Saving and checkpoint loading go through ``RewardModel.save_pretrained`` and
-``RewardModel.load_weights`` so every checkpoint is a loadable run directory.
+Trainer's own. Saving goes through ``RewardModel.save_pretrained`` (with the state dict the Trainer gathers under
+FSDP / ZeRO-3), so every checkpoint is a loadable run directory.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from torch.utils.data import SequentialSampler
 from transformers import Trainer
 
 from discorm.config import FinetuningArguments
 from discorm.model.reward_model import RewardModel
+from discorm.train.loss import PairwiseLoss
 
 
 def split_pairs(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,7 +27,7 @@ def split_pairs(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class PairwiseTrainer(Trainer):
     def __init__(self, *args, finetuning_args: FinetuningArguments | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.finetuning_args = finetuning_args or FinetuningArguments()
+        self.loss_fn = PairwiseLoss.from_args(self.reward_model.head, finetuning_args or FinetuningArguments())
         self.model_accepts_loss_kwargs = False
         self._train_correct = torch.zeros(2)  # (correct, seen) since the last log
 
@@ -32,20 +36,14 @@ class PairwiseTrainer(Trainer):
         return self.accelerator.unwrap_model(self.model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Mean over pairs of -log P(observed preference) + the head's regulariser (+ reward centring).
-
-        Scalar head, hard labels: -logsigmoid(r_c - r_r - margin)."""
         inputs = dict(inputs)
         margin, soft_label = inputs.pop("margin", None), inputs.pop("soft_label", None)
         outputs = model(**inputs)  # one pass over all 2B sequences (padded or packed)
-        head = self.reward_model.head
         pc, pr = split_pairs(outputs.head_params)
-        loss = head.pair_loss(pc, pr, margin, soft_label).mean() + head.regulariser(pc, pr)
-        chosen, rejected = head.mean(pc), head.mean(pr)
-        if self.finetuning_args.center_rewards_coefficient:
-            loss = loss + self.finetuning_args.center_rewards_coefficient * ((chosen + rejected) ** 2).mean()
+        loss = self.loss_fn(pc, pr, margin, soft_label)
         if model.training:
             with torch.no_grad():
+                chosen, rejected = self.loss_fn.head.mean(pc), self.loss_fn.head.mean(pr)
                 correct = (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
                 self._train_correct += torch.tensor([correct.sum().item(), correct.numel()])
         return (loss, outputs) if return_outputs else loss
@@ -71,14 +69,28 @@ class PairwiseTrainer(Trainer):
             self._train_correct.zero_()
         super().log(logs, *args, **kwargs)
 
+    def _get_eval_sampler(self, eval_dataset):
+        # The Trainer's default reorders evaluation by length under group_by_length; predictions must keep the
+        # data order (predictions.jsonl indices, per-pair noise).
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        # Trainer.save_model hands the state dict it gathered under FSDP / ZeRO-3 to _save, whose default writes
+        # a non-PreTrainedModel as one flat file; a DiscoRM checkpoint is a run directory instead.
+        if not self.args.should_save:
+            return
         output_dir = output_dir or self.args.output_dir
-        self.reward_model.save_pretrained(output_dir)
-        with open(f"{output_dir}/training_args.json", "w") as handle:
-            handle.write(self.args.to_json_string())
+        self.reward_model.save_pretrained(output_dir, state_dict=state_dict)
+        Path(output_dir, "training_args.json").write_text(self.args.to_json_string())
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # FSDP and DeepSpeed checkpoints carry the engine's own files, which the Trainer loads; otherwise the
+        # checkpoint is a run directory, which the Trainer's loader cannot read.
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         self.reward_model.load_weights(resume_from_checkpoint)
 
     def _load_best_model(self):
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_best_model()
         self.reward_model.load_weights(self.state.best_model_checkpoint)

@@ -6,8 +6,10 @@ args -> tokenizer -> pairwise data -> model (backbone + head) -> collator -> Pai
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from transformers import set_seed
 from discorm.config import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
 from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding
 from discorm.data.loader import build_datasets
+from discorm.errors import ConfigError
 from discorm.model.loading import load_tokenizer
 from discorm.model.reward_model import RewardModel
 from discorm.train.callbacks import JsonlLogCallback, plot_calibration, plot_training
@@ -27,9 +30,19 @@ logger = logging.getLogger(__name__)
 
 
 def make_collator(model: RewardModel, data_args: DataArguments, tokenizer):
-    """The packed, prefix-shared collator where the model runs it exactly; the padded one otherwise."""
-    if data_args.uses_packed_batches and model.supports_packing:
+    """Packed batches (the prompt shared when ``prefix_sharing``) where the model runs them exactly; padded
+    batches otherwise, with the reason in the log."""
+    pooling = model.rm_config.pooling
+    if not data_args.packing:
+        reason = "packing: false" + (" (prefix sharing needs packed batches)" if data_args.prefix_sharing else "")
+    elif pooling != "last":
+        reason = (f"pooling: {pooling} reads {'every token' if pooling == 'mean' else 'the first token'} of a "
+                  "sequence, and packed batches hand the head only the last token of each response")
+    elif not model.check_packing():
+        reason = model.packing_obstacle
+    else:
         return PackedPairCollator(prefix_sharing=data_args.prefix_sharing)
+    logger.info("padded batches: %s", reason)
     return PairwiseDataCollatorWithPadding(tokenizer.pad_token_id, data_args.pad_to_multiple_of)
 
 
@@ -42,7 +55,7 @@ def _metrics_fn(model: RewardModel, eval_set):
         params = torch.as_tensor(prediction.predictions)  # (B, 2, K)
         target = torch.as_tensor(prediction.label_ids)
         return pairwise_metrics(model.head, params[:, 0], params[:, 1], target,
-                                temperature=model.info.get("temperature", 1.0), noise=noise)
+                                temperature=model.rm_config.temperature, noise=noise)
 
     return compute_metrics
 
@@ -54,14 +67,14 @@ def _write_predictions(trainer: PairwiseTrainer, dataset, output_dir: str, prefi
     params = torch.as_tensor(output.predictions)
     pc, pr = params[:, 0], params[:, 1]
     chosen, rejected = model.reward(pc), model.reward(pr)
-    prob = model.head.prob_pair(pc, pr)
+    prob = model.head.prob_pair(pc, pr, model.rm_config.temperature)
     if not trainer.is_world_process_zero():
         return output.metrics
     with open(Path(output_dir, "predictions.jsonl"), "w") as handle:
         for i in range(len(chosen)):
             record = {"index": i, "chosen_score": float(chosen[i]), "rejected_score": float(rejected[i]),
                       "correct": bool(chosen[i] > rejected[i]), "p_chosen": float(prob[i])}
-            if model.head.kind != "scalar":
+            if model.head.distributional:
                 record["chosen_sigma"] = float(model.head.std(pc[i : i + 1])[0])
                 record["rejected_sigma"] = float(model.head.std(pr[i : i + 1])[0])
             handle.write(json.dumps(record) + "\n")
@@ -78,7 +91,10 @@ def run_rm(
     finetuning_args: FinetuningArguments,
     callbacks: list | None = None,
 ) -> dict:
-    """Train and/or evaluate a reward model; returns the final metrics (also written to the output dir)."""
+    """Train and/or evaluate a reward model; returns the final metrics (also written to the output dir). The
+    argument objects are left unchanged."""
+    model_args, data_args, training_args, finetuning_args = copy.deepcopy(
+        (model_args, data_args, training_args, finetuning_args))
     set_seed(training_args.seed)
     if data_args.group_by_length:
         training_args.train_sampling_strategy = "group_by_length"  # uses the tokenized `length` column
@@ -89,9 +105,13 @@ def run_rm(
     else:  # evaluate a trained run with the template it was trained with
         model = RewardModel.from_pretrained(model_args.model_name_or_path, model_args=model_args)
         tokenizer = model.tokenizer or load_tokenizer(model_args)
-        data_args.template = data_args.template or model.info.get("template")
+        data_args.template = data_args.template or model.rm_config.template
         train_set, eval_set, summaries = build_datasets(data_args, tokenizer, training_args.seed, need_train=False)
-    model.info.update(template=data_args.template, cutoff_len=data_args.cutoff_len)
+    model.rm_config = replace(model.rm_config, template=data_args.template, cutoff_len=data_args.cutoff_len)
+    if any(d is not None and "margin" in d.column_names for d in (train_set, eval_set)) and not (
+            model.head.supports_margin):
+        raise ConfigError(f"the data has a `{data_args.margin_column}` column, which the {model.head.kind} head "
+                          "cannot use; drop the column or set margin_column to a name the data lacks.")
     collator = make_collator(model, data_args, tokenizer)
     logger.info("batches: %s", type(collator).__name__)
 
@@ -117,7 +137,7 @@ def run_rm(
             plot_training(trainer.state.log_history, output_dir)
 
     if eval_set is not None and (training_args.do_eval or training_args.do_predict or training_args.do_train):
-        if finetuning_args.temperature_scaling and model.head.kind == "scalar":
+        if finetuning_args.temperature_scaling:
             _fit_temperature(trainer, eval_set, model)
         metrics = _write_predictions(trainer, eval_set, output_dir, prefix="eval")
         trainer.save_metrics("eval", metrics)
@@ -130,11 +150,12 @@ def run_rm(
 
 
 def _fit_temperature(trainer: PairwiseTrainer, eval_set, model: RewardModel) -> None:
-    """Fit the scalar head's temperature on the held-out pairs (stored in discorm_config.json)."""
+    """Fit the head's temperature on the held-out pairs (stored in discorm_config.json)."""
     output = trainer.predict(eval_set, metric_key_prefix="uncalibrated")
     params = torch.as_tensor(output.predictions)
-    diff = (params[:, 0, 0] - params[:, 1, 0]).double().numpy()
-    model.info["temperature"] = fit_temperature(diff, torch.as_tensor(output.label_ids).double().numpy())
-    logger.info("temperature scaling: T = %.3f", model.info["temperature"])
+    diff = (model.head.mean(params[:, 0]) - model.head.mean(params[:, 1])).double().numpy()
+    temperature = fit_temperature(diff, torch.as_tensor(output.label_ids).double().numpy())
+    model.rm_config = replace(model.rm_config, temperature=temperature)
+    logger.info("temperature scaling: T = %.3f", temperature)
     if trainer.is_world_process_zero():
         model.save_pretrained(trainer.args.output_dir)

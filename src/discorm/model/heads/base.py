@@ -1,0 +1,185 @@
+"""The reward-head plug-in interface and its registry.
+
+A head maps pooled hidden states to the parameters of a reward distribution, ``hidden`` (N, H) float32 ->
+``params`` (N, K), and defines from them the reward handed to RL, P(chosen > rejected) and its loss. A pair of
+param tensors ``pc``, ``pr`` (B, K) gives per-pair probabilities and losses (B,).
+
+Every reader (trainer, loss, metrics, scoring, server, export) goes through the methods and capability flags of
+:class:`RewardHead`; none tests a head's kind. Adding a head is one new file: subclass ``RewardHead``, declare its
+options and capabilities, and decorate it with :func:`register_head`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from discorm.errors import ConfigError, ModelError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeadOption:
+    """One option of a head, declared once with its default. ``saved`` options shape the module and are saved
+    with the model; the others (``saved=False``) are loss options read from the current training config."""
+
+    name: str
+    default: Any
+    help: str
+    low: float | None = None
+    saved: bool = True
+
+    def check(self, value: Any) -> Any:
+        if isinstance(self.default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, type(self.default)) or isinstance(value, bool) != isinstance(self.default, bool):
+            raise ConfigError(f"{self.name}={value!r} should be a {type(self.default).__name__} ({self.help}).")
+        if self.low is not None and value < self.low:
+            raise ConfigError(f"{self.name}={value!r} is out of range; it must be at least {self.low}.")
+        return value
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """How a head becomes a sequence-classification checkpoint: the ``score`` weight (num_labels, H), extra
+    ``config.json`` entries, and extra safetensors files written next to the model."""
+
+    weight: torch.Tensor
+    config: dict = field(default_factory=dict)
+    files: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+
+def soft_label_loss(log_p: torch.Tensor, log_not_p: torch.Tensor, soft_label: torch.Tensor | None) -> torch.Tensor:
+    """-[y log P + (1 - y) log(1 - P)] per pair; with no soft label, y = 1 (chosen preferred): -log P."""
+    if soft_label is None:
+        return -log_p
+    return -(soft_label * log_p + (1 - soft_label) * log_not_p)
+
+
+class RewardHead(nn.Module):
+    """Base class of every head. Subclasses set the class attributes and define ``forward``, ``mean`` and
+    ``log_prob_pair``; distributional heads also ``std`` and ``quantile``."""
+
+    kind: ClassVar[str] = ""
+    options: ClassVar[tuple[HeadOption, ...]] = ()
+    distributional: ClassVar[bool] = False  # has a spread: std, quantiles, risk-aware reward modes
+    export_labels: ClassVar[tuple[int, ...]] = ()  # num_labels a sequence-classification export can carry
+    supports_margin: ClassVar[bool] = True  # honours a per-pair margin column
+    supports_temperature: ClassVar[bool] = False  # P(c > r) can be temperature-scaled after training
+
+    # ------------------------------------------------------------------ options
+    @classmethod
+    def option(cls, name: str) -> HeadOption | None:
+        return next((o for o in cls.options if o.name == name), None)
+
+    @classmethod
+    def resolve_options(cls, values: dict, saved_only: bool = False) -> dict:
+        """Declared defaults updated with ``values`` (checked); unknown names are an error."""
+        for name in values:
+            if cls.option(name) is None:
+                owners = [kind for kind, other in HEADS.items() if other.option(name) is not None]
+                where = f" it is an option of the {' and '.join(owners)} head" if owners else ""
+                allowed = ", ".join(o.name for o in cls.options) or "none"
+                raise ConfigError(
+                    f"{name} does not apply to the {cls.kind} head (head={cls.kind});{where or ' unknown option'}. "
+                    f"Options of the {cls.kind} head: {allowed}."
+                )
+        resolved = {o.name: o.check(values[o.name]) if o.name in values else o.default for o in cls.options}
+        if saved_only:
+            return {name: value for name, value in resolved.items() if cls.option(name).saved}
+        return resolved
+
+    def saved_options(self) -> dict:
+        """The options that shape this module, as stored in the model's config."""
+        return {o.name: getattr(self, o.name) for o in self.options if o.saved}
+
+    # ------------------------------------------------------------------ the distribution
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (N, H) -> (N, K)
+        raise NotImplementedError
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:  # (N, K) -> (N,)
+        raise NotImplementedError
+
+    def std(self, params: torch.Tensor) -> torch.Tensor:  # (N, K) -> (N,)
+        return torch.zeros_like(params[:, 0])
+
+    def quantile(self, params: torch.Tensor, alpha: float) -> torch.Tensor:  # (N, K) -> (N,)
+        return self.mean(params)
+
+    def reward(self, params: torch.Tensor, mode: str = "mean", alpha: float = 0.1, k: float = 1.0) -> torch.Tensor:
+        """The scalar handed to RL: mean, the alpha-quantile, or mean - k * std (risk-averse)."""
+        if mode == "lower_quantile":
+            return self.quantile(params, alpha)
+        if mode == "mean_minus_std":
+            return self.mean(params) - k * self.std(params)
+        return self.mean(params)
+
+    def summary(self, params: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sequence values reported next to the reward by scoring and the server, each (N,)."""
+        if not self.distributional:
+            return {}
+        return {"mean": self.mean(params), "sigma": self.std(params)}
+
+    # ------------------------------------------------------------------ pairs
+    def log_prob_pair(self, pc: torch.Tensor, pr: torch.Tensor, margin: torch.Tensor | None = None):
+        """(log P(c > r + margin), log P(not that)), each (B,)."""
+        raise NotImplementedError
+
+    def prob_pair(self, pc: torch.Tensor, pr: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        if temperature != 1.0:
+            raise ValueError(f"the {self.kind} head has no temperature scaling")
+        return self.log_prob_pair(pc, pr)[0].exp()
+
+    def pair_loss(self, pc, pr, margin=None, soft_label=None) -> torch.Tensor:
+        """Per-pair negative log-likelihood of the observed preference, (B,)."""
+        log_p, log_not_p = self.log_prob_pair(pc, pr, margin)
+        return soft_label_loss(log_p, log_not_p, soft_label)
+
+    def regulariser(self, pc: torch.Tensor, pr: torch.Tensor, **loss_options) -> torch.Tensor:
+        """A scalar added to the mean pair loss; ``loss_options`` are the head's unsaved options."""
+        return pc.new_zeros(())
+
+    # ------------------------------------------------------------------ weights in and out
+    def load_head_state(self, tensors: dict, stored_kind: str, where: str) -> None:
+        """Load saved head tensors; a head may accept another kind's (see GaussianHead), else it is an error."""
+        if stored_kind != self.kind:
+            raise ModelError(
+                f"{where} holds a {stored_kind!r} head, which cannot be loaded as a {self.kind!r} head: the "
+                f"{stored_kind} parameters do not determine the {self.kind} ones. Load it with "
+                f"head={stored_kind!r}, or train a new {self.kind} head from it."
+            )
+        self.load_state_dict(tensors)
+
+    def export_spec(self, num_labels: int) -> ExportSpec:
+        raise NotImplementedError
+
+
+HEADS: dict[str, type[RewardHead]] = {}
+
+
+def register_head(cls: type[RewardHead]) -> type[RewardHead]:
+    """Class decorator: make a head available by its ``kind`` (config key ``head``)."""
+    if not cls.kind:
+        raise ValueError(f"{cls.__name__} needs a non-empty `kind`")
+    if HEADS.get(cls.kind, cls) is not cls:
+        raise ValueError(f"a head of kind {cls.kind!r} is already registered ({HEADS[cls.kind].__name__})")
+    HEADS[cls.kind] = cls
+    return cls
+
+
+def head_class(kind: str) -> type[RewardHead]:
+    if kind not in HEADS:
+        raise ModelError(f"unknown head {kind!r}; registered heads: {', '.join(HEADS)}.")
+    return HEADS[kind]
+
+
+def build_head(kind: str, hidden_size: int, **options) -> RewardHead:
+    """A head by kind; ``options`` may hold any of its declared options (loss options are accepted and left to
+    the loss)."""
+    cls = head_class(kind)
+    return cls(hidden_size, **cls.resolve_options(options, saved_only=True))

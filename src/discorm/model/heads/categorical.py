@@ -1,0 +1,79 @@
+"""The categorical reward head: a distribution over fixed reward atoms."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from discorm.model.heads.base import HeadOption, RewardHead, register_head
+
+
+@register_head
+class CategoricalHead(RewardHead):
+    """Reward is one of K fixed atoms a_1 < ... < a_K with probabilities softmax(Linear(h)).
+
+    P(c > r + m) = sum_ij p_c(i) p_r(j) [1(a_i - a_j > m) + 1/2 1(a_i - a_j = m)]: a difference equal to the
+    margin m counts half (with m = 0, ties on an atom). Two-peaked distributions (annotators who disagree) are
+    representable, unlike with a Gaussian.
+    """
+
+    kind = "categorical"
+    options = (
+        HeadOption("num_atoms", 11, "categorical: number of reward atoms", low=2),
+        HeadOption("atom_range", 5.0, "categorical: atoms are evenly spaced on [-atom_range, atom_range]",
+                   low=1e-6),
+        HeadOption("entropy_coef", 0.0, "categorical: subtracts entropy_coef * entropy of the batch-mean "
+                   "distribution", saved=False),
+    )
+    distributional = True
+
+    def __init__(self, hidden_size: int, num_atoms: int = 11, atom_range: float = 5.0):
+        super().__init__()
+        self.num_atoms, self.atom_range = num_atoms, atom_range
+        self.logits = nn.Linear(hidden_size, num_atoms)
+        nn.init.normal_(self.logits.weight, std=1 / math.sqrt(hidden_size + 1))
+        nn.init.zeros_(self.logits.bias)
+        self.register_buffer("atoms", torch.linspace(-atom_range, atom_range, num_atoms), persistent=False)
+
+    def forward(self, hidden):
+        return self.logits(hidden)  # (N, K) logits
+
+    def probs(self, params):
+        return params.float().softmax(-1)
+
+    def mean(self, params):
+        return self.probs(params) @ self.atoms.to(params.device)
+
+    def std(self, params):
+        p, atoms = self.probs(params), self.atoms.to(params.device)
+        mean = p @ atoms
+        return (p @ atoms.square() - mean.square()).clamp_min(0).sqrt()
+
+    def quantile(self, params, alpha):
+        cdf = self.probs(params).cumsum(-1)
+        index = (cdf < alpha).sum(-1).clamp_max(cdf.shape[-1] - 1)
+        return self.atoms.to(params.device)[index]
+
+    def log_prob_pair(self, pc, pr, margin=None):
+        p_c, p_r = self.probs(pc), self.probs(pr)
+        if margin is None:
+            below_r = p_r.cumsum(-1) - p_r  # P(r < a_i)
+            prob = (p_c * (below_r + 0.5 * p_r)).sum(-1)
+        else:
+            atoms = self.atoms.to(pc.device)
+            diff = atoms[:, None] - atoms[None, :]  # (K, K): a_i - a_j
+            gap = diff - margin.float()[:, None, None]  # (B, K, K)
+            tie = gap.abs() < 1e-6 * self.atom_range
+            win = (gap > 0).float() * ~tie + 0.5 * tie.float()
+            prob = torch.einsum("bi,bj,bij->b", p_c, p_r, win)
+        prob = prob.clamp(1e-30, 1 - 1e-7)
+        return prob.log(), torch.log1p(-prob)
+
+    def regulariser(self, pc, pr, entropy_coef: float = 0.0, **_):
+        if not entropy_coef:
+            return pc.new_zeros(())
+        mean_p = torch.cat([self.probs(pc), self.probs(pr)]).mean(0)
+        entropy = -(mean_p * mean_p.clamp_min(1e-30).log()).sum()
+        return -entropy_coef * entropy

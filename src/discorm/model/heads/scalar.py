@@ -1,0 +1,61 @@
+"""The Bradley-Terry reward head: one number per sequence."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from discorm.model.heads.base import ExportSpec, HeadOption, RewardHead, register_head
+
+logger = logging.getLogger(__name__)
+
+
+@register_head
+class ScalarHead(RewardHead):
+    """r = w . h. P(c > r) = sigmoid((r_c - r_r - margin) / T), with T = 1 in training and a temperature fitted
+    on held-out pairs for calibration."""
+
+    kind = "scalar"
+    options = (
+        HeadOption("bias", False, "scalar: give the value layer a bias (pairwise losses cannot see it; imported "
+                   "heads may carry one)"),
+    )
+    export_labels = (1,)
+    supports_temperature = True
+
+    def __init__(self, hidden_size: int, bias: bool = False):
+        super().__init__()
+        self.bias = bias
+        self.value = nn.Linear(hidden_size, 1, bias=bias)
+        nn.init.normal_(self.value.weight, std=1 / math.sqrt(hidden_size + 1))
+        if bias:
+            nn.init.zeros_(self.value.bias)
+
+    def forward(self, hidden):
+        return self.value(hidden)  # (N, 1)
+
+    def mean(self, params):
+        return params[:, 0]
+
+    def log_prob_pair(self, pc, pr, margin=None):
+        diff = pc[:, 0] - pr[:, 0]
+        if margin is not None:
+            diff = diff - margin
+        return F.logsigmoid(diff), F.logsigmoid(-diff)
+
+    def prob_pair(self, pc, pr, temperature=1.0):
+        return torch.sigmoid((pc[:, 0] - pr[:, 0]) / temperature)
+
+    def export_spec(self, num_labels):
+        """The value layer is the score layer; a bias (imported heads) goes to config.discorm_reward_bias and not
+        into the logits: a constant no pairwise comparison sees."""
+        config = {}
+        if self.bias:
+            config["discorm_reward_bias"] = float(self.value.bias.detach())
+            logger.warning("the value head has a bias (%.4f); it is kept in config.discorm_reward_bias and not "
+                           "added to the exported logits.", config["discorm_reward_bias"])
+        return ExportSpec(self.value.weight.detach().float(), config)

@@ -1,0 +1,87 @@
+"""``RewardModelConfig``: the one typed description a reward model carries, saved as ``discorm_config.json``.
+
+Trainer, metrics, scoring, server and export read it instead of re-deriving facts from the weights or the
+training arguments. Version 1 files (DiscoRM 0.1.0, no ``version`` key) are migrated on load.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from discorm.errors import ModelError
+
+CONFIG_FILE = "discorm_config.json"
+VERSION = 2
+REWARD_MODES = ("mean", "lower_quantile", "mean_minus_std")
+
+
+@dataclass
+class RewardModelConfig:
+    head: str = "scalar"
+    head_options: dict = field(default_factory=dict)  # the head's saved options (num_atoms, ...)
+    pooling: str = "last"
+    template: str | None = None  # chat template it was trained with (None: the tokenizer's own)
+    cutoff_len: int | None = None  # token budget of prompt + response, as in training
+    reward_mode: str = "mean"
+    reward_alpha: float = 0.1
+    reward_k: float = 1.0
+    temperature: float = 1.0  # fitted on held-out pairs by temperature scaling (scalar head)
+    base_model: str | None = None  # what the backbone (or the LoRA adapter's base) was loaded from
+    finetuning_type: str = "full"
+    imported_from: str | None = None  # llamafactory, sequence_classification, pretrained
+    version: int = VERSION
+
+    def __post_init__(self):
+        if self.reward_mode not in REWARD_MODES:
+            raise ModelError(f"reward_mode={self.reward_mode!r} is not one of {', '.join(REWARD_MODES)}.")
+
+    @property
+    def is_lora(self) -> bool:
+        return self.finetuning_type == "lora"
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory, CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RewardModelConfig:
+        file = Path(directory, CONFIG_FILE)
+        try:
+            data = json.loads(file.read_text())
+        except json.JSONDecodeError as err:
+            raise ModelError(f"{file}:{err.lineno}: malformed JSON ({err.msg}); restore the file.") from None
+        if not isinstance(data, dict):
+            raise ModelError(f"{file}: expected a JSON object, found {type(data).__name__}.")
+        return cls.from_dict(data, str(file))
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = CONFIG_FILE) -> RewardModelConfig:
+        data = dict(data)
+        version = data.pop("version", 1)
+        if not isinstance(version, int) or version > VERSION:
+            raise ModelError(
+                f"{where}: version {version!r} was written by a newer DiscoRM than this one (reads up to "
+                f"{VERSION}); upgrade discorm."
+            )
+        if version == 1:
+            data = _migrate_v1(data)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelError(f"{where}: unknown field(s) {unknown}; known fields: {sorted(known - {'version'})}.")
+        missing = [name for name in ("head", "finetuning_type") if name not in data]
+        if missing:
+            raise ModelError(f"{where}: missing field(s) {missing}; the run directory is incomplete.")
+        return cls(**data)
+
+
+def _migrate_v1(data: dict) -> dict:
+    """0.1.0 stored the loss coefficients with the head options and had no version."""
+    from discorm.model.heads import head_class
+
+    data = dict(data)
+    options = data.get("head_options") or {}
+    cls = head_class(data.get("head", "scalar"))
+    data["head_options"] = {k: v for k, v in options.items() if cls.option(k) is not None and cls.option(k).saved}
+    return data
