@@ -92,6 +92,15 @@ def _cmd_serve(args) -> None:
     serve(args.model, host=args.host, port=args.port, max_batch_size=args.batch_size)
 
 
+def finish_distributed() -> None:
+    """Leave a torchrun / accelerate job together: without it a gloo process can abort at exit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="discorm", description="Train and use (distributional) reward models.")
     parser.add_argument("--version", action="version", version=f"discorm {__version__}")
@@ -162,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("discorm").setLevel(logging.INFO)
     try:
         args.func(args)
+        finish_distributed()
     except DiscoRMError as err:
         if args.debug:
             raise

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import transformers
 import yaml
 
@@ -189,6 +190,20 @@ class TrainingArguments(transformers.TrainingArguments):
     logging_steps: float = _arg(10, "Log every N steps.")
     per_device_train_batch_size: int = _arg(4, "Pairs per device per step.")
     per_device_eval_batch_size: int = _arg(8, "Pairs per device per eval step.")
+    ddp_find_unused_parameters: bool | None = _arg(
+        False, "DDP: look for parameters without gradients each step (every reward-model parameter gets one).")
+
+    def __post_init__(self):
+        # torchrun / accelerate start several processes; on a machine without an accelerator they only form one
+        # distributed (gloo) job when the Trainer is told to use the CPU, otherwise each trains alone.
+        if not self.use_cpu and launched_processes() > 1 and not torch.accelerator.is_available():
+            self.use_cpu = True
+        super().__post_init__()
+
+
+def launched_processes() -> int:
+    """How many processes the launcher (torchrun, accelerate launch) started for this job."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 ARG_CLASSES = (ModelArguments, DataArguments, TrainingArguments, FinetuningArguments)

@@ -11,7 +11,9 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import pickle
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -241,14 +243,15 @@ def tokenized_dataset(
     if not examples:
         raise DataError(f"{names}: no usable pairs remain. {stats.summary(names)}")
     dataset = datasets.Dataset.from_list(examples)
-    tmp = cache.with_name(cache.name + ".tmp")
+    tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")  # one per process: launchers start several
     dataset.save_to_disk(str(tmp))
     (tmp / "stats.pkl").write_bytes(pickle.dumps(stats))
     if cache.exists():
-        import shutil
-
-        shutil.rmtree(cache)
-    tmp.rename(cache)
+        shutil.rmtree(cache, ignore_errors=True)
+    try:
+        tmp.rename(cache)
+    except OSError:  # another process placed the same data first
+        shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(cache)), stats
 
 

@@ -168,6 +168,12 @@ class RewardModel(nn.Module):
         return self.backbone.config
 
     @property
+    def _no_split_modules(self) -> list[str]:
+        """FSDP wrap units, read by Accelerate's auto-wrap policy: the backbone's blocks, and the float32 head as a
+        unit of its own (FSDP2 needs one dtype per unit, and the backbone may be bf16)."""
+        return [*(getattr(self.backbone, "_no_split_modules", None) or []), type(self.head).__name__]
+
+    @property
     def is_lora(self) -> bool:
         return self.rm_config.is_lora
 

@@ -7,13 +7,15 @@ FSDP / ZeRO-3), so every checkpoint is a loadable run directory.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from torch.utils.data import SequentialSampler
 from transformers import Trainer
 
-from discorm.config import FinetuningArguments
+from discorm.config import FinetuningArguments, launched_processes
+from discorm.errors import ConfigError
 from discorm.model.reward_model import RewardModel
 from discorm.train.loss import PairwiseLoss
 
@@ -30,6 +32,38 @@ class PairwiseTrainer(Trainer):
         self.loss_fn = PairwiseLoss.from_args(self.reward_model.head, finetuning_args or FinetuningArguments())
         self.model_accepts_loss_kwargs = False
         self._train_correct = torch.zeros(2)  # (correct, seen) since the last log
+        self._refuse_unsupported_parallelism()
+
+    def _refuse_unsupported_parallelism(self) -> None:
+        """Setups that would train as something else than asked, or save a run directory wrongly, stop here."""
+        launched = launched_processes()
+        if launched > 1 and self.args.world_size == 1:
+            raise ConfigError(
+                f"{launched} processes were launched but did not join one distributed job, so each would train "
+                "alone and all would write the same output_dir. On a machine without GPUs set use_cpu: true (or "
+                "launch with torchrun / `accelerate launch --multi_gpu`); see README 'Multi-GPU'."
+            )
+        fsdp_asked = self.args.fsdp_plugin_args is not None or os.environ.get("ACCELERATE_USE_FSDP") == "true"
+        if fsdp_asked and not self.is_fsdp_enabled:
+            raise ConfigError(
+                "fsdp is set but Accelerate did not turn FSDP on: it shards only on GPUs and other accelerators, "
+                "and on a CPU it would silently train with plain DDP. Remove fsdp / fsdp_config (DDP is what runs "
+                "here), or train on GPUs."
+            )
+        if self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type):
+            raise ConfigError(
+                "fsdp_config.state_dict_type must be FULL_STATE_DICT: a DiscoRM run directory is written from the full "
+                "state dict gathered on the main process (the sharded type would leave checkpoints without one)."
+            )
+        if self.is_deepspeed_enabled:
+            config = self.accelerator.state.deepspeed_plugin.hf_ds_config.config
+            zero = config.get("zero_optimization", {})
+            if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save", False):
+                raise ConfigError(
+                    "DeepSpeed ZeRO-3 needs zero_optimization.stage3_gather_16bit_weights_on_model_save: true in "
+                    "the deepspeed config, so that the Trainer gathers the full weights for the run directory "
+                    "(examples/deepspeed/ds_z3.json has it)."
+                )
 
     @property
     def reward_model(self) -> RewardModel:

@@ -100,13 +100,16 @@ def run_rm(
         training_args.train_sampling_strategy = "group_by_length"  # uses the tokenized `length` column
     if training_args.do_train:  # data first: a bad data file fails before the model loads
         tokenizer = load_tokenizer(model_args)
-        train_set, eval_set, summaries = build_datasets(data_args, tokenizer, training_args.seed)
+        with training_args.main_process_first(local=True, desc="tokenizing"):  # one process fills the cache
+            train_set, eval_set, summaries = build_datasets(data_args, tokenizer, training_args.seed)
         model = RewardModel.for_training(model_args, finetuning_args, tokenizer)
     else:  # evaluate a trained run with the template it was trained with
         model = RewardModel.from_pretrained(model_args.model_name_or_path, model_args=model_args)
         tokenizer = model.tokenizer or load_tokenizer(model_args)
         data_args.template = data_args.template or model.rm_config.template
-        train_set, eval_set, summaries = build_datasets(data_args, tokenizer, training_args.seed, need_train=False)
+        with training_args.main_process_first(local=True, desc="tokenizing"):
+            train_set, eval_set, summaries = build_datasets(data_args, tokenizer, training_args.seed,
+                                                            need_train=False)
     model.rm_config = replace(model.rm_config, template=data_args.template, cutoff_len=data_args.cutoff_len)
     if any(d is not None and "margin" in d.column_names for d in (train_set, eval_set)) and not (
             model.head.supports_margin):
