@@ -58,8 +58,9 @@ def make_tokenizer(path: Path, chat_template: str | None = CHATML):
     return tokenizer
 
 
-def make_model_dir(path: Path, arch: str = "llama") -> Path:
-    """A tiny random checkpoint of the given architecture, with the local tokenizer, saved at ``path``."""
+def make_model_dir(path: Path, arch: str = "llama", **overrides) -> Path:
+    """A tiny random checkpoint of the given architecture (config ``overrides`` applied), with the local
+    tokenizer, saved at ``path``."""
     from transformers import (
         BertConfig,
         BertModel,
@@ -82,11 +83,13 @@ def make_model_dir(path: Path, arch: str = "llama") -> Path:
         model = LlamaForCausalLM(config)
     elif arch == "qwen2":
         config = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                             **overrides)
         model = Qwen2ForCausalLM(config)
     elif arch == "mistral":
         config = MistralConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                               **overrides)
         model = MistralForCausalLM(config)
     elif arch == "gpt2":
         config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=1024)
@@ -114,6 +117,19 @@ def tiny_qwen2(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_mistral(tmp_path_factory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("tiny_mistral"), "mistral")
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_window(tmp_path_factory) -> Path:
+    """Every layer attends to the 5 most recent positions only, far fewer than the test sequences."""
+    return make_model_dir(tmp_path_factory.mktemp("tiny_mistral_window"), "mistral", sliding_window=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_window(tmp_path_factory) -> Path:
+    """Layer 0 attends fully, layer 1 to the 5 most recent positions."""
+    return make_model_dir(tmp_path_factory.mktemp("tiny_qwen2_window"), "qwen2", use_sliding_window=True,
+                          sliding_window=5, max_window_layers=1)
 
 
 @pytest.fixture(scope="session")

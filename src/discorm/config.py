@@ -21,6 +21,7 @@ import yaml
 from discorm.data.tokenize import DEFAULT_CUTOFF_LEN
 from discorm.errors import ConfigError
 from discorm.model.heads import HEADS
+from discorm.model.packed import ATTENTION_BACKENDS
 from discorm.model.rm_config import REWARD_MODES
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -68,9 +69,21 @@ class ModelArguments:
     attn_implementation: str | None = _arg(
         None, "Attention kernel (sdpa, eager, flash_attention_2, ...); default: sdpa when available.")
     cache_dir: str | None = _arg(None, "Where Hub downloads are cached.")
+    attention_backend: str = _arg(
+        "auto",
+        "Attention for packed batches: auto (FlexAttention on GPUs, split SDPA on CPUs), sdpa_split, flex "
+        "(one FlexAttention call per layer; no CPU training).")
+
+    quantization_bit: int | None = _arg(
+        None, "Quantize the base with bitsandbytes to 4 or 8 bits and train LoRA adapters on it (QLoRA).")
+    quantization_type: str = _arg("nf4", "4-bit quantization data type: nf4 or fp4.")
+    double_quantization: bool = _arg(True, "4-bit: also quantize the quantization constants.")
 
     def __post_init__(self):
         check_choice("dtype", self.dtype, DTYPES)
+        check_choice("quantization_bit", self.quantization_bit, (None, 4, 8))
+        check_choice("quantization_type", self.quantization_type, ("nf4", "fp4"))
+        check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
 
 
 @dataclass

@@ -156,3 +156,75 @@ def test_packed_path_under_gradient_checkpointing(tiny_llama):
     torch.testing.assert_close(packed_params, plain_params, atol=1e-5, rtol=0)
     for name, grad in plain_grads.items():
         assert (packed_grads[name] - grad).abs().max() / grad.abs().max().clamp_min(1e-8) < 1e-4, name
+
+
+WINDOWED = ["tiny_mistral_window", "tiny_qwen2_window"]
+
+
+@pytest.mark.parametrize("arch", WINDOWED)
+@pytest.mark.parametrize("prefix_sharing", [True, False])
+def test_sliding_window_models_stay_exact_when_packed(arch, prefix_sharing, request):
+    model = build_model(request.getfixturevalue(arch), "full", lora_rank=4).eval()
+    from discorm.model.packed import sliding_windows
+
+    assert 5 in sliding_windows(model.config) and max(len(p["rejected_ids"]) for p in PAIRS) > 5
+    plain_params, plain_grads = _scores_and_grads(model, PairwiseDataCollatorWithPadding(0)(PAIRS))
+    packed_params, packed_grads = _scores_and_grads(model, PackedPairCollator(prefix_sharing)(PAIRS))
+    torch.testing.assert_close(packed_params, plain_params, atol=1e-5, rtol=0)
+    for name, grad in plain_grads.items():
+        assert (packed_grads[name] - grad).abs().max() / grad.abs().max().clamp_min(1e-8) < 1e-4, name
+
+
+@pytest.mark.slow  # compiles FlexAttention for the CPU (tens of seconds)
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_qwen2", *WINDOWED])
+def test_flex_attention_forward_matches_plain(arch, request):
+    """FlexAttention (one call per layer, one block mask per batch) on the CPU: forward only, as torch has no
+    FlexAttention backward there."""
+    model = build_model(request.getfixturevalue(arch), "full").eval()
+    model.attention_backend = "flex"
+    with torch.no_grad():
+        plain = model(**PairwiseDataCollatorWithPadding(0)(PAIRS)).head_params
+        packed = model(**PackedPairCollator(True)(PAIRS)).head_params
+    torch.testing.assert_close(packed, plain, atol=1e-5, rtol=0)
+
+
+def test_flex_attention_refuses_to_train_on_cpu(tiny_llama):
+    from discorm.errors import ConfigError
+
+    model = build_model(tiny_llama, "full")
+    model.attention_backend = "flex"
+    with pytest.raises(ConfigError, match="no FlexAttention backward"):
+        model(**PackedPairCollator(True)(PAIRS))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention gradients need a GPU (no CPU backward)")
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_qwen2", *WINDOWED])
+def test_flex_attention_gradients_match_plain_on_gpu(arch, request):
+    model = build_model(request.getfixturevalue(arch), "full").to("cuda").eval()
+    model.attention_backend = "flex"
+    cuda = lambda batch: {k: v.to("cuda") for k, v in batch.items()}  # noqa: E731
+    plain_params, plain_grads = _scores_and_grads(model, cuda(PairwiseDataCollatorWithPadding(0)(PAIRS)))
+    packed_params, packed_grads = _scores_and_grads(model, cuda(PackedPairCollator(True)(PAIRS)))
+    torch.testing.assert_close(packed_params, plain_params, atol=1e-4, rtol=0)
+    for name, grad in plain_grads.items():
+        assert (packed_grads[name] - grad).abs().max() / grad.abs().max().clamp_min(1e-8) < 1e-3, name
+
+
+def test_transformers_is_in_the_tested_range_and_holds_the_packed_attention():
+    """The packed path plugs into transformers' attention and mask registries; a release outside the tested
+    range (pyproject.toml) may change them, so CI says so loudly instead of failing somewhere else."""
+    import re
+
+    import transformers
+    from packaging.requirements import Requirement
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from discorm.model.packed import ATTN_IMPLEMENTATION, packed_sdpa_attention
+    from tests.conftest import REPO
+
+    line = re.search(r'"(transformers[^"]*)"', (REPO / "pyproject.toml").read_text()).group(1)
+    spec = Requirement(line)
+    assert spec.specifier.contains(transformers.__version__), (transformers.__version__, str(spec.specifier))
+    assert AttentionInterface._global_mapping[ATTN_IMPLEMENTATION] is packed_sdpa_attention
+    assert AttentionMaskInterface._global_mapping[ATTN_IMPLEMENTATION] is sdpa_mask

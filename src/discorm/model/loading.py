@@ -21,7 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from discorm.config import DEFAULT_MODEL, FinetuningArguments, ModelArguments
-from discorm.errors import ModelError
+from discorm.errors import ConfigError, ModelError
 from discorm.model.packed import ATTN_IMPLEMENTATION
 
 logger = logging.getLogger(__name__)
@@ -136,18 +136,50 @@ def load_backbone(path: str, model_args: ModelArguments) -> PreTrainedModel:
         trust_remote_code=model_args.trust_remote_code,
         cache_dir=model_args.cache_dir,
     )
+    if model_args.quantization_bit:
+        kwargs["quantization_config"] = quantization_config(model_args)
     try:
         if attn is None:
             try:
-                return AutoModel.from_pretrained(path, attn_implementation=ATTN_IMPLEMENTATION, **kwargs)
-            except (ValueError, ImportError):
+                backbone = AutoModel.from_pretrained(path, attn_implementation=ATTN_IMPLEMENTATION, **kwargs)
+            except (ValueError, ImportError) as err:
+                if "bitsandbytes" in str(err):
+                    raise
                 logger.warning("%s does not support SDPA attention; packing and prefix sharing are off.", path)
-        return AutoModel.from_pretrained(path, attn_implementation=attn, **kwargs)
+                backbone = AutoModel.from_pretrained(path, attn_implementation=attn, **kwargs)
+        else:
+            backbone = AutoModel.from_pretrained(path, attn_implementation=attn, **kwargs)
     except OSError as err:
         raise ModelError(
             f"could not load a model from {path!r}: {err}. model_name_or_path must be '{DEFAULT_MODEL}', a local "
             "model directory, or a Hub id."
         ) from None
+    except ImportError as err:
+        raise ModelError(f"quantization_bit={model_args.quantization_bit} needs bitsandbytes ({err}); install it "
+                         "with `pip install 'discorm[quant]'`, or remove quantization_bit.") from None
+    if model_args.quantization_bit:
+        keep_cpu_4bit_trainable(backbone)
+    return backbone
+
+
+def quantization_config(model_args: ModelArguments):
+    """bitsandbytes settings for a quantized base (QLoRA): NF4 with double quantization by default."""
+    from transformers import BitsAndBytesConfig
+
+    if model_args.quantization_bit == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=model_args.quantization_type,
+                              bnb_4bit_use_double_quant=model_args.double_quantization,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def keep_cpu_4bit_trainable(backbone: torch.nn.Module) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights at their first no-grad forward pass into a
+    layout whose backward drops the LoRA gradients (and corrupts merges); keep the trainable layout."""
+    for module in backbone.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def transformer_blocks(backbone: torch.nn.Module) -> torch.nn.ModuleList:
@@ -160,6 +192,10 @@ def transformer_blocks(backbone: torch.nn.Module) -> torch.nn.ModuleList:
 
 def apply_finetuning(backbone: PreTrainedModel, args: FinetuningArguments) -> torch.nn.Module:
     """Set requires_grad (full / freeze) or wrap in PEFT LoRA; returns the backbone to use."""
+    quantized = getattr(backbone, "is_quantized", False)
+    if quantized and args.finetuning_type != "lora":
+        raise ConfigError(f"finetuning_type={args.finetuning_type!r} cannot train a quantized base (quantization_bit "
+                          "is set): its weights are frozen integers. Use finetuning_type: lora (QLoRA).")
     if args.finetuning_type == "full":
         backbone.requires_grad_(True)
         return backbone
@@ -174,6 +210,10 @@ def apply_finetuning(backbone: PreTrainedModel, args: FinetuningArguments) -> to
         for block in list(blocks)[len(blocks) - args.freeze_trainable_layers :]:
             block.requires_grad_(True)
         return backbone
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
     from peft import LoraConfig, get_peft_model
 
     targets = "all-linear" if args.lora_target == "all" else [t.strip() for t in args.lora_target.split(",")]

@@ -4,30 +4,84 @@ A packed batch is one row of tokens made of blocks ``[prompt | chosen | rejected
 with an empty rejected part). Within a block the prompt is causal, the chosen response sees the prompt and itself,
 and the rejected response sees the prompt and itself but not the chosen response; its position ids restart at
 the prompt length. Blocks never see each other. This is the same computation as running ``prompt + chosen`` and
-``prompt + rejected`` as separate sequences, with the prompt computed once and no padding.
+``prompt + rejected`` as separate sequences, with the prompt computed once and no padding. Sliding-window layers
+(Mistral, Qwen2) also drop keys ``window`` or more positions back, as they do on separate sequences.
 
-The attention runs block by block with SDPA: one causal call for ``prompt + chosen`` and one masked call for the
-rejected queries against ``prompt + rejected`` keys. It is registered with transformers' AttentionInterface as
-``discorm_sdpa``; without block metadata it is plain SDPA, so the same model serves padded batches too.
+Two backends compute it, selected per batch by ``RewardModel`` (``attention_backend``):
+- ``sdpa_split``: block by block with SDPA, one call for ``prompt + chosen`` and one for the rejected queries
+  against ``prompt + rejected`` keys. Trains everywhere; the fastest choice on CPUs.
+- ``flex``: one FlexAttention call per layer over the whole row with a block mask built once per batch and shared
+  by every layer. For GPUs (torch has no FlexAttention backward on CPU).
+
+The function is registered with transformers' AttentionInterface as ``discorm_sdpa``; without block metadata it is
+plain SDPA, so the same model serves padded batches too.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+try:  # the registries of transformers' attention dispatch (5.x); the packed path depends on them
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+except ImportError as err:  # pragma: no cover - only with an untested transformers release
+    raise ImportError(
+        f"DiscoRM's packed attention needs transformers' AttentionInterface, AttentionMaskInterface, sdpa_mask and "
+        f"sdpa_attention_forward ({err}); this transformers release moved them. Install the tested range from "
+        "pyproject.toml (pip install 'transformers>=5.0,<5.25')."
+    ) from err
 
 ATTN_IMPLEMENTATION = "discorm_sdpa"
+ATTENTION_BACKENDS = ("auto", "sdpa_split", "flex")
 Block = tuple[int, int, int, int]  # (start, prompt_len, chosen_len, rejected_len)
 
 
-def _branch_mask(prompt_len: int, branch_len: int, device) -> torch.Tensor:
-    """(R, P + R) bool: every prompt key, then causal over the branch."""
+def _window(mask: torch.Tensor, query_pos: torch.Tensor, key_pos: torch.Tensor, window: int | None):
+    """Drop keys `window` or more positions behind the query (sliding-window layers)."""
+    if window is None:
+        return mask
+    return mask & (query_pos[:, None] - key_pos[None, :] < window)
+
+
+def _branch_mask(prompt_len: int, branch_len: int, device, window: int | None = None) -> torch.Tensor:
+    """(R, P + R) bool: every prompt key, then causal over the branch (the branch's positions follow the prompt)."""
     mask = torch.ones(branch_len, prompt_len + branch_len, dtype=torch.bool, device=device)
     mask[:, prompt_len:] = torch.ones(branch_len, branch_len, dtype=torch.bool, device=device).tril()
-    return mask
+    positions = torch.arange(prompt_len + branch_len, device=device)
+    return _window(mask, positions[prompt_len:], positions, window)
+
+
+def _split_sdpa(query, key, value, blocks: list[Block], dropout: float, scaling, window: int | None):
+    """query/key/value (1, heads, N, d) -> (1, heads, N, d), two SDPA calls per block."""
+    # torch.split (not per-block slicing): its backward is one concatenation instead of a zero-filled
+    # full-length gradient per slice.
+    sizes = [n for _, p, c, r in blocks for n in (p + c, r) if n]
+    q_parts, k_parts, v_parts = (t.split(sizes, dim=2) for t in (query, key, value))
+    pieces, part = [], 0
+    for _, prompt_len, chosen_len, rejected_len in blocks:
+        q, k, v = q_parts[part], k_parts[part], v_parts[part]
+        length = prompt_len + chosen_len
+        if window is None or length <= window:
+            pieces.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True))
+        else:
+            mask = _branch_mask(0, length, query.device, window)
+            pieces.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling))
+        part += 1
+        if rejected_len:
+            q_r, k_r, v_r = q_parts[part], k_parts[part], v_parts[part]
+            pieces.append(
+                F.scaled_dot_product_attention(
+                    q_r,
+                    torch.cat([k[:, :, :prompt_len], k_r], dim=2),
+                    torch.cat([v[:, :, :prompt_len], v_r], dim=2),
+                    attn_mask=_branch_mask(prompt_len, rejected_len, query.device, window),
+                    dropout_p=dropout, scale=scaling,
+                )
+            )
+            part += 1
+    return torch.cat(pieces, dim=2)
 
 
 def packed_sdpa_attention(
@@ -39,40 +93,29 @@ def packed_sdpa_attention(
     dropout: float = 0.0,
     scaling: float | None = None,
     discorm_blocks: list[Block] | None = None,
+    discorm_block_masks: dict | None = None,
+    sliding_window: int | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """query/key/value (1, heads, N, d) -> (1, N, heads, d); plain SDPA when ``discorm_blocks`` is None."""
-    if discorm_blocks is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    groups = getattr(module, "num_key_value_groups", 1)
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    # torch.split (not per-block slicing): its backward is one concatenation instead of a zero-filled
-    # full-length gradient per slice.
-    sizes = [n for _, p, c, r in discorm_blocks for n in (p + c, r) if n]
-    q_parts, k_parts, v_parts = (t.split(sizes, dim=2) for t in (query, key, value))
-    pieces, part = [], 0
-    for _, prompt_len, _, rejected_len in discorm_blocks:
-        q, k, v = q_parts[part], k_parts[part], v_parts[part]
-        pieces.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True))
-        part += 1
-        if rejected_len:
-            q_r, k_r, v_r = q_parts[part], k_parts[part], v_parts[part]
-            pieces.append(
-                F.scaled_dot_product_attention(
-                    q_r,
-                    torch.cat([k[:, :, :prompt_len], k_r], dim=2),
-                    torch.cat([v[:, :, :prompt_len], v_r], dim=2),
-                    attn_mask=_branch_mask(prompt_len, rejected_len, query.device),
-                    dropout_p=dropout, scale=scaling,
-                )
-            )
-            part += 1
-    out = torch.cat(pieces, dim=2)  # (1, heads, N, d)
+    """query/key/value (1, heads, N, d) -> (1, N, heads, d). Packed with ``discorm_blocks`` (split SDPA) or
+    ``discorm_block_masks`` (FlexAttention, one BlockMask per window size); plain SDPA otherwise."""
+    if discorm_block_masks is not None:
+        if dropout:
+            raise ValueError("the FlexAttention path has no attention dropout; use attention_backend: sdpa_split")
+        out = flex_attention_call(query, key, value, block_mask=discorm_block_masks[sliding_window],
+                                  scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    elif discorm_blocks is not None:
+        groups = getattr(module, "num_key_value_groups", 1)
+        out = _split_sdpa(query, repeat_kv(key, groups), repeat_kv(value, groups), discorm_blocks,
+                          dropout, scaling, sliding_window)
+    else:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling,
+                                      sliding_window=sliding_window, **kwargs)
     return out.transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, packed_sdpa_attention)
-# Padded batches get the usual SDPA mask; packed ones get it too, and the attention above ignores it.
+# Padded batches get the usual SDPA mask (sliding windows included); packed ones ignore it.
 AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
 
 
@@ -83,6 +126,75 @@ def block_positions(blocks: list[Block]) -> torch.Tensor:
         parts.append(torch.arange(prompt_len + chosen_len))
         parts.append(torch.arange(prompt_len, prompt_len + rejected_len))
     return torch.cat(parts)
+
+
+# ----------------------------------------------------------------------------- FlexAttention
+_COMPILED_FLEX = None
+
+
+def flex_attention_call(query, key, value, **kwargs):
+    """FlexAttention, compiled once per process (eager FlexAttention materialises every score)."""
+    global _COMPILED_FLEX
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=True)
+    return _COMPILED_FLEX(query, key, value, **kwargs)
+
+
+def block_masks(blocks: list[Block], windows: set[int | None], device) -> dict:
+    """One FlexAttention BlockMask per window size (None: full attention) for a packed row, built once per batch
+    and reused by every layer. Same mask as ``_split_sdpa``: same block, causal in row order, rejected tokens
+    never see chosen ones, and keys within ``window`` positions."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    segments = []  # per token: block index, part (0 prompt, 1 chosen, 2 rejected)
+    for index, (_, prompt_len, chosen_len, rejected_len) in enumerate(blocks):
+        for part, length in enumerate((prompt_len, chosen_len, rejected_len)):
+            segments.append(torch.tensor([[index, part]]).expand(length, 2))
+    segments = torch.cat(segments).to(device)
+    block, part = segments[:, 0].contiguous(), segments[:, 1].contiguous()
+    position = block_positions(blocks).to(device)
+    length = len(block)
+
+    def make(window):
+        # The window as a per-query tensor, not a captured int: torch 2.13's compiled CPU kernel mis-generates
+        # code for an integer captured by the mask function.
+        lowest = position - (window or 0)  # keys must lie after this position
+
+        def mask_mod(b, h, q, kv):
+            visible = (block[q] == block[kv]) & (kv <= q) & ~((part[q] == 2) & (part[kv] == 1))
+            if window is not None:
+                visible = visible & (position[kv] > lowest[q])
+            return visible
+
+        return create_block_mask(mask_mod, B=None, H=None, Q_LEN=length, KV_LEN=length, device=device)
+
+    return {window: make(window) for window in windows}
+
+
+def sliding_windows(config) -> set[int | None]:
+    """The window sizes the layers of a model use (None: full attention)."""
+    window = getattr(config, "sliding_window", None)
+    if window is None or getattr(config, "use_sliding_window", True) is False:
+        return {None}
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is None:  # Mistral: every layer slides
+        return {window}
+    return {window if kind == "sliding_attention" else None for kind in layer_types}
+
+
+def choose_backend(requested: str, device: torch.device, needs_grad: bool) -> str:
+    """auto: FlexAttention on GPUs; split SDPA on CPUs, where it is faster (benchmarks/bench_attention.py) and
+    where torch has no FlexAttention backward."""
+    if requested == "auto":
+        return "flex" if device.type == "cuda" else "sdpa_split"
+    if requested == "flex" and needs_grad and device.type == "cpu":
+        from discorm.errors import ConfigError
+
+        raise ConfigError("attention_backend=flex cannot train on a CPU: torch has no FlexAttention backward there. "
+                          "Use attention_backend: auto (split SDPA on CPUs) for training.")
+    return requested
 
 
 def unsupported_reason(backbone: torch.nn.Module) -> str | None:

@@ -29,7 +29,13 @@ from discorm.model.loading import (
     log_trainable,
     resolve_model_path,
 )
-from discorm.model.packed import block_positions, unsupported_reason
+from discorm.model.packed import (
+    block_masks,
+    block_positions,
+    choose_backend,
+    sliding_windows,
+    unsupported_reason,
+)
 from discorm.model.rm_config import CONFIG_FILE, RewardModelConfig
 
 logger = logging.getLogger(__name__)
@@ -65,12 +71,14 @@ class RewardModel(nn.Module):
     """Backbone + pooling + head, described by a :class:`RewardModelConfig`. ``forward`` takes a padded batch or a
     packed one (see ``model/packed.py``)."""
 
-    def __init__(self, backbone: nn.Module, head: RewardHead, rm_config: RewardModelConfig, tokenizer=None):
+    def __init__(self, backbone: nn.Module, head: RewardHead, rm_config: RewardModelConfig, tokenizer=None,
+                 attention_backend: str = "auto"):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.rm_config = rm_config
         self.tokenizer = tokenizer
+        self.attention_backend = attention_backend  # packed batches: auto, sdpa_split or flex (model/packed.py)
         self._packing_obstacle: str | None = None
         self._packing_checked = False
 
@@ -89,9 +97,13 @@ class RewardModel(nn.Module):
         pair_blocks (nblocks, 4), score_index (S,) -> S scores read at those token positions."""
         if pair_blocks is not None:
             blocks = [tuple(block) for block in pair_blocks.tolist()]
-            hidden = self.backbone(
-                input_ids=input_ids, position_ids=position_ids, discorm_blocks=blocks
-            ).last_hidden_state  # (1, N, H)
+            needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+            if choose_backend(self.attention_backend, input_ids.device, needs_grad) == "flex":
+                packing = {"discorm_block_masks": block_masks(blocks, sliding_windows(self.config), input_ids.device)}
+            else:
+                packing = {"discorm_blocks": blocks}
+            hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, **packing).last_hidden_state
+            # (1, N, H)
             pooled = hidden[0, score_index]  # (S, H): the head runs only where scores are read
         else:
             if attention_mask is not None and position_ids is None:
@@ -100,11 +112,12 @@ class RewardModel(nn.Module):
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
             ).last_hidden_state  # (B, L, H)
             pooled = pool(hidden, attention_mask, self.rm_config.pooling)
-        params = self.head(pooled.float())  # (B, K), float32 whatever the backbone dtype
-        token_values = None
-        if return_token_values:
-            token_params = self.head(hidden.float().flatten(0, 1))
-            token_values = self.head.mean(token_params).view(hidden.shape[:2])
+        with torch.autocast(pooled.device.type, enabled=False):  # the head runs in float32, also under bf16
+            params = self.head(pooled.float())  # (B, K)
+            token_values = None
+            if return_token_values:
+                token_params = self.head(hidden.float().flatten(0, 1))
+                token_values = self.head.mean(token_params).view(hidden.shape[:2])
         return RewardModelOutput(scores=self.reward(params), head_params=params, token_values=token_values)
 
     def reward(self, params: torch.Tensor, mode: str | None = None, alpha: float | None = None,
@@ -243,11 +256,13 @@ class RewardModel(nn.Module):
         model_args: ModelArguments | None = None,
         trainable: bool = False,
         device: str | torch.device | None = None,
+        quantized: bool = True,
         **config_overrides,
     ) -> RewardModel:
         """Load a DiscoRM run directory (or a checkpoint in it), a LlamaFactory RM output directory, a
-        sequence-classification reward checkpoint, or a built-in model name. ``config_overrides`` replace fields
-        of the model's config (e.g. ``reward_mode="lower_quantile"``)."""
+        sequence-classification reward checkpoint, or a built-in model name. A QLoRA run loads on its quantized
+        base (``quantized=False``: on the full-precision base, e.g. to merge the adapter). ``config_overrides``
+        replace fields of the model's config (e.g. ``reward_mode="lower_quantile"``)."""
         from discorm.model.importers import import_foreign
 
         model_args = model_args or ModelArguments(model_name_or_path=str(path))
@@ -255,9 +270,13 @@ class RewardModel(nn.Module):
         if not Path(path, CONFIG_FILE).is_file():
             model = import_foreign(path, model_args, head)
         else:
-            model = cls._load_run_dir(Path(path), RewardModelConfig.load(path), model_args, head, trainable)
+            config = RewardModelConfig.load(path)
+            if config.quantization and quantized:
+                model_args = replace(model_args, **config.quantization)
+            model = cls._load_run_dir(Path(path), config, model_args, head, trainable)
         if config_overrides:
             model.rm_config = replace(model.rm_config, **config_overrides)
+        model.attention_backend = model_args.attention_backend
         if device is not None:
             model.to(device)
         return model.train(trainable)
@@ -303,6 +322,11 @@ class RewardModel(nn.Module):
                                        finetuning_type=finetuning_args.finetuning_type)
             model = cls(backbone, head, config)
         model.tokenizer = tokenizer
+        model.attention_backend = model_args.attention_backend
+        if model_args.quantization_bit:
+            model.rm_config = replace(model.rm_config, quantization={
+                key: getattr(model_args, key) for key in ("quantization_bit", "quantization_type",
+                                                          "double_quantization")})
         model.rm_config = replace(model.rm_config, reward_mode=finetuning_args.reward_mode,
                                   reward_alpha=finetuning_args.reward_alpha, reward_k=finetuning_args.reward_k)
         model.head.requires_grad_(True)

@@ -31,6 +31,7 @@ class RewardModelConfig:
     base_model: str | None = None  # what the backbone (or the LoRA adapter's base) was loaded from
     finetuning_type: str = "full"
     imported_from: str | None = None  # llamafactory, sequence_classification, pretrained
+    quantization: dict | None = None  # QLoRA: the ModelArguments quantization_* values of the base
     version: int = VERSION
 
     def __post_init__(self):

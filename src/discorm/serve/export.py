@@ -48,7 +48,7 @@ def choose_pad_token(tokenizer) -> tuple[int, bool]:
 def export_sequence_classification(
     run_dir: str, out: str, merge_lora: bool = False, dtype: str | None = None, num_labels: int = 1
 ) -> Path:
-    model = RewardModel.from_pretrained(run_dir)
+    model = RewardModel.from_pretrained(run_dir, quantized=False)  # a QLoRA adapter merges into full weights
     if model.is_lora:
         if not merge_lora:
             raise ModelError(

@@ -74,7 +74,8 @@ class PairwiseTrainer(Trainer):
         margin, soft_label = inputs.pop("margin", None), inputs.pop("soft_label", None)
         outputs = model(**inputs)  # one pass over all 2B sequences (padded or packed)
         pc, pr = split_pairs(outputs.head_params)
-        loss = self.loss_fn(pc, pr, margin, soft_label)
+        with torch.autocast(pc.device.type, enabled=False):  # the loss in float32, also under bf16
+            loss = self.loss_fn(pc, pr, margin, soft_label)
         if model.training:
             with torch.no_grad():
                 chosen, rejected = self.loss_fn.head.mean(pc), self.loss_fn.head.mean(pr)

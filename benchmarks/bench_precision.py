@@ -1,0 +1,83 @@
+"""Training-step time of the default model on this CPU in float32, under bf16 autocast (`bf16: true`), and with
+bf16 weights (`dtype: bfloat16`): the measurement behind DiscoRM's warning about bf16 on CPUs.
+
+    python benchmarks/bench_precision.py [--pairs 8] [--cutoff 256] [--rounds 3]
+
+Each step is a forward + backward pass of a packed, prefix-shared batch of 4 HH pairs with full fine-tuning
+(the optimizer step is the same in every mode and left out). Modes alternate; the table shows medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+HH_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-harmless-dev.jsonl"
+MODES = {"float32": (torch.float32, False), "bf16 autocast": (torch.float32, True),
+         "bf16 weights": (torch.bfloat16, False)}
+
+
+def matmul_peak(size: int = 2048, repeats: int = 20) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--cutoff", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    opts = parser.parse_args()
+
+    import tempfile
+
+    from discorm.config import DataArguments, FinetuningArguments, ModelArguments
+    from discorm.data.collator import PackedPairCollator
+    from discorm.data.loader import build_datasets
+    from discorm.model.loading import load_tokenizer
+    from discorm.model.reward_model import RewardModel
+
+    folder = Path(tempfile.mkdtemp())
+    (folder / "pairs.jsonl").write_text("\n".join(HH_FILE.read_text().splitlines()[: opts.pairs]) + "\n")
+    model_args = ModelArguments()
+    tokenizer = load_tokenizer(model_args)
+    train, _, _ = build_datasets(DataArguments(dataset=str(folder / "pairs.jsonl"), cutoff_len=opts.cutoff), tokenizer)
+    batches = [PackedPairCollator()(list(train)[i : i + opts.batch]) for i in range(0, len(train), opts.batch)]
+    model = RewardModel.for_training(model_args, FinetuningArguments(finetuning_type="full"), tokenizer)
+    fp32_backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for _ in range(opts.rounds):
+        for mode, (dtype, autocast) in MODES.items():
+            model.backbone.load_state_dict(fp32_backbone)
+            model.backbone.to(dtype)
+            for index, batch in enumerate([batches[0], *batches]):  # the first is warm-up
+                start = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    params = model(**batch).head_params
+                params.float().sum().backward()
+                model.zero_grad(set_to_none=True)
+                if index:
+                    times[mode].append(time.perf_counter() - start)
+    print(f"fp32 matmul peak (2048x2048, {torch.get_num_threads()} threads): {matmul_peak():.0f} GFLOP/s; "
+          f"AVX512-BF16 {torch.cpu._is_avx512_bf16_supported()}, AMX {torch.cpu._is_amx_tile_supported()}\n")
+    base = statistics.median(times["float32"])
+    print("| precision | s / step (median) | × float32 time |")
+    print("| --- | --- | --- |")
+    for mode, values in times.items():
+        median = statistics.median(values)
+        print(f"| {mode} | {median:.3f} | {median / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
