@@ -2,6 +2,7 @@
 process, the scores of the trained in-memory model on a fixed batch (all processes take part in the forward
 pass, as sharded models need)."""
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -41,7 +42,12 @@ class ScoreProbe(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         model.eval()
-        with torch.no_grad():
+        gathered = contextlib.nullcontext()
+        if args.deepspeed:  # ZeRO-3 keeps the weights partitioned outside the engine's own forward pass
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(list(model.parameters()))
+        with torch.no_grad(), gathered:
             params = model(**{k: torch.tensor(v) for k, v in self.batch.items()}).head_params
         if args.process_index == 0:
             sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
@@ -49,10 +55,20 @@ class ScoreProbe(TrainerCallback):
                                             "world_size": args.world_size, "max_steps": state.max_steps}))
 
 
+def start_deepspeed_comm() -> None:
+    """Test harness only. On a GPU, Accelerate starts DeepSpeed's communication layer; with use_cpu it starts
+    plain gloo instead, and ZeRO-3's partitioned model construction then sees one process. Start it first."""
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+
+
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     if spec.get("cpu_fsdp"):
         enable_cpu_fsdp()
+    if spec["config"].get("deepspeed"):
+        start_deepspeed_comm()
     from discorm.config import load_args
     from discorm.train.workflow import run_rm
 

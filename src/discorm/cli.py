@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"] and "--help-keys" in argv:
         argv = ["keys"]
     args = build_parser().parse_args(argv)
+    # bitsandbytes warns at import, on every command, that an optional CPU kernel package is absent.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     logging.basicConfig(format="[discorm] %(message)s", level=logging.WARNING)
     logging.getLogger("discorm").setLevel(logging.INFO)
     try:

@@ -241,9 +241,14 @@ def _head_option_names() -> set[str]:
     return {option.name for head in HEADS.values() for option in head.options}
 
 
+SWITCHES = ("fsdp",)  # typed `str | None` by transformers for legacy strings, but switched on with true
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Turn command-line strings (and YAML's `1e-5`, which YAML reads as a string) into the field's type."""
     types = typing.get_args(annotation) or (annotation,)
+    if key in SWITCHES and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
     if not isinstance(value, str) or str in types:
         if isinstance(value, int) and not isinstance(value, bool) and float in types and int not in types:
             return float(value)

@@ -2,6 +2,7 @@
 one process with the same global batch, save a run directory that loads in one process with the same scores,
 and resume from a middle checkpoint to the same final loss."""
 
+import importlib.util
 import json
 import os
 import socket
@@ -22,6 +23,15 @@ PROBE = [{"prompt_ids": [5, 6, 7], "chosen_ids": [8, 9, 10], "rejected_ids": [11
          {"prompt_ids": [13], "chosen_ids": [14, 15], "rejected_ids": [16, 17, 18, 19]}]
 FSDP = {"fsdp": True, "fsdp_config": {"version": 2, "reshard_after_forward": True,
                                       "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}}
+DEEPSPEED = REPO / "examples" / "deepspeed"
+ENGINES = {  # engine -> (extra config, enable the Trainer's FSDP2 on CPU)
+    "ddp": ({}, False),
+    "fsdp2": (FSDP, True),
+    "zero2": ({"deepspeed": str(DEEPSPEED / "ds_z2.json")}, False),
+    "zero3": ({"deepspeed": str(DEEPSPEED / "ds_z3.json")}, False),
+    "zero3_lora": ({"deepspeed": str(DEEPSPEED / "ds_z3.json"), "finetuning_type": "lora", "lora_rank": 4}, False),
+}
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 
 def _free_port() -> int:
@@ -55,7 +65,8 @@ def _train(tmp_path, name, model_dir, data, nproc, extra=None, cpu_fsdp=False):
     launch = [sys.executable, str(WORKER)] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
         "--master_port", str(_free_port()), str(WORKER)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([*launch, str(tmp_path / f"{name}.json")], capture_output=True, text=True, env=env,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -73,16 +84,28 @@ def _scores(run_dir):
 
 @pytest.fixture(scope="module")
 def single(tiny_llama, pairs, tmp_path_factory):
-    return _train(tmp_path_factory.mktemp("single"), "one", tiny_llama, pairs, 1)
+    """One process with the global batch of the two-process runs, per fine-tuning type."""
+    runs = {}
+
+    def run(finetuning_type):
+        if finetuning_type not in runs:
+            runs[finetuning_type] = _train(tmp_path_factory.mktemp("single"), "one", tiny_llama, pairs, 1,
+                                           {"finetuning_type": finetuning_type, "lora_rank": 4})
+        return runs[finetuning_type]
+
+    return run
 
 
-@pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("engine", list(ENGINES))
 def test_two_processes_match_one_save_and_resume(engine, single, tiny_llama, pairs, tmp_path):
-    extra, cpu_fsdp = (FSDP, True) if engine == "fsdp2" else ({}, False)
+    extra, cpu_fsdp = ENGINES[engine]
+    if "deepspeed" in extra and not HAS_DEEPSPEED:
+        pytest.skip("DeepSpeed is not installed (pip install deepspeed)")
     losses, probe, meta = _train(tmp_path, "two", tiny_llama, pairs, 2, extra, cpu_fsdp)
-    one_losses, one_probe, one_meta = single
+    one_losses, one_probe, one_meta = single(extra.get("finetuning_type", "full"))
     assert meta["world_size"] == 2 and meta["max_steps"] == one_meta["max_steps"] == 8  # half the steps of 1x2
-    assert meta["sharded"] == (engine == "fsdp2")  # FSDP2 holds DTensor shards; DDP full replicas
+    if engine == "fsdp2":
+        assert meta["sharded"]  # the parameters are DTensor shards
     assert sorted(losses) == sorted(one_losses) == list(range(1, 9))
     for step, loss in one_losses.items():
         assert abs(losses[step] - loss) < 1e-5, (step, losses[step], loss)

@@ -132,7 +132,11 @@ class RewardModel(nn.Module):
         """Whether this backbone runs DiscoRM's packed attention exactly: checked once, by comparing a packed
         forward pass with a padded one on a tiny input. The reason for a refusal is in ``packing_obstacle``."""
         if not self._packing_checked:
-            self._packing_obstacle = unsupported_reason(self.backbone) or self._compare_packed_with_padded()
+            from transformers.integrations import is_deepspeed_zero3_enabled
+
+            # Under ZeRO-3 the weights are partitioned until the engine runs: the configuration check must do.
+            compare = (lambda: None) if is_deepspeed_zero3_enabled() else self._compare_packed_with_padded
+            self._packing_obstacle = unsupported_reason(self.backbone) or compare()
             self._packing_checked = True
             if self._packing_obstacle:
                 logger.warning("packed batches are off for %s: %s; padded batches are used.",
