@@ -63,3 +63,18 @@ def test_readme_documents_every_key():
         if line.startswith("| `"):
             key = line.split("`")[1]
             assert f"`{key}`" in readme, f"README config reference lacks {key}"
+
+
+def test_trainer_engine_keys_from_yaml(tmp_path):
+    """fsdp / fsdp_config and deepspeed come from the YAML file as in LlamaFactory."""
+    import importlib.util
+
+    config = tmp_path / "c.yaml"
+    config.write_text("fsdp: true\nfsdp_config:\n  version: 2\n  state_dict_type: FULL_STATE_DICT\n")
+    training_args = load_args(str(config))[2]
+    assert training_args.fsdp_plugin_args["fsdp_version"] == 2
+    assert training_args.fsdp_plugin_args["state_dict_type"] == "FULL_STATE_DICT"
+    assert load_args({}, ["fsdp=true"])[2].fsdp_plugin_args is not None
+    if importlib.util.find_spec("deepspeed") is not None:
+        config.write_text(f"deepspeed: {REPO / 'examples' / 'deepspeed' / 'ds_z3.json'}\nuse_cpu: true\n")
+        assert load_args(str(config))[2].hf_deepspeed_config.is_zero3()
