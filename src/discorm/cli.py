@@ -12,6 +12,7 @@ import sys
 
 from discorm import __version__
 from discorm.errors import DiscoRMError
+from discorm.model.rm_config import REWARD_MODES
 
 
 def _cmd_train(args) -> None:
@@ -24,13 +25,10 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_eval(args) -> None:
-    from discorm.config import load_args
-    from discorm.train.workflow import run_rm
+    from discorm.eval.command import eval_from_args, summary_text
 
-    model_args, data_args, training_args, finetuning_args = load_args(args.config, args.overrides)
-    training_args.do_train, training_args.do_eval = False, True
-    results = run_rm(model_args, data_args, training_args, finetuning_args)
-    print(f"accuracy: {results['eval_accuracy']:.4f}  nll: {results['eval_nll']:.4f}  ece: {results['eval_ece']:.4f}")
+    results, out = eval_from_args(args)
+    print(summary_text(results, out, report=not args.no_report))
 
 
 def _cmd_preview(args) -> None:
@@ -112,9 +110,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value pairs that override the YAML file")
     train.set_defaults(func=_cmd_train)
 
-    evaluate = sub.add_parser("eval", help="evaluate a trained run: discorm eval CONFIG.yaml [key=value ...]")
-    evaluate.add_argument("config")
-    evaluate.add_argument("overrides", nargs="*")
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a reward model: discorm eval MODEL --data NAME=PATH [...] (or CONFIG.yaml [key=value])",
+        description="Score a reward model (a DiscoRM run, an exported checkpoint, any sequence-classification reward "
+                    "model, or a pretrained LM with a new head) on named sets: pairs in any format DiscoRM reads, "
+                    "RewardBench v1 and RewardBench 2 files. Writes eval_results.json, predictions/ and report.html.")
+    evaluate.add_argument("target", help="a model directory or built-in name, or a YAML config (key=value may follow)")
+    evaluate.add_argument("overrides", nargs="*", help="with a YAML config: key=value pairs that override it")
+    evaluate.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
+                          help="an evaluation set (repeatable); PATH as for `dataset`, or a YAML list of sets")
+    evaluate.add_argument("--out", help="output folder (default: MODEL/eval, or output_dir with a config)")
+    evaluate.add_argument("--compare", metavar="OTHER", help="another model, or an earlier eval output, to compare")
+    evaluate.add_argument("--reward-mode", choices=REWARD_MODES, help="ranking reward for this run (default: the "
+                          "model's own)")
+    evaluate.add_argument("--reward-alpha", type=float, help="lower_quantile: the quantile level")
+    evaluate.add_argument("--reward-k", type=float, help="mean_minus_std: the number of standard deviations")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="items per packed forward pass")
+    evaluate.add_argument("--cutoff-len", type=int, help="token budget per sequence (default: the model's own)")
+    evaluate.add_argument("--max-samples", type=int, help="use at most this many rows of each set")
+    evaluate.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for intervals and tests")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    evaluate.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    evaluate.add_argument("--no-report", action="store_true", help="skip report.html")
     evaluate.set_defaults(func=_cmd_eval)
 
     keys = sub.add_parser("keys", help="print every config key with its default and help")
@@ -141,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--input", required=True)
     score.add_argument("--output", required=True)
     score.add_argument("--batch-size", type=int, default=8)
-    score.add_argument("--reward-mode", default=None, choices=["mean", "lower_quantile", "mean_minus_std"])
+    score.add_argument("--reward-mode", default=None, choices=REWARD_MODES)
     score.set_defaults(func=_cmd_score)
 
     export = sub.add_parser("export", help="write an AutoModelForSequenceClassification checkpoint")

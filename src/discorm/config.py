@@ -107,6 +107,13 @@ class DataArguments:
         DEFAULT_CUTOFF_LEN,
         "Max tokens of prompt + response; the prompt is cut first (oldest turns), ends are kept.")
     val_size: float = _arg(0.0, "Held-out share (0 < x < 1) or count (x >= 1) of pairs, split with `seed`.")
+    calibration_data: str | None = _arg(
+        None,
+        "temperature_scaling: pairs to fit the temperature on, same forms as `dataset`; default: a "
+        "calibration_size share held out of the training data. Never the evaluation pairs.")
+    calibration_size: float = _arg(
+        0.1, "temperature_scaling without calibration_data: share (0 < x < 1) or count (x >= 1) of training "
+        "pairs held out (not trained on) to fit the temperature.")
     max_samples: int | None = _arg(None, "Use at most this many pairs from each data set (for quick runs).")
     preprocessing_num_workers: int | None = _arg(None, "Processes for tokenization (datasets.map num_proc).")
     strict_data: bool = _arg(
@@ -138,6 +145,7 @@ class DataArguments:
         check_choice("formatting", self.formatting, FORMATTINGS)
         check_range("cutoff_len", self.cutoff_len, low=8)
         check_range("val_size", self.val_size, low=0)
+        check_range("calibration_size", self.calibration_size, low=0)
         check_range("max_samples", self.max_samples, low=1)
 
 
@@ -171,7 +179,8 @@ class FinetuningArguments:
     reward_alpha: float = _arg(0.1, "lower_quantile: the quantile level alpha.")
     reward_k: float = _arg(1.0, "mean_minus_std: the number of standard deviations k.")
     temperature_scaling: bool = _arg(
-        False, "scalar: fit a temperature on the validation split before reporting calibration.")
+        False, "scalar: fit a temperature on calibration pairs (calibration_data or a held-out share of the "
+        "training data, never the evaluation pairs) before reporting calibration.")
 
     def __post_init__(self):
         if self.disco:
@@ -298,13 +307,18 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def given_values(config: str | dict | None = None, overrides: list[str] | dict | None = None) -> dict:
+    """The keys a YAML file (or dict) and its overrides set, before defaults are filled in (values untyped)."""
+    values = dict(_read_yaml(config) if isinstance(config, (str, os.PathLike)) else (config or {}))
+    values.update(parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {}))
+    return values
+
+
 def load_args(
     config: str | dict | None = None, overrides: list[str] | dict | None = None, defaults: dict | None = None
 ) -> Args:
     """Build the four argument dataclasses from defaults, then a YAML file (or dict), then overrides."""
-    values = dict(defaults or {})
-    values.update(_read_yaml(config) if isinstance(config, (str, os.PathLike)) else (config or {}))
-    values.update(parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {}))
+    values = {**(defaults or {}), **given_values(config, overrides)}
     known = _known_keys()
     unknown = [key for key in values if key not in known]
     if unknown:

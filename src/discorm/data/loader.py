@@ -164,21 +164,29 @@ def load_pairs(names: str, data_args: DataArguments, stats: DataStats, eval_spli
         rows, spec = read_source(name, data_args, eval_split)
         if data_args.max_samples:
             rows = rows[: data_args.max_samples]
-        where = name
-        if spec is None:
-            fmt = detect_format(list(rows[0][1]), where) if data_args.formatting == "auto" else data_args.formatting
-            spec = FormatSpec(fmt, margin_column=data_args.margin_column,
-                              soft_label_column=data_args.soft_label_column, noise_column=data_args.noise_column)
-        check_columns(list(rows[0][1]), spec, where)
-        for row_where, row in rows:
-            stats.read += 1
-            try:
-                pairs.append(to_pair(row, spec, row_where))
-            except SkipPair as skip:
-                raise_or_count(stats, skip.reason, str(skip), data_args.strict_data)
-            except KeyError as err:
-                raise DataError(f"{row_where}: missing column {err}; columns in this row: {sorted(row)}.") from None
+        pairs += [pair for _, pair in pairs_from_rows(rows, spec, name, data_args, stats)]
     return pairs
+
+
+def pairs_from_rows(rows: list[tuple[str, dict]], spec: FormatSpec | None, where: str, data_args: DataArguments,
+                    stats: DataStats) -> Iterator[tuple[dict, Pair]]:
+    """(row, Pair) for every usable row of one source (``spec`` None: detected from the columns); skipped rows
+    are counted in ``stats``."""
+    if spec is None:
+        fmt = detect_format(list(rows[0][1]), where) if data_args.formatting == "auto" else data_args.formatting
+        spec = FormatSpec(fmt, margin_column=data_args.margin_column,
+                          soft_label_column=data_args.soft_label_column, noise_column=data_args.noise_column)
+    check_columns(list(rows[0][1]), spec, where)
+    for row_where, row in rows:
+        stats.read += 1
+        try:
+            pair = to_pair(row, spec, row_where)
+        except SkipPair as skip:
+            raise_or_count(stats, skip.reason, str(skip), data_args.strict_data)
+            continue
+        except KeyError as err:
+            raise DataError(f"{row_where}: missing column {err}; columns in this row: {sorted(row)}.") from None
+        yield row, pair
 
 
 _WORKER: PairTokenizer | None = None
@@ -255,11 +263,11 @@ def tokenized_dataset(
     return datasets.load_from_disk(str(cache)), stats
 
 
-def split_validation(dataset: datasets.Dataset, val_size: float, seed: int):
+def split_validation(dataset: datasets.Dataset, val_size: float, seed: int, key: str = "val_size"):
     """Seeded split: a share (0 < val_size < 1) or a count (val_size >= 1) of pairs held out."""
     count = int(val_size) if val_size >= 1 else max(1, round(val_size * len(dataset)))
     if count >= len(dataset):
-        raise DataError(f"val_size={val_size} leaves no training pairs out of {len(dataset)}; lower it.")
+        raise DataError(f"{key}={val_size} leaves no training pairs out of {len(dataset)}; lower it.")
     parts = dataset.train_test_split(test_size=count, seed=seed, shuffle=True)
     return parts["train"], parts["test"]
 

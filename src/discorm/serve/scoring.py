@@ -36,7 +36,8 @@ def score_ids(model, sequences: list[list[int]], batch_size: int = 8, show_progr
 
 
 @torch.no_grad()
-def score_pairs(model, examples: list[dict], batch_size: int = 8, show_progress: bool = False) -> torch.Tensor:
+def score_pairs(model, examples: list[dict], batch_size: int = 8, show_progress: bool = False,
+                description: str = "Scoring pairs") -> torch.Tensor:
     """Tokenized pairs (prompt_ids, chosen_ids, rejected_ids) -> head params (N, 2, K) as [chosen, rejected].
 
     Length-sorted batches, each packed with the prompt shared where the model runs it exactly (padded
@@ -46,7 +47,7 @@ def score_pairs(model, examples: list[dict], batch_size: int = 8, show_progress:
     packed = model.rm_config.pooling == "last" and model.check_packing()
     device = next(model.parameters()).device
     out = [None] * len(examples)
-    for start in tqdm(range(0, len(order), batch_size), desc="Scoring pairs", disable=not show_progress):
+    for start in tqdm(range(0, len(order), batch_size), desc=description, disable=not show_progress):
         index = order[start : start + batch_size]
         batch = [examples[i] for i in index]
         if packed:

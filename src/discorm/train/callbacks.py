@@ -52,7 +52,8 @@ def smooth(values: list[float], weight: float | None = None) -> list[float]:
     return out
 
 
-def _figure():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,7 +64,7 @@ def _figure():
 
 def plot_training(log_history: list[dict], output_dir: str) -> list[str]:
     """training_loss.png (raw and smoothed) and, when evaluated, eval_accuracy.png; returns the files written."""
-    plt = _figure()
+    plt = pyplot()
     written = []
     train = [(r["step"], r["loss"]) for r in log_history if "loss" in r and "step" in r]
     if train:
@@ -92,9 +93,18 @@ def plot_training(log_history: list[dict], output_dir: str) -> list[str]:
 
 def plot_calibration(bins: list[np.ndarray], output_dir: str, title: str = "Reliability diagram") -> str:
     """calibration.png: observed frequency of the preferred outcome vs predicted P, per confidence bin."""
-    plt = _figure()
-    conf, freq, count = bins
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
+    draw_reliability(ax, bins, title)
+    fig.tight_layout()
+    fig.savefig(Path(output_dir, "calibration.png"), dpi=100)
+    plt.close(fig)
+    return "calibration.png"
+
+
+def draw_reliability(ax, bins: list[np.ndarray], title: str) -> None:
+    """The reliability diagram on ``ax``: bins (mean confidence, observed frequency, count) and the diagonal."""
+    conf, freq, count = (np.asarray(b, dtype=float) for b in bins)
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     if len(conf):
         sizes = 20 + 180 * count / count.max()
@@ -102,7 +112,3 @@ def plot_calibration(bins: list[np.ndarray], output_dir: str, title: str = "Reli
         ax.plot(conf, freq)
     ax.set(xlabel="predicted P(preferred)", ylabel="observed frequency", title=title, xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(Path(output_dir, "calibration.png"), dpi=100)
-    plt.close(fig)
-    return "calibration.png"

@@ -18,7 +18,8 @@ from transformers import set_seed
 
 from discorm.config import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
 from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding
-from discorm.data.loader import build_datasets
+from discorm.data.loader import build_datasets, split_validation, tokenized_dataset
+from discorm.data.templates import Renderer
 from discorm.errors import ConfigError
 from discorm.model.loading import load_tokenizer
 from discorm.model.reward_model import RewardModel
@@ -111,6 +112,10 @@ def run_rm(
         with training_args.main_process_first(local=True, desc="tokenizing"):
             train_set, eval_set, summaries = build_datasets(data_args, tokenizer, training_args.seed,
                                                             need_train=False)
+    calibration_set = None
+    if finetuning_args.temperature_scaling:
+        with training_args.main_process_first(local=True, desc="tokenizing"):
+            train_set, calibration_set = _calibration_split(data_args, tokenizer, train_set, training_args.seed)
     model.rm_config = replace(model.rm_config, template=data_args.template, cutoff_len=data_args.cutoff_len)
     if any(d is not None and "margin" in d.column_names for d in (train_set, eval_set)) and not (
             model.head.supports_margin):
@@ -141,8 +146,8 @@ def run_rm(
             plot_training(trainer.state.log_history, output_dir)
 
     if eval_set is not None and (training_args.do_eval or training_args.do_predict or training_args.do_train):
-        if finetuning_args.temperature_scaling:
-            _fit_temperature(trainer, eval_set, model)
+        if calibration_set is not None:
+            _fit_temperature(trainer, calibration_set, model)
         metrics = _write_predictions(trainer, eval_set, output_dir, prefix="eval")
         trainer.save_metrics("eval", metrics)
         if trainer.is_world_process_zero():
@@ -167,9 +172,27 @@ CPU_BF16_WARNING = (
 )
 
 
-def _fit_temperature(trainer: PairwiseTrainer, eval_set, model: RewardModel) -> None:
-    """Fit the head's temperature on the held-out pairs (stored in discorm_config.json)."""
-    output = trainer.predict(eval_set, metric_key_prefix="uncalibrated")
+def _calibration_split(data_args: DataArguments, tokenizer, train_set, seed: int):
+    """-> (training pairs, calibration pairs): ``calibration_data``, else a share held out of the training pairs
+    (so the temperature is never fitted on the pairs the evaluation reports, nor on pairs the model trained on)."""
+    if data_args.calibration_data:
+        renderer = Renderer(tokenizer, data_args.template)
+        calibration, stats = tokenized_dataset(data_args.calibration_data, data_args, tokenizer, renderer,
+                                                eval_split=True)
+        logger.info(stats.summary(f"{data_args.calibration_data} (calibration)"))
+        return train_set, calibration
+    if train_set is None:
+        raise ConfigError("temperature_scaling needs pairs to fit the temperature on, and this run has no training "
+                          "data to hold them out of; set calibration_data to a file of held-out pairs.")
+    train_set, calibration = split_validation(train_set, data_args.calibration_size, seed, "calibration_size")
+    logger.info("calibration: %d training pairs held out to fit the temperature, %d left for training",
+                len(calibration), len(train_set))
+    return train_set, calibration
+
+
+def _fit_temperature(trainer: PairwiseTrainer, calibration_set, model: RewardModel) -> None:
+    """Fit the head's temperature on the calibration pairs (stored in discorm_config.json)."""
+    output = trainer.predict(calibration_set, metric_key_prefix="uncalibrated")
     params = torch.as_tensor(output.predictions)
     diff = (model.head.mean(params[:, 0]) - model.head.mean(params[:, 1])).double().numpy()
     temperature = fit_temperature(diff, torch.as_tensor(output.label_ids).double().numpy())

@@ -1,0 +1,106 @@
+"""``discorm eval`` arguments -> an evaluation, and the summary it prints.
+
+Two forms:
+- ``discorm eval MODEL --data NAME=PATH [--data ...] [--out DIR] [--compare OTHER] [options]``;
+- ``discorm eval CONFIG.yaml [key=value ...]``: the model is ``model_name_or_path``, the set ``eval_dataset``
+  (else ``dataset``), the output ``output_dir``; the data keys (``max_samples``, ``formatting``, ``dataset_dir``,
+  ...) apply, and so do ``reward_mode``/``reward_alpha``/``reward_k`` and ``cutoff_len`` when the file sets them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from discorm.errors import ConfigError
+from discorm.eval.results import RewardOptions
+from discorm.eval.runner import REPORT_FILE, RESULTS_FILE, EvalOptions, run_evaluation
+from discorm.eval.sets import parse_set_specs
+
+
+def is_config_file(target: str) -> bool:
+    return Path(target).suffix in (".yaml", ".yml")
+
+
+def _check(args) -> None:
+    if args.reward_alpha is not None and not 0 < args.reward_alpha < 1:
+        raise ConfigError(f"--reward-alpha {args.reward_alpha} must lie strictly between 0 and 1.")
+    if args.reward_k is not None and args.reward_k < 0:
+        raise ConfigError(f"--reward-k {args.reward_k} must be >= 0.")
+    if args.batch_size < 1 or args.bootstrap < 100:
+        raise ConfigError("--batch-size must be >= 1 and --bootstrap >= 100.")
+
+
+def eval_from_args(args) -> tuple[dict, Path]:
+    """Run ``discorm eval`` -> (eval_results, output directory)."""
+    from discorm.config import DataArguments, given_values, load_args
+
+    _check(args)
+    reward = RewardOptions(args.reward_mode, args.reward_alpha, args.reward_k)
+    options = EvalOptions(reward=reward, batch_size=args.batch_size, cutoff_len=args.cutoff_len,
+                          resamples=args.bootstrap, seed=args.seed, device=args.device)
+    sets = parse_set_specs(args.data)
+    if is_config_file(args.target):
+        given = given_values(args.target, args.overrides)
+        model_args, data_args, training_args, finetuning_args = load_args(args.target, args.overrides)
+        for key, field in (("reward_mode", "mode"), ("reward_alpha", "alpha"), ("reward_k", "k")):
+            if key in given and getattr(reward, field) is None:
+                setattr(reward, field, getattr(finetuning_args, key))
+        if "cutoff_len" in given and options.cutoff_len is None:
+            options.cutoff_len = data_args.cutoff_len
+        if not sets:
+            if data_args.val_size and not data_args.eval_dataset:
+                raise ConfigError(f"{args.target}: `discorm eval` reads whole sets; val_size splits training data. "
+                                  "Set eval_dataset to the held-out file (or pass --data NAME=PATH).")
+            source = data_args.eval_dataset or data_args.dataset
+            sets = {Path(source.split(",")[0].split(":")[0]).stem or "eval": source}
+        model, out = model_args.model_name_or_path, Path(args.out or training_args.output_dir)
+    else:
+        if args.overrides:
+            raise ConfigError(f"key=value overrides ({' '.join(args.overrides)}) need a YAML config as the first "
+                              "argument; with a model, use the --options (see `discorm eval --help`).")
+        if not sets:
+            raise ConfigError(f"no evaluation data: give one or more --data NAME=PATH after {args.target} "
+                              "(a pair file, a RewardBench v1/v2 file, or a YAML list of sets).")
+        data_args = DataArguments(max_samples=args.max_samples)
+        model, model_args = args.target, None
+        out = Path(args.out) if args.out else (Path(model) / "eval" if Path(model).is_dir()
+                                               else Path("saves", "eval", Path(model).name))
+    if args.max_samples:
+        data_args.max_samples = args.max_samples
+    results = run_evaluation(model, sets, out, options, data_args, model_args, compare=args.compare,
+                             report=not args.no_report)
+    return results, out
+
+
+def summary_text(results: dict, out: Path, report: bool = True) -> str:
+    """The lines `discorm eval` prints: per set accuracy, baseline and calibration; RewardBench scores; tests."""
+    def f(value, digits: int = 4) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    model = results["model"]
+    lines = [f"model: {model['path']} ({model['head']} head, reward mode {model['reward_mode']})"]
+    for name, s in results["sets"].items():
+        ci = s["accuracy_ci"]
+        interval = f" [{f(ci[0])}, {f(ci[1])}]" if ci else ""
+        lines.append(f"{name}: {s['items']} items  accuracy: {f(s['accuracy'])}{interval}  pick-longer: "
+                     f"{f(s['length']['baseline_accuracy'])}  nll: {f(s['nll'])}  ece: {f(s['ece'])}  "
+                     f"spearman(reward, length): {f(s['length']['spearman_reward_length'], 3)}  "
+                     f"{s['speed']['items_per_second']:.1f} items/s")
+        if "rewardbench" in s:
+            rb = s["rewardbench"]
+            parts = [f"{k} {f(v)}" for k, v in rb["sections"].items()]
+            parts += [f"Prior Sets {f(rb['prior_sets'])}"] if rb["prior_sets"] is not None else []
+            lines.append(f"  RewardBench: {', '.join(parts)}; overall {f(rb['overall'])}"
+                         + ("" if rb["complete"] else f" (missing {', '.join(rb['missing_sections'])})"))
+        if "rewardbench2" in s:
+            parts = [f"{k} {f(v['score'])}" for k, v in s["subsets"].items()]
+            lines.append(f"  RewardBench 2: {', '.join(parts)}; overall {f(s['rewardbench2']['overall'])}")
+    for name, c in results.get("compare", {}).get("sets", {}).items():
+        if c["paired_items"]:
+            lines.append(f"compare {name}: {f(c['accuracy'])} vs {f(c['other_accuracy'])}, difference "
+                         f"{c['difference']:+.4f} [{f(c['difference_ci'][0])}, {f(c['difference_ci'][1])}], "
+                         f"p = {c['p_value']:.4f} ({c['paired_items']} paired items)")
+        else:
+            lines.append(f"compare {name}: {c['note']}")
+    lines.append(f"wrote {out / RESULTS_FILE}" + (f" and {out / REPORT_FILE}" if report else ""))
+    return "\n".join(lines)
