@@ -207,6 +207,11 @@ def _length(results: dict, records: dict) -> str:
             f'<div class="figs">{"".join(images)}</div></section>')
 
 
+def _tagged(label: str, entry: dict, path: list, key: str) -> str:
+    """' · label = value', the value tagged with its path in eval_results.json."""
+    return f" · {esc(label)} = <span data-key='{esc(json.dumps([*path, key]))}'>{esc(fmt(entry[key]))}</span>"
+
+
 def _wrong(results: dict, sets: dict) -> str:
     parts = []
     for name, s in results["sets"].items():
@@ -214,12 +219,12 @@ def _wrong(results: dict, sets: dict) -> str:
         blocks = []
         for rank, entry in enumerate(s["confidently_wrong"]):
             item = items[entry["index"]]
+            path = ["sets", name, "confidently_wrong", rank]
             head = (f"<p class='label'>#{entry['index']}" + (f" · subset {esc(item.subset)}" if item.subset else "")
-                    + (f" · id {esc(item.item_id)}" if item.item_id else "") + " · P(chosen ≻ rejected) = "
-                    + f"<span data-key='{esc(json.dumps(['sets', name, 'confidently_wrong', rank, 'p_chosen']))}'>"
-                    + f"{esc(fmt(entry['p_chosen']))}</span> · reward gap = "
-                    + f"<span data-key='{esc(json.dumps(['sets', name, 'confidently_wrong', rank, 'reward_gap']))}'>"
-                    + f"{esc(fmt(entry['reward_gap']))}</span></p>")
+                    + (f" · id {esc(item.item_id)}" if item.item_id else "")
+                    + (_tagged("P(chosen ≻ rejected)", entry, path, "p_chosen") if entry["p_chosen"] is not None
+                       else "")
+                    + _tagged("reward gap (chosen − best rejected)", entry, path, "reward_gap") + "</p>")
             texts = [("prompt", _messages_text(item.prompt))]
             texts += [(("chosen" if i < item.num_correct else "rejected"), _messages_text(r))
                       for i, r in enumerate(item.responses)]
