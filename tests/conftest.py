@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # an optional-kernel notice at import
 REPO = Path(__file__).resolve().parents[1]
 HH_FILE = REPO.parent / "shared" / "data" / "hh-harmless-dev.jsonl"
 
