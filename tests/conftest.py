@@ -157,3 +157,11 @@ def default_model_dir() -> Path:
     from discorm.model.loading import pull_builtin_model
 
     return pull_builtin_model()
+
+
+def user_error(stderr: str) -> str:
+    """The one-line, one-paragraph error `discorm` printed (progress bars aside); never a traceback."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("discorm: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]

@@ -87,7 +87,23 @@ def _cmd_export(args) -> None:
 def _cmd_serve(args) -> None:
     from discorm.serve.server import serve
 
-    serve(args.model, host=args.host, port=args.port, max_batch_size=args.batch_size)
+    serve(args.model, host=args.host, port=args.port, max_batch_size=args.batch_size, api_key=args.api_key,
+          max_items=args.max_items, max_queue_items=args.max_queue, request_timeout_s=args.timeout)
+
+
+def _positive(kind):
+    """An argparse type: a number of ``kind`` above zero."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text} must be above 0")
+        return value
+
+    return parse
 
 
 def finish_distributed() -> None:
@@ -141,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     prev = data.add_parser("preview", help="show pairs as the model sees them")
     prev.add_argument("config")
     prev.add_argument("overrides", nargs="*")
-    prev.add_argument("--n", type=int, default=3, help="how many pairs to show")
+    prev.add_argument("--n", type=_positive(int), default=3, help="how many pairs to show")
     prev.set_defaults(func=_cmd_preview)
 
     models = sub.add_parser("models", help="built-in models").add_subparsers(dest="models_command", required=True)
@@ -157,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("model")
     score.add_argument("--input", required=True)
     score.add_argument("--output", required=True)
-    score.add_argument("--batch-size", type=int, default=8)
+    score.add_argument("--batch-size", type=_positive(int), default=8)
     score.add_argument("--reward-mode", default=None, choices=REWARD_MODES)
     score.set_defaults(func=_cmd_score)
 
@@ -174,7 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("model")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--batch-size", type=int, default=16, help="largest micro-batch")
+    serve.add_argument("--batch-size", type=_positive(int), default=16, help="largest micro-batch")
+    serve.add_argument("--api-key", default=None,
+                       help="required on scoring routes and /metrics (default: $DISCORM_API_KEY); needed unless the "
+                            "host is a loopback address")
+    serve.add_argument("--max-items", type=_positive(int), default=256, help="most inputs per request (413 beyond)")
+    serve.add_argument("--max-queue", type=_positive(int), default=1024, help="most items waiting (503 + Retry-After beyond)")
+    serve.add_argument("--timeout", type=_positive(float), default=30.0, help="seconds a request may take (408 / 503 beyond)")
     serve.set_defaults(func=_cmd_serve)
     return parser
 
@@ -194,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     except DiscoRMError as err:
         if args.debug:
             raise
-        print(f"discorm: error: {err}", file=sys.stderr)
-        return 2
+        code = getattr(err, "exit_code", 2)
+        print(f"discorm: {'error: ' if code == 2 else ''}{err}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("discorm: interrupted", file=sys.stderr)
         return 130

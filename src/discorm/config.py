@@ -23,6 +23,7 @@ from discorm.errors import ConfigError
 from discorm.model.heads import HEADS
 from discorm.model.packed import ATTENTION_BACKENDS
 from discorm.model.rm_config import REWARD_MODES
+from discorm.textfile import read_utf8
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -211,8 +212,25 @@ class TrainingArguments(transformers.TrainingArguments):
     per_device_eval_batch_size: int = _arg(8, "Pairs per device per eval step.")
     ddp_find_unused_parameters: bool | None = _arg(
         False, "DDP: look for parameters without gradients each step (every reward-model parameter gets one).")
+    skip_nonfinite_batches: bool = _arg(
+        False,
+        "A batch whose loss is nan/inf is skipped (no gradient) and counted; false: training stops with an error "
+        "naming the step and the batch's data rows.")
 
     def __post_init__(self):
+        # Checked before any data or model is loaded, with the key named (transformers would fail much later).
+        for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            check_range(key, getattr(self, key), low=1)
+        for key in ("learning_rate", "weight_decay", "max_grad_norm", "num_train_epochs", "seed"):
+            check_range(key, getattr(self, key), low=0)
+        check_range("warmup_steps", self.warmup_steps, low=0)
+        check_range("max_steps", self.max_steps, low=-1)
+        for key in ("logging_steps", "save_steps", "eval_steps"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{key}={value!r} must be above 0 (a step count, or a fraction of the run below 1).")
+        if self.do_train and self.max_steps <= 0 and self.num_train_epochs == 0:
+            raise ConfigError("num_train_epochs=0 trains nothing; set num_train_epochs above 0 (or max_steps).")
         # torchrun / accelerate start several processes; on a machine without an accelerator they only form one
         # distributed (gloo) job when the Trainer is told to use the CPU, otherwise each trains alone.
         if not self.use_cpu and launched_processes() > 1 and not torch.accelerator.is_available():
@@ -283,7 +301,7 @@ def _read_yaml(path: str) -> dict:
     if not file.is_file():
         raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file (see examples/).")
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        data = yaml.safe_load(read_utf8(file, ConfigError)) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path

@@ -86,7 +86,12 @@ def test_skippable_rows_and_type_errors():
     assert skip.value.reason == "identical chosen/rejected"
     with pytest.raises(DataError, match=r"f:4: column 'chosen' should be str or list or dict, found int"):
         to_pair({"prompt": "Q", "chosen": 5, "rejected": "b"}, FormatSpec("explicit"), "f:4")
-    with pytest.raises(DataError, match=r"f:5: column 'margin' should be a number, found str"):
+    with pytest.raises(DataError, match=r"f:5: column 'margin' should be a finite number, found str"):
         to_pair({"prompt": "Q", "chosen": "a", "rejected": "b", "margin": "big"}, FormatSpec("explicit"), "f:5")
+    with pytest.raises(DataError, match=r"f:6: column 'margin' should be a finite number, found float \('inf'\)"):
+        to_pair({"prompt": "Q", "chosen": "a", "rejected": "b", "margin": float("inf")}, FormatSpec("explicit"), "f:6")
+    # an empty cell (NaN in CSV and parquet tables) is a missing value, not an error
+    assert to_pair({"prompt": "Q", "chosen": "a", "rejected": "b", "margin": float("nan")}, FormatSpec("explicit"),
+                   "f:7").margin is None
     with pytest.raises(DataError, match=r"soft_label'=1.5 is outside"):
         to_pair({"prompt": "Q", "chosen": "a", "rejected": "b", "soft_label": 1.5}, FormatSpec("explicit"), "f")

@@ -267,3 +267,15 @@ def test_worker_processes_give_the_same_tokens(tokenizer):
     parallel, _, summaries = build_datasets(
         DataArguments(dataset="demo", preprocessing_num_workers=2, overwrite_cache=True), tokenizer)
     assert single[:] == parallel[:] and "400 pairs read, 400 kept" in summaries[0]
+
+
+def test_a_column_missing_from_the_first_rows_is_kept(tokenizer, tmp_path):
+    """A margin given only on a later row reaches the batches (datasets' from_list reads the first row's keys)."""
+    rows = [{"prompt": "q", "chosen": f"a {i}", "rejected": f"b {i}"} for i in range(4)]
+    rows[2]["margin"] = 2.5
+    _write_jsonl(tmp_path / "m.jsonl", rows)
+    train, _, _ = build_datasets(_args(tmp_path, dataset=str(tmp_path / "m.jsonl")), tokenizer)
+    assert train["margin"] == [None, None, 2.5, None]
+    assert train["source"] == [f"{tmp_path / 'm.jsonl'}:{i}" for i in range(1, 5)]
+    batch = PairwiseDataCollatorWithPadding(0)(list(train))
+    assert batch["margin"].tolist() == [0.0, 0.0, 2.5, 0.0] and batch["sources"] == train["source"]

@@ -7,7 +7,8 @@
   ``score_index`` (2B,) points at the last token of every chosen then every rejected sequence, so the model's
   output has the same layout as the padded path. See ``model/packed.py`` for the attention.
 
-Both carry ``margin`` (B,) and ``soft_label`` (B,) when the data has them (missing values: margin 0, label 1).
+Both carry ``margin`` (B,) and ``soft_label`` (B,) when the data has them (missing values: margin 0, label 1), and
+``sources`` (B strings, where each pair was read) when the examples have them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def _pair_extras(features: list[dict]) -> dict:
         values = [f.get(key) for f in features]
         if any(v is not None for v in values):
             extras[key] = torch.tensor([missing if v is None else v for v in values], dtype=torch.float32)
+    if any("source" in f for f in features):  # where each pair was read (file:line), named by training errors
+        extras["sources"] = [f.get("source", "?") for f in features]
     return extras
 
 

@@ -10,6 +10,7 @@ Detected from the columns (``formatting: auto``) or chosen explicitly:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -81,13 +82,22 @@ def detect_format(columns: list[str], where: str) -> str:
     )
 
 
+def _describe(value) -> str:
+    if _missing(value):
+        return "an empty value"
+    if isinstance(value, bytes):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"bytes that are not UTF-8 text ({value[:30]!r})"
+        return f"bytes ({value[:30]!r}); store the column as UTF-8 strings"
+    return f"{type(value).__name__} ({str(value)[:60]!r})"
+
+
 def _expect(value, types, column: str, where: str):
     if not isinstance(value, types):
         names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-        raise DataError(
-            f"{where}: column {column!r} should be {names}, found {type(value).__name__} ({str(value)[:60]!r}). "
-            "Fix that row or drop it."
-        )
+        raise DataError(f"{where}: column {column!r} should be {names}, found {_describe(value)}. Fix that row or drop it.")
     return value
 
 
@@ -136,7 +146,13 @@ def split_shared_prompt(chosen: list[Message], rejected: list[Message]) -> tuple
     return chosen[:shared], chosen[shared:], rejected[shared:]
 
 
-def _with_system(prompt: list[Message], system) -> list[Message]:
+def _missing(value) -> bool:
+    """None, or NaN (how CSV and parquet tables spell an empty cell)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _with_system(prompt: list[Message], system, where: str = "") -> list[Message]:
+    system = None if _missing(system) else _expect(system, str, "system", where)
     if system and not (prompt and prompt[0]["role"] == "system"):
         return [{"role": "system", "content": system}, *prompt]
     return prompt
@@ -146,10 +162,7 @@ def _explicit(row: dict, spec: FormatSpec, where: str):
     prompt = _messages(row[spec.column("prompt")], "prompt", where, "user")
     chosen = _messages(row[spec.column("chosen")], "chosen", where, "assistant")
     rejected = _messages(row[spec.column("rejected")], "rejected", where, "assistant")
-    system = row.get(spec.column("system"))
-    if system is not None:
-        _expect(system, str, "system", where)
-    return _with_system(prompt, system), chosen, rejected
+    return _with_system(prompt, row.get(spec.column("system")), where), chosen, rejected
 
 
 def _implicit(row: dict, spec: FormatSpec, where: str):
@@ -175,14 +188,17 @@ def _alpaca(row: dict, spec: FormatSpec, where: str):
     instruction = _expect(row.get(spec.column("prompt")) or "", str, spec.column("prompt"), where)
     query = _expect(row.get(spec.column("query")) or "", str, spec.column("query"), where)
     prompt = []
-    for turn in row.get(spec.column("history")) or []:
-        _expect(turn, list, spec.column("history"), where)
+    history = spec.column("history")
+    for turn in _expect(row.get(history) or [], list, history, where):
+        if not isinstance(turn, list) or len(turn) != 2 or not all(isinstance(t, str) for t in turn):
+            raise DataError(f"{where}: each turn of column {history!r} must be [user text, assistant text], found "
+                            f"{_describe(turn)}.")
         prompt += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
     prompt.append({"role": "user", "content": "\n".join(t for t in (instruction, query) if t)})
     chosen = _expect(row.get(spec.column("chosen")), str, spec.column("chosen"), where)
     rejected = _expect(row.get(spec.column("rejected")), str, spec.column("rejected"), where)
     return (
-        _with_system(prompt, row.get(spec.column("system"))),
+        _with_system(prompt, row.get(spec.column("system")), where),
         [{"role": "assistant", "content": chosen}],
         [{"role": "assistant", "content": rejected}],
     )
@@ -204,10 +220,11 @@ def _sharegpt(row: dict, spec: FormatSpec, where: str):
     messages = [convert(m, column) for m in _expect(row.get(column), list, column, where)]
     chosen = convert(row.get(spec.column("chosen")), spec.column("chosen"))
     rejected = convert(row.get(spec.column("rejected")), spec.column("rejected"))
-    return _with_system(messages, row.get(spec.column("system"))), [chosen], [rejected]
+    return _with_system(messages, row.get(spec.column("system")), where), [chosen], [rejected]
 
 
 _CONVERTERS = {"explicit": _explicit, "implicit": _implicit, "alpaca": _alpaca, "sharegpt": _sharegpt}
+FORMATS = tuple(_CONVERTERS)
 _REQUIRED = {"explicit": ("prompt", "chosen", "rejected"), "implicit": ("chosen", "rejected"),
              "alpaca": ("prompt", "chosen", "rejected"), "sharegpt": ("messages", "chosen", "rejected")}
 
@@ -223,10 +240,10 @@ def check_columns(columns: list[str], spec: FormatSpec, where: str) -> None:
 
 def _optional_number(row: dict, column: str, where: str, low=None, high=None) -> float | None:
     value = row.get(column)
-    if value is None:
+    if _missing(value):
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DataError(f"{where}: column {column!r} should be a number, found {type(value).__name__} ({value!r}).")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(f"{where}: column {column!r} should be a finite number, found {_describe(value)}.")
     if (low is not None and value < low) or (high is not None and value > high):
         raise DataError(f"{where}: column {column!r}={value} is outside [{low}, {high}].")
     return float(value)

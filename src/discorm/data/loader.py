@@ -22,41 +22,45 @@ from tqdm.auto import tqdm
 
 from discorm.config import DataArguments
 from discorm.data import demo
-from discorm.data.formats import FormatSpec, Pair, SkipPair, check_columns, detect_format, to_pair
+from discorm.data.formats import FORMATS, FormatSpec, Pair, SkipPair, check_columns, detect_format, to_pair
 from discorm.data.templates import Renderer
 from discorm.data.tokenize import DataStats, PairTokenizer, raise_or_count
 from discorm.errors import DataError
+from discorm.textfile import read_utf8
 
 logger = logging.getLogger(__name__)
 
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 DATASET_INFO = "dataset_info.json"
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 # ----------------------------------------------------------------------------- reading rows
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(
-                    f"{path}:{number}: malformed JSON ({err.msg} at column {err.colno}); each line of a .jsonl "
-                    "file must be one JSON object."
-                ) from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, found {type(row).__name__}.")
-            yield f"{path}:{number}", row
+    for number, line in enumerate(read_utf8(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(
+                f"{path}:{number}: malformed JSON ({err.msg} at column {err.colno}); each line of a .jsonl "
+                "file must be one JSON object."
+            ) from None
+        except RecursionError:
+            raise DataError(f"{path}:{number}: the JSON is nested too deeply to read; flatten that row.") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, found {type(row).__name__}.")
+        yield f"{path}:{number}", row
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, dict]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(path))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: malformed JSON ({err.msg}); fix the file or use .jsonl.") from None
+    except RecursionError:
+        raise DataError(f"{path}: the JSON is nested too deeply to read; flatten its rows.") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))
     if not isinstance(data, list):
@@ -68,9 +72,17 @@ def _read_json(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _read_table(path: Path) -> Iterator[tuple[str, dict]]:
-    table = datasets.Dataset.from_parquet(str(path)) if path.suffix == ".parquet" else datasets.Dataset.from_csv(
-        str(path)
-    )
+    kind = "parquet" if path.suffix == ".parquet" else "CSV"
+    if kind == "CSV":
+        read_utf8(path)  # a clear error naming the line, before the CSV parser meets the bytes
+    try:
+        table = datasets.Dataset.from_parquet(str(path)) if kind == "parquet" else datasets.Dataset.from_csv(str(path))
+    except Exception as err:  # noqa: BLE001 - the parsers raise many kinds; all mean "not a readable file"
+        cause = err.__cause__ or err
+        raise DataError(
+            f"{path}: not a readable {kind} file ({type(cause).__name__}: {str(cause)[:200]}); check that it is a "
+            f"valid {kind} file with a header of column names."
+        ) from None
     for index, row in enumerate(table):
         yield f"{path} row {index}", row
 
@@ -112,9 +124,32 @@ def _dataset_info(data_args: DataArguments) -> dict | None:
     if not file.is_file():
         return None
     try:
-        return json.loads(file.read_text())
+        info = json.loads(read_utf8(file))
     except json.JSONDecodeError as err:
         raise DataError(f"{file}:{err.lineno}: malformed JSON ({err.msg}).") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{file}: expected an object of data set entries, found {type(info).__name__}.")
+    return info
+
+
+def _info_entry(entry, where: str, spec_args: dict) -> tuple[dict, FormatSpec]:
+    """One dataset_info.json entry, checked -> (entry, FormatSpec)."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{where}: expected an object with file_name, ranking, formatting, columns; found "
+                        f"{type(entry).__name__}.")
+    if not entry.get("ranking", False):
+        raise DataError(f"{where} is not a ranking data set; a reward model needs `\"ranking\": true` pairs.")
+    formatting = entry.get("formatting", "alpaca")
+    if formatting not in FORMATS:
+        raise DataError(f"{where}: formatting {formatting!r} is not one of {', '.join(FORMATS)}.")
+    for key in ("columns", "tags"):
+        value = entry.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise DataError(f"{where}: {key!r} must map names to column names (strings), found {value!r:.80}.")
+    for key in ("file_name", "hf_hub_url"):
+        if key in entry and not isinstance(entry[key], str):
+            raise DataError(f"{where}: {key!r} must be a string, found {entry[key]!r:.80}.")
+    return entry, FormatSpec(formatting, entry.get("columns", {}), entry.get("tags", {}), **spec_args)
 
 
 def read_source(name: str, data_args: DataArguments, eval_split: bool = False):
@@ -126,12 +161,8 @@ def read_source(name: str, data_args: DataArguments, eval_split: bool = False):
         return [(f"demo row {i}", row) for i, row in enumerate(rows)], FormatSpec("explicit", **spec_args)
     info = _dataset_info(data_args)
     if info is not None and name in info:
-        entry = info[name]
         where = f"{data_args.dataset_dir}/{DATASET_INFO}[{name!r}]"
-        if not entry.get("ranking", False):
-            raise DataError(f"{where} is not a ranking data set; a reward model needs `\"ranking\": true` pairs.")
-        spec = FormatSpec(entry.get("formatting", "alpaca"), entry.get("columns", {}), entry.get("tags", {}),
-                          **spec_args)
+        entry, spec = _info_entry(info[name], where, spec_args)
         if "file_name" in entry:
             path = Path(data_args.dataset_dir, entry["file_name"])
             if not path.exists():
@@ -230,7 +261,7 @@ def _cache_key(names: str, data_args: DataArguments, tokenizer, renderer: Render
                 parts.append(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
     info = Path(data_args.dataset_dir, DATASET_INFO)
     if info.is_file():
-        parts.append(info.read_text())
+        parts.append(info.read_bytes().hex())
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
@@ -250,7 +281,8 @@ def tokenized_dataset(
     examples = tokenize_pairs(pairs, pair_tokenizer, stats, data_args.preprocessing_num_workers)
     if not examples:
         raise DataError(f"{names}: no usable pairs remain. {stats.summary(names)}")
-    dataset = datasets.Dataset.from_list(examples)
+    columns = dict.fromkeys(key for example in examples for key in example)  # from_list keeps the first row's only
+    dataset = datasets.Dataset.from_list([{**columns, **example} for example in examples])
     tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")  # one per process: launchers start several
     dataset.save_to_disk(str(tmp))
     (tmp / "stats.pkl").write_bytes(pickle.dumps(stats))

@@ -7,6 +7,8 @@ whitespace after it is dropped, so the score is read at the end-of-turn token it
 
 from __future__ import annotations
 
+from jinja2 import TemplateError
+
 from discorm.data.formats import Message
 from discorm.errors import ConfigError, DataError
 
@@ -55,23 +57,29 @@ class Renderer:
                 f"{', '.join(BUILTIN_TEMPLATES)}, empty."
             )
 
-    def render(self, messages: list[Message], add_generation_prompt: bool = False) -> str:
+    def render(self, messages: list[Message], add_generation_prompt: bool = False, where: str = "") -> str:
         if self.raw:
             return "".join(m["content"] for m in messages)
-        return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        try:
+            return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        except TemplateError as err:  # templates raise on conversations they do not accept (role order, ...)
+            roles = [m["role"] for m in messages]
+            raise DataError(
+                f"{where or 'conversation'}: the chat template ({self.name}) rejects this conversation with roles "
+                f"{roles}: {err}. Fix the conversation, or set `template: chatml` (accepts any order of roles)."
+            ) from None
 
-    def render_prompt(self, prompt: list[Message]) -> str:
+    def render_prompt(self, prompt: list[Message], where: str = "") -> str:
         if self.raw:
             return self.render(prompt)
-        return self.render(prompt, add_generation_prompt=True) if prompt else ""
+        return self.render(prompt, add_generation_prompt=True, where=where) if prompt else ""
 
     def render_response(self, prompt: list[Message], prompt_text: str, response: list[Message], where="") -> str:
         """The text the response adds after ``prompt_text``, through its end-of-turn token."""
         if self.raw:
             return self.render(response)
-        full = self.render(prompt + response).rstrip()
+        full = self.render(prompt + response, where=where).rstrip()
         if not full.startswith(prompt_text):
             raise DataError(
                 f"{where}: the chat template does not render the prompt as a prefix of the conversation, so the "

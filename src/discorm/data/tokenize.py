@@ -96,13 +96,21 @@ class Encoder:
         return cls(model.tokenizer, Renderer(model.tokenizer, config.template),
                    cutoff_len or config.cutoff_len or DEFAULT_CUTOFF_LEN)
 
-    def tokens(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    def tokens(self, text: str, where: str = "") -> list[int]:
+        if not text:
+            return []
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise DataError(f"{where or 'text'}: character {err.start} is a lone surrogate ({text[err.start]!r}), "
+                            "which is not valid Unicode; fix the text (or its JSON \\u escapes).") from None
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def encode(self, prompt: list[Message], responses: list[list[Message]], where: str = "") -> Encoded:
-        prompt_text = self.renderer.render_prompt(prompt)
-        response_ids = [self.tokens(self.renderer.render_response(prompt, prompt_text, r, where)) for r in responses]
-        prompt_ids = self.tokens(prompt_text)
+        prompt_text = self.renderer.render_prompt(prompt, where)
+        response_ids = [self.tokens(self.renderer.render_response(prompt, prompt_text, r, where), where)
+                        for r in responses]
+        prompt_ids = self.tokens(prompt_text, where)
         longest = max(map(len, response_ids))
         truncated = False
         while len(prompt_ids) + longest > self.cutoff_len:
@@ -110,7 +118,7 @@ class Encoder:
             if shorter is None:
                 break
             prompt, truncated = shorter, True
-            prompt_ids = self.tokens(self.renderer.render_prompt(prompt))
+            prompt_ids = self.tokens(self.renderer.render_prompt(prompt, where), where)
         if len(prompt_ids) + longest > self.cutoff_len:
             truncated = True
             keep = max(self.cutoff_len - longest, min(len(prompt_ids), self.cutoff_len // 4))
@@ -119,19 +127,28 @@ class Encoder:
             response_ids = [_cut_response(ids, budget) for ids in response_ids]
         return Encoded(prompt_ids, response_ids, truncated)
 
-    def encode_text(self, text: str) -> list[int]:
+    def encode_text(self, text: str, where: str = "input") -> list[int]:
         """An already rendered conversation: its tokens, cut from the left to keep the end-of-turn token (the
-        turn structure is unknown, so the rule above cannot apply)."""
-        return self.tokens(text)[-self.cutoff_len :]
+        turn structure is unknown, so the rule above cannot apply). Empty text has nothing to score."""
+        if not text.strip():
+            raise DataError(f"{where}: the text is empty; there is nothing to score. Send the conversation "
+                            "rendered with the chat template.")
+        return self._nonempty(self.tokens(text, where)[-self.cutoff_len :], where)
 
     def encode_item(self, item, where: str = "input") -> list[int]:
         """A scoring input (a text, chat messages, {"messages"}, {"prompt", "response"}) -> one token sequence."""
         conversation = to_conversation(item, where)
         if isinstance(conversation, str):
-            return self.encode_text(conversation)
+            return self.encode_text(conversation, where)
         prompt, response = conversation
         encoded = self.encode(prompt, [response], where)
-        return encoded.prompt_ids + encoded.response_ids[0]
+        return self._nonempty(encoded.prompt_ids + encoded.response_ids[0], where)
+
+    @staticmethod
+    def _nonempty(ids: list[int], where: str) -> list[int]:
+        if not ids:
+            raise DataError(f"{where}: the input renders to no tokens, so it has no score; give it some text.")
+        return ids
 
 
 class PairTokenizer(Encoder):
@@ -155,7 +172,7 @@ class PairTokenizer(Encoder):
         stats.pair_tokens += len(prompt_ids) + len(chosen) + len(rejected)
         stats.padded_tokens += 2 * len(prompt_ids) + len(chosen) + len(rejected)
         example = {"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected,
-                   "length": len(prompt_ids) + max(len(chosen), len(rejected))}
+                   "length": len(prompt_ids) + max(len(chosen), len(rejected)), "source": where}
         for key in ("margin", "soft_label", "noise"):
             if getattr(pair, key) is not None:
                 example[key] = getattr(pair, key)

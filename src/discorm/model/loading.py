@@ -95,8 +95,15 @@ def convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+def looks_like_path(name: str) -> bool:
+    """A name only a local path can have (a Hub id is `name` or `org/name`, without dots or slashes in front)."""
+    return (name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or name in (".", "..") or "\\" in name
+            or name.count("/") > 1 or name.endswith("/") or (len(name) > 1 and name[1] == ":"))
+
+
 def resolve_model_path(name_or_path: str, pull: bool = True) -> str:
-    """Built-in names -> their cached directory (fetched if missing); anything else is returned unchanged."""
+    """Built-in names -> their cached directory (fetched if missing); a local path must exist; anything else (a
+    Hub id) is returned unchanged."""
     if name_or_path in BUILTIN_MODELS:
         path = builtin_model_dir(name_or_path)
         if path.is_dir():
@@ -104,7 +111,27 @@ def resolve_model_path(name_or_path: str, pull: bool = True) -> str:
         if not pull:
             raise ModelError(f"{name_or_path!r} is not cached; run `discorm models pull {name_or_path}`.")
         return str(pull_builtin_model(name_or_path))
+    if looks_like_path(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            raise ModelError(
+                f"model path {name_or_path!r} does not exist (looked for {path.resolve()}). Check "
+                f"model_name_or_path / tokenizer_name_or_path: a local model directory, a DiscoRM run directory, "
+                f"'{DEFAULT_MODEL}', or a Hugging Face Hub id such as 'org/name'."
+            )
+        return str(path)
     return name_or_path
+
+
+def _not_loadable(what: str, path: str, err: Exception) -> ModelError:
+    """The error for a model or tokenizer that transformers could not load; names a missing local folder."""
+    local = "" if Path(path).exists() else (
+        f" There is no local folder {path!r} (relative to {Path.cwd()}), so it was looked up on the Hugging Face "
+        "Hub.")
+    return ModelError(
+        f"could not load a {what} from {path!r}: {str(err).strip()[:300]}.{local} model_name_or_path must be "
+        f"'{DEFAULT_MODEL}', a local model directory, a DiscoRM run directory, or a Hub id."
+    )
 
 
 def resolve_dtype(dtype: str) -> torch.dtype | str:
@@ -119,10 +146,8 @@ def load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
         tokenizer = AutoTokenizer.from_pretrained(
             path, trust_remote_code=model_args.trust_remote_code, cache_dir=model_args.cache_dir
         )
-    except OSError as err:
-        raise ModelError(
-            f"could not load a tokenizer from {path!r}: {err}. Check model_name_or_path / tokenizer_name_or_path."
-        ) from None
+    except (OSError, ValueError) as err:
+        raise _not_loadable("tokenizer", path, err) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -150,10 +175,7 @@ def load_backbone(path: str, model_args: ModelArguments) -> PreTrainedModel:
         else:
             backbone = AutoModel.from_pretrained(path, attn_implementation=attn, **kwargs)
     except OSError as err:
-        raise ModelError(
-            f"could not load a model from {path!r}: {err}. model_name_or_path must be '{DEFAULT_MODEL}', a local "
-            "model directory, or a Hub id."
-        ) from None
+        raise _not_loadable("model", path, err) from None
     except ImportError as err:
         raise ModelError(f"quantization_bit={model_args.quantization_bit} needs bitsandbytes ({err}); install it "
                          "with `pip install 'discorm[quant]'`, or remove quantization_bit.") from None

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from discorm.errors import ModelError
+from discorm.textfile import read_utf8
 
 CONFIG_FILE = "discorm_config.json"
 VERSION = 2
@@ -49,7 +50,7 @@ class RewardModelConfig:
     def load(cls, directory: str | Path) -> RewardModelConfig:
         file = Path(directory, CONFIG_FILE)
         try:
-            data = json.loads(file.read_text())
+            data = json.loads(read_utf8(file, ModelError))
         except json.JSONDecodeError as err:
             raise ModelError(f"{file}:{err.lineno}: malformed JSON ({err.msg}); restore the file.") from None
         if not isinstance(data, dict):

@@ -1,170 +1,199 @@
 """`discorm serve`: rewards over HTTP for RL loops (FastAPI + uvicorn).
 
-- ``POST /score``: ``[{"messages": [...]}, {"prompt": ..., "response": ...}, ...]`` (or ``{"inputs": [...]}``)
-  -> ``{"rewards": [...], "reward_mode": ...}`` plus ``"sigmas"`` for distributional heads.
+- ``POST /score``: ``[{"messages": [...]}, {"prompt": ..., "response": ...}, ...]``, or ``{"inputs": [...],
+  "reward_mode": ..., "reward_alpha": ..., "reward_k": ...}`` (the reward options apply to that request only)
+  -> ``{"rewards": [...], "reward_mode": ...}`` plus ``"means"``/``"sigmas"`` for distributional heads.
 - ``POST /get_reward``: OpenRLHF's remote reward-model protocol, ``{"query": [full texts]}`` ->
   ``{"rewards": [...]}``; the texts are scored as given (already rendered with the chat template).
-- ``GET /health``.
+- ``GET /health`` (model, head, reward mode, queue depth) and ``GET /metrics`` (Prometheus text format).
 
 (No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations at run time.)
 
-Concurrent requests are gathered into micro-batches (up to ``max_batch_size`` items, waiting at most
-``max_wait_ms``). Bad requests get 400 (malformed JSON), 413 (too large) or 422 (missing/invalid fields), and the
-server keeps serving.
+Isolation: every item is validated and tokenized before it is queued (a bad item: 422 naming its index); a
+micro-batch that fails is retried item by item, so only the requests holding a bad item fail (422); the queue is
+bounded (503 + ``Retry-After`` when full); each request has a deadline (408 while its body is still arriving, 503
+once queued); malformed JSON is 400, too large 413, a missing or wrong API key 401. Shutdown (SIGTERM / Ctrl-C)
+stops accepting connections and finishes the requests in flight.
 """
 
 
 import asyncio
-import json
+import hmac
+import ipaddress
 import logging
+import math
+import os
+import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-
-import torch
 
 from discorm.data.tokenize import Encoder
-from discorm.errors import DiscoRMError
-from discorm.serve.scoring import describe, score_ids
+from discorm.errors import ConfigError, DiscoRMError
+from discorm.serve.batching import ItemsFailed, MicroBatcher, QueueFull
+from discorm.serve.metrics import CONTENT_TYPE, ServerMetrics
+from discorm.serve.scoring import describe
+from discorm.serve.validation import RequestError, encode_items, read_json, reward_request, score_request
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class _Job:
-    sequences: list[list[int]]
-    future: asyncio.Future = field(default=None)
+API_KEY_ENV = "DISCORM_API_KEY"
+RETRY_AFTER_S = 1
 
 
-class MicroBatcher:
-    """Collects the token sequences of concurrent requests and scores them together in a worker thread."""
-
-    def __init__(self, model, max_batch_size: int = 16, max_wait_ms: float = 5.0):
-        self.model = model
-        self.max_batch_size = max_batch_size
-        self.max_wait = max_wait_ms / 1000
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self.task: asyncio.Task | None = None
-
-    async def submit(self, sequences: list[list[int]]) -> torch.Tensor:
-        job = _Job(sequences, asyncio.get_running_loop().create_future())
-        await self.queue.put(job)
-        return await job.future
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = [await self.queue.get()]
-            size = len(jobs[0].sequences)
-            deadline = loop.time() + self.max_wait
-            while size < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
-                try:
-                    job = await asyncio.wait_for(self.queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
-                jobs.append(job)
-                size += len(job.sequences)
-            sequences = [s for job in jobs for s in job.sequences]
-            try:
-                params = await loop.run_in_executor(None, score_ids, self.model, sequences, self.max_batch_size)
-            except Exception as err:  # noqa: BLE001 - the error goes back to the requests, the loop survives
-                for job in jobs:
-                    job.future.set_exception(err)
-                continue
-            start = 0
-            for job in jobs:
-                job.future.set_result(params[start : start + len(job.sequences)])
-                start += len(job.sequences)
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
-def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_bytes: int = 4_000_000):
+def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_bytes: int = 4_000_000,
+               api_key: str | None = None, max_queue_items: int = 1024, request_timeout_s: float = 30.0,
+               name: str | None = None, max_wait_ms: float = 5.0):
+    """The ASGI app. ``api_key``: when set, every scoring route and /metrics need it (``Authorization: Bearer
+    KEY``, ``X-API-Key: KEY`` or ``?api_key=KEY``); /health stays open for liveness probes."""
     try:
         from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse
+        from fastapi.responses import JSONResponse, PlainTextResponse
     except ImportError:
         raise DiscoRMError("the reward server needs FastAPI and uvicorn: pip install 'discorm[serve]'.") from None
 
+    if max_queue_items < max_items:
+        raise ConfigError(f"the queue ({max_queue_items} items) must hold at least one full request ({max_items} items).")
     model.eval()
     encoder = Encoder.for_model(model)
-    batcher = MicroBatcher(model, max_batch_size)
+    metrics = ServerMetrics()
+    batcher = MicroBatcher(model, max_batch_size, max_wait_ms, max_queue_items, metrics)
+    name = name or model.rm_config.base_model
 
     @asynccontextmanager
     async def lifespan(_app):
-        batcher.task = asyncio.create_task(batcher.run())
+        batcher.start()
         yield
-        batcher.task.cancel()
+        await batcher.stop()
 
     app = FastAPI(title="DiscoRM reward server", lifespan=lifespan)
+    app.state.batcher, app.state.metrics = batcher, metrics
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        bearer = request.headers.get("authorization", "")
+        supplied = (bearer[7:] if bearer.lower().startswith("bearer ") else None) or request.headers.get(
+            "x-api-key") or request.query_params.get("api_key") or ""
+        if not hmac.compare_digest(supplied.encode(), api_key.encode()):
+            raise RequestError(401, "missing or wrong API key; send the header `Authorization: Bearer <key>` (or "
+                                    "`X-API-Key: <key>`)", headers={"WWW-Authenticate": "Bearer"})
 
-    async def read_json(request: Request):
-        declared = request.headers.get("content-length")
-        if declared is not None and int(declared) > max_body_bytes:
-            return None, error(413, f"request body of {declared} bytes is over the {max_body_bytes}-byte limit")
-        body = await request.body()
-        if len(body) > max_body_bytes:
-            return None, error(413, f"request body is over the {max_body_bytes}-byte limit")
+    async def answer(route: str, request: Request, work, deadline: bool = True, needs_key: bool = True):
+        """Run one request: API key, deadline, and every refusal as JSON with its status; counted."""
+        start, stage = time.perf_counter(), {"body_read": False}
         try:
-            return json.loads(body), None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            return None, error(400, f"malformed JSON: {err}")
+            if needs_key:
+                check_key(request)
+            body = await asyncio.wait_for(work(stage), request_timeout_s) if deadline else await work(stage)
+            response = body if not isinstance(body, dict) else JSONResponse(body)
+        except RequestError as err:
+            response = JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+        except asyncio.TimeoutError:
+            if stage["body_read"]:
+                response = JSONResponse({"error": f"not scored within {request_timeout_s} s; the server is busy"},
+                                        status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+            else:
+                response = JSONResponse({"error": f"the request body did not arrive within {request_timeout_s} s"},
+                                        status_code=408)
+        except Exception:  # a server bug: logged and answered 500, the server keeps serving
+            logger.exception("unexpected error on %s", route)
+            response = JSONResponse({"error": "internal server error (logged)"}, status_code=500)
+        metrics.request(route, response.status_code, time.perf_counter() - start)
+        return response
 
-    async def score_items(items: list, encode) -> tuple[list[dict] | None, JSONResponse | None]:
-        if not isinstance(items, list) or not items:
-            return None, error(422, "expected a non-empty list of inputs")
-        if len(items) > max_items:
-            return None, error(413, f"{len(items)} inputs is over the limit of {max_items} per request")
+    async def score(sequences: list[list[int]], options: dict) -> list[dict]:
         try:
-            sequences = [encode(item, f"item {i}") for i, item in enumerate(items)]
-        except (DiscoRMError, KeyError, TypeError, AttributeError) as err:
-            return None, error(422, f"invalid input: {err}")
-        params = await batcher.submit(sequences)
-        return describe(model, params), None
+            future = batcher.submit(sequences)
+        except QueueFull as err:
+            raise RequestError(503, f"the server is busy ({err}); retry in {RETRY_AFTER_S} s",
+                               headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        try:
+            params = await future
+        except ItemsFailed as err:
+            raise RequestError(422, str(err), items=sorted(err.failures)) from None
+        records = describe(model, params, **options)
+        bad = [i for i, r in enumerate(records) if not math.isfinite(r["reward"])]
+        if bad:
+            raise RequestError(422, f"the reward of item(s) {bad} is not finite with these reward options",
+                               items=bad)
+        return records
 
     @app.get("/health")
-    async def health():
-        return {"status": "ok", "head": model.head.kind, "reward_mode": model.rm_config.reward_mode}
+    async def health(request: Request):
+        async def work(_stage):
+            return {"status": "ok", "model": name, "head": model.head.kind,
+                    "reward_mode": model.rm_config.reward_mode, "queue_depth": batcher.pending_items,
+                    "max_queue_items": max_queue_items}
+
+        return await answer("/health", request, work, deadline=False, needs_key=False)
+
+    @app.get("/metrics")
+    async def prometheus(request: Request):
+        async def work(_stage):
+            gauges = {"queue_depth": ("Items queued or being scored.", batcher.pending_items)}
+            return PlainTextResponse(metrics.render(gauges), media_type=CONTENT_TYPE)
+
+        return await answer("/metrics", request, work, deadline=False)
 
     @app.post("/score")
-    async def score(request: Request):
-        payload, failure = await read_json(request)
-        if failure:
-            return failure
-        items = payload.get("inputs") if isinstance(payload, dict) else payload
-        records, failure = await score_items(items, encoder.encode_item)
-        if failure:
-            return failure
-        body = {"rewards": [r["reward"] for r in records], "reward_mode": model.rm_config.reward_mode}
-        for name in records[0].keys() - {"reward", "reward_mode"}:
-            body[f"{name}s"] = [r[name] for r in records]  # e.g. "means", "sigmas"
-        return body
+    async def score_route(request: Request):
+        async def work(stage):
+            payload = await read_json(request, max_body_bytes)
+            stage["body_read"] = True
+            items, options = score_request(payload, max_items, model.head)
+            records = await score(encode_items(items, encoder.encode_item), options)
+            body = {"rewards": [r["reward"] for r in records], "reward_mode": records[0]["reward_mode"]}
+            for key in records[0].keys() - {"reward", "reward_mode"}:
+                body[f"{key}s"] = [r[key] for r in records]  # e.g. "means", "sigmas"
+            return body
+
+        return await answer("/score", request, work)
 
     @app.post("/get_reward")
     async def get_reward(request: Request):
-        payload, failure = await read_json(request)
-        if failure:
-            return failure
-        if not isinstance(payload, dict) or "query" not in payload:
-            return error(422, 'expected {"query": [text, ...]}')
-        queries = payload["query"]
-        if isinstance(queries, list) and not all(isinstance(q, str) for q in queries):
-            return error(422, '"query" must be a list of strings')
-        records, failure = await score_items(queries, lambda text, where: encoder.encode_text(text))
-        if failure:
-            return failure
-        rewards = [r["reward"] for r in records]
-        return {"rewards": rewards, "scores": rewards}
+        async def work(stage):
+            payload = await read_json(request, max_body_bytes)
+            stage["body_read"] = True
+            queries, options = reward_request(payload, max_items, model.head)
+            records = await score(encode_items(queries, encoder.encode_text), options)
+            rewards = [r["reward"] for r in records]
+            return {"rewards": rewards, "scores": rewards}
+
+        return await answer("/get_reward", request, work)
 
     return app
 
 
-def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 16) -> None:
+def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 16,
+          api_key: str | None = None, max_items: int = 256, max_queue_items: int = 1024,
+          request_timeout_s: float = 30.0, max_body_bytes: int = 4_000_000) -> None:
+    """Load a model and serve it until SIGTERM / Ctrl-C (in-flight requests are finished first). A host other
+    than a loopback address needs an API key (``api_key`` or the DISCORM_API_KEY environment variable)."""
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    if api_key is None and not is_loopback(host):
+        raise ConfigError(f"--host {host} exposes the reward server beyond this machine, so it needs an API key: "
+                          f"pass --api-key KEY or set {API_KEY_ENV}, or bind to 127.0.0.1.")
+    for key, value in (("--batch-size", max_batch_size), ("--max-items", max_items), ("--max-queue", max_queue_items),
+                       ("--timeout", request_timeout_s), ("--max-body-bytes", max_body_bytes)):
+        if value <= 0:
+            raise ConfigError(f"{key} {value} must be positive.")
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not a TCP port; use a number from 1 to 65535 (0: any free port).")
     from discorm.model.reward_model import RewardModel
 
     model = RewardModel.from_pretrained(model_dir)
-    app = create_app(model, max_batch_size)
+    app = create_app(model, max_batch_size, max_items, max_body_bytes, api_key=api_key,
+                     max_queue_items=max_queue_items, request_timeout_s=request_timeout_s, name=str(model_dir))
     import uvicorn
 
-    logger.info("serving %s (%s head) on http://%s:%d", model_dir, model.head.kind, host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    logger.info("serving %s (%s head) on http://%s:%d%s", model_dir, model.head.kind, host, port,
+                " (API key required)" if api_key else "")
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=request_timeout_s + 5)

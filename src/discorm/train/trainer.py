@@ -2,11 +2,13 @@
 
 Everything else (optimizers, schedulers, accumulation, DDP/DeepSpeed/FSDP through Accelerate, logging) is the
 Trainer's own. Saving goes through ``RewardModel.save_pretrained`` (with the state dict the Trainer gathers under
-FSDP / ZeRO-3), so every checkpoint is a loadable run directory.
+FSDP / ZeRO-3), so every checkpoint is a loadable run directory; checkpoints appear only when complete
+(``train/checkpoints.py``). A non-finite training loss stops the run (or is skipped, ``skip_nonfinite_batches``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,9 +17,13 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer
 
 from discorm.config import FinetuningArguments, launched_processes
-from discorm.errors import ConfigError
+from discorm.errors import ConfigError, TrainingError
 from discorm.model.reward_model import RewardModel
+from discorm.train.checkpoints import AtomicCheckpoints
+from discorm.train.collective import any_process
 from discorm.train.loss import PairwiseLoss
+
+logger = logging.getLogger(__name__)
 
 
 def split_pairs(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,12 +32,13 @@ def split_pairs(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return params[:half], params[half:]
 
 
-class PairwiseTrainer(Trainer):
+class PairwiseTrainer(AtomicCheckpoints, Trainer):
     def __init__(self, *args, finetuning_args: FinetuningArguments | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_fn = PairwiseLoss.from_args(self.reward_model.head, finetuning_args or FinetuningArguments())
         self.model_accepts_loss_kwargs = False
         self._train_correct = torch.zeros(2)  # (correct, seen) since the last log
+        self.skipped_nonfinite = 0  # batches skipped for a nan/inf loss (skip_nonfinite_batches)
         self._refuse_unsupported_parallelism()
 
     def _refuse_unsupported_parallelism(self) -> None:
@@ -72,16 +79,41 @@ class PairwiseTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         margin, soft_label = inputs.pop("margin", None), inputs.pop("soft_label", None)
+        sources = inputs.pop("sources", None)
         outputs = model(**inputs)  # one pass over all 2B sequences (padded or packed)
         pc, pr = split_pairs(outputs.head_params)
         with torch.autocast(pc.device.type, enabled=False):  # the loss in float32, also under bf16
             loss = self.loss_fn(pc, pr, margin, soft_label)
         if model.training:
+            loss = self._check_finite(model, loss, sources)
             with torch.no_grad():
                 chosen, rejected = self.loss_fn.head.mean(pc), self.loss_fn.head.mean(pr)
                 correct = (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
                 self._train_correct += torch.tensor([correct.sum().item(), correct.numel()])
         return (loss, outputs) if return_outputs else loss
+
+    def _check_finite(self, model, loss: torch.Tensor, sources: list[str] | None) -> torch.Tensor:
+        """A nan/inf training loss stops the run naming the step and the batch's data rows, or, with
+        skip_nonfinite_batches, is counted and contributes no gradient (its value stays non-finite, so the
+        Trainer's logging_nan_inf_filter leaves it out of the logged loss)."""
+        bad = not bool(torch.isfinite(loss))
+        if getattr(self.args, "skip_nonfinite_batches", False):
+            if not bad:
+                return loss
+            self.skipped_nonfinite += 1
+            logger.warning("step %d: the loss is %s on the pairs %s; batch skipped (skip_nonfinite_batches)",
+                           self.state.global_step + 1, loss.item(), sources)
+            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0  # every parameter: grad 0
+            return zero + loss.detach()
+        if any_process(bad, loss.device):
+            rows = ", ".join(sources or []) if bad else "a batch of another process (see its log)"
+            raise TrainingError(
+                f"step {self.state.global_step + 1}: the training loss is {loss.item() if bad else 'not finite'} "
+                f"on the batch of pairs at data rows {rows}. Check those rows (margins, soft labels), lower the "
+                "learning rate or use float32; or set skip_nonfinite_batches: true to skip such batches and count "
+                "them."
+            )
+        return loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """-> (loss, head params stacked (B, 2, K) as [chosen, rejected], target P(chosen preferred) (B,))."""
@@ -102,6 +134,8 @@ class PairwiseTrainer(Trainer):
         if "loss" in logs and seen:
             logs["accuracy"] = round(correct / seen, 4)
             self._train_correct.zero_()
+        if "loss" in logs and self.skipped_nonfinite:
+            logs["skipped_nonfinite_batches"] = self.skipped_nonfinite
         super().log(logs, *args, **kwargs)
 
     def _get_eval_sampler(self, eval_dataset):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import signal
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,11 +22,13 @@ from discorm.config import DataArguments, FinetuningArguments, ModelArguments, T
 from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding
 from discorm.data.loader import build_datasets, split_validation, tokenized_dataset
 from discorm.data.templates import Renderer
-from discorm.errors import ConfigError
+from discorm.errors import ConfigError, TrainingError, TrainingInterrupted
 from discorm.model.loading import load_tokenizer
 from discorm.model.reward_model import RewardModel
 from discorm.train.callbacks import JsonlLogCallback, plot_calibration, plot_training
+from discorm.train.checkpoints import resolve_resume
 from discorm.train.metrics import fit_temperature, pairwise_metrics, reliability_bins
+from discorm.train.preemption import PreemptionCallback
 from discorm.train.trainer import PairwiseTrainer
 
 logger = logging.getLogger(__name__)
@@ -96,6 +100,9 @@ def run_rm(
     argument objects are left unchanged."""
     model_args, data_args, training_args, finetuning_args = copy.deepcopy(
         (model_args, data_args, training_args, finetuning_args))
+    if training_args.do_train:  # `latest` -> the newest complete checkpoint, checked before anything loads
+        training_args.resume_from_checkpoint = resolve_resume(training_args.resume_from_checkpoint,
+                                                              training_args.output_dir)
     set_seed(training_args.seed)
     warn_about_cpu_bf16(model_args, training_args)
     if data_args.group_by_length:
@@ -124,6 +131,7 @@ def run_rm(
     collator = make_collator(model, data_args, tokenizer)
     logger.info("batches: %s", type(collator).__name__)
 
+    preemption = PreemptionCallback()
     trainer = PairwiseTrainer(
         model=model,
         args=training_args,
@@ -131,15 +139,25 @@ def run_rm(
         eval_dataset=eval_set,
         data_collator=collator,
         compute_metrics=_metrics_fn(model, eval_set),
-        callbacks=[JsonlLogCallback(), *(callbacks or [])],
+        callbacks=[JsonlLogCallback(), preemption, *(callbacks or [])],
         finetuning_args=finetuning_args,
     )
     output_dir = training_args.output_dir
     results: dict = {"data": summaries}
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
-        trainer.save_state()
+        if preemption.stopped_at is not None:
+            raise TrainingInterrupted(
+                f"training stopped by {signal.Signals(preemption.received).name} at step {preemption.stopped_at} of "
+                f"{trainer.state.max_steps}; the checkpoint is {Path(output_dir, f'checkpoint-{preemption.stopped_at}')}."
+                " Run the same command with resume_from_checkpoint=latest to continue from it.",
+                preemption.received)
+        if trainer.skipped_nonfinite:
+            logger.warning("%d batches were skipped for a non-finite loss", trainer.skipped_nonfinite)
+            train_result.metrics["train_skipped_nonfinite_batches"] = trainer.skipped_nonfinite
+        with saving(output_dir):
+            trainer.save_model()
+            trainer.save_state()
         trainer.save_metrics("train", train_result.metrics)
         results.update(train_result.metrics)
         if trainer.is_world_process_zero():
@@ -156,6 +174,19 @@ def run_rm(
         results.update(metrics)
         logger.info("held-out accuracy: %.4f on %d pairs", metrics["eval_accuracy"], len(eval_set))
     return results
+
+
+@contextmanager
+def saving(output_dir: str):
+    """A failed write of the final model (disk full, permissions) as one clear error; checkpoints stay."""
+    try:
+        yield
+    except OSError as err:
+        raise TrainingError(
+            f"could not save the trained model to {output_dir} ({err.strerror or err}: {err.filename or ''}). The "
+            "checkpoints in it are intact: free disk space or make the folder writable, then run again with "
+            "resume_from_checkpoint=latest."
+        ) from err
 
 
 def warn_about_cpu_bf16(model_args: ModelArguments, training_args: TrainingArguments) -> None:
