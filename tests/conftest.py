@@ -162,6 +162,7 @@ def default_model_dir() -> Path:
 def user_error(stderr: str) -> str:
     """The one-line, one-paragraph error `discorm` printed (progress bars aside); never a traceback."""
     assert "Traceback" not in stderr, stderr[-3000:]
-    lines = [line for line in stderr.splitlines() if line.startswith("discorm: ")]
-    assert len(lines) == 1, stderr[-3000:]
-    return lines[0]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("discorm: "), stderr[-3000:]
+    assert sum(line.startswith("discorm: ") for line in lines) == 1, stderr[-3000:]
+    return lines[-1]

@@ -282,8 +282,10 @@ def to_conversation(item, where: str = "input") -> str | tuple[list[Message], li
         messages = _messages(item, "messages", where, "assistant")
         return messages[:-1], messages[-1:]
     if isinstance(item, dict) and "prompt" in item and "response" in item:
-        return (_messages(item["prompt"], "prompt", where, "user"),
-                _messages(item["response"], "response", where, "assistant"))
+        response = _messages(item["response"], "response", where, "assistant")
+        if not response:
+            raise DataError(f"{where}: the response is an empty message list; give the response text or message.")
+        return _messages(item["prompt"], "prompt", where, "user"), response
     raise DataError(
         f"{where}: cannot score {str(item)[:80]!r}; give a text, a list of chat messages, {{'messages': [...]}} "
         "or {'prompt': ..., 'response': ...}."

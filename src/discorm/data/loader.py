@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
+import pyarrow.parquet
 from tqdm.auto import tqdm
 
 from discorm.config import DataArguments
@@ -76,6 +77,8 @@ def _read_table(path: Path) -> Iterator[tuple[str, dict]]:
     if kind == "CSV":
         read_utf8(path)  # a clear error naming the line, before the CSV parser meets the bytes
     try:
+        if kind == "parquet":
+            pyarrow.parquet.read_metadata(path)  # a clear error before datasets logs its own
         table = datasets.Dataset.from_parquet(str(path)) if kind == "parquet" else datasets.Dataset.from_csv(str(path))
     except Exception as err:  # noqa: BLE001 - the parsers raise many kinds; all mean "not a readable file"
         cause = err.__cause__ or err

@@ -129,8 +129,8 @@ def _not_loadable(what: str, path: str, err: Exception) -> ModelError:
         f" There is no local folder {path!r} (relative to {Path.cwd()}), so it was looked up on the Hugging Face "
         "Hub.")
     return ModelError(
-        f"could not load a {what} from {path!r}: {str(err).strip()[:300]}.{local} model_name_or_path must be "
-        f"'{DEFAULT_MODEL}', a local model directory, a DiscoRM run directory, or a Hub id."
+        f"could not load a {what} from {path!r}: {' '.join(str(err).split())[:300]}.{local} model_name_or_path "
+        f"must be '{DEFAULT_MODEL}', a local model directory, a DiscoRM run directory, or a Hub id."
     )
 
 

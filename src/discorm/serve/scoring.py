@@ -109,7 +109,7 @@ def score_file(model_dir: str, input_path: str, output_path: str, batch_size: in
             try:
                 pair = to_pair(row, spec, where)
             except SkipPair as skip:
-                raise DataError(f"{skip} ; a pair to score needs two different, non-empty responses.") from None
+                raise DataError(f"{skip}; a pair to score needs two different, non-empty responses.") from None
             encoded = encoder.encode(pair.prompt, [pair.chosen, pair.rejected], where)
             examples.append({"prompt_ids": encoded.prompt_ids, "chosen_ids": encoded.response_ids[0],
                              "rejected_ids": encoded.response_ids[1]})
