@@ -4,6 +4,8 @@ CONFIG`` in this process with one fault planted from outside the package:
 - ``kill-during-save STEP``: while checkpoint-STEP is being written (the weights are on disk, the optimizer
   state half written) the process kills itself with SIGKILL;
 - ``slow SECONDS``: every optimizer step takes SECONDS longer, so a test can signal the run mid-epoch.
+
+With ``FAULT_PID_DIR`` set, each process writes its id to ``rank{RANK}.pid`` there (to signal one rank).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def _slow(seconds: float) -> None:
 
 if __name__ == "__main__":
     config, fault, arg = sys.argv[1:4]
+    if os.environ.get("FAULT_PID_DIR"):  # under torchrun: where each rank's process id can be found
+        Path(os.environ["FAULT_PID_DIR"], f"rank{os.environ.get('RANK', 0)}.pid").write_text(str(os.getpid()))
     {"kill-during-save": lambda: _kill_during_save(int(arg)), "slow": lambda: _slow(float(arg))}[fault]()
     from discorm.cli import main
 

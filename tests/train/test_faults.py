@@ -211,3 +211,58 @@ def test_training_skips_and_counts_nonfinite_batches(tiny_llama, tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     log = [json.loads(x) for x in (tmp_path / "b" / "trainer_log.jsonl").read_text().splitlines()]
     assert max(r.get("skipped_nonfinite_batches", 0) for r in log) == 1
+
+
+def _torchrun(config: dict, tmp_path, name: str, fault: str = "slow", arg: str = "0", **kwargs):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({k: str(v) if hasattr(v, "__fspath__") else v for k, v in config.items()}))
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'src'}", "FAULT_PID_DIR": str(tmp_path),
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "tests.train.fault_injection", str(path), fault, arg]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
+
+
+def _free_port() -> int:
+    from tests.serve.server_helpers import free_port
+
+    return free_port()
+
+
+@pytest.mark.slow
+def test_ddp_sigterm_to_one_rank_stops_both_with_a_complete_checkpoint(tiny_llama, tmp_path):
+    """torchrun, 2 CPU processes: every rank writes rng_state_{rank}.pth into the staged checkpoint, the main one
+    renames it once all are done; SIGTERM to rank 1 alone stops both at the same step, and the run resumes from
+    that checkpoint to the losses of an uninterrupted run."""
+    from discorm.data.loader import build_datasets
+    from discorm.model.loading import load_tokenizer
+
+    data = _synthetic_file(tmp_path / "pairs.jsonl", n=48)
+    config = _config(tiny_llama, data, tmp_path / "ddp", max_steps=12, per_device_train_batch_size=2,
+                     save_strategy="steps", save_steps=4, lr_scheduler_type="linear")
+    model_args, data_args, _, _ = load_args(config)
+    build_datasets(data_args, load_tokenizer(model_args))  # the tokenized cache, before two processes want it
+    reference = _torchrun({**config, "output_dir": tmp_path / "ref"}, tmp_path, "ref")
+    assert reference.wait(timeout=600) == 0, reference.stdout.read()[-3000:]
+
+    process = _torchrun(config, tmp_path, "ddp", arg="0.4")
+    log, deadline = tmp_path / "ddp" / "trainer_log.jsonl", time.time() + 300
+    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    os.kill(int((tmp_path / "rank1.pid").read_text()), signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    stops = re.findall(r"discorm: training stopped by SIGTERM at step (\d+) of 12", output)
+    assert len(stops) == 2 and stops[0] == stops[1], output[-3000:]  # both ranks, the same step
+    stopped = int(stops[0])
+    checkpoint = tmp_path / "ddp" / f"checkpoint-{stopped}"
+    assert complete_checkpoints(tmp_path / "ddp")[-1] == checkpoint and stopped < 12
+    assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt"} <= {p.name for p in checkpoint.iterdir()}
+    assert not (tmp_path / "ddp" / STAGING_DIR).exists()
+
+    resumed = _torchrun({**config, "resume_from_checkpoint": "latest"}, tmp_path, "resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()[-3000:]
+    expected, got = _losses(tmp_path / "ref"), _losses(tmp_path / "ddp")
+    later = {step: loss for step, loss in expected.items() if step > stopped}
+    assert later and {step: got[step] for step in later} == pytest.approx(later, abs=1e-5)
+    torch.testing.assert_close(_final_scores(tmp_path / "ddp"), _final_scores(tmp_path / "ref"), atol=1e-5, rtol=0)
