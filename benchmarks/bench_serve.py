@@ -1,22 +1,27 @@
-"""Load check of `discorm serve`: N concurrent clients on loopback for a bounded time.
+"""Load check of `discorm serve`, without and with a mix of faulty clients, on loopback, bounded in time.
 
 Starts the server in-process on a free 127.0.0.1 port with a model (a run directory, or a tiny random model
-built on the spot), then each client sends /score requests back to back until the time is up. Prints
-requests/s, p50/p99 latency and the error count (which must be 0).
+built on the spot). Phase 1: N good clients send /score requests back to back for --seconds. Phase 2: the same
+good clients, interleaved with faulty ones for another --seconds: malformed JSON, oversized bodies, empty inputs,
+slow clients (a body trickling in, a byte at a time) and clients that disconnect mid-request. Prints good-request
+throughput and p50/p99 latency for both phases, what the faulty requests got, and the number of good requests
+that failed, which must be 0.
 
-    python benchmarks/bench_serve.py                       # tiny model, 8 clients, 15 s
+    python benchmarks/bench_serve.py                       # tiny model, 8 good clients, 15 s per phase
     python benchmarks/bench_serve.py --model saves/quickstart --clients 4 --seconds 30
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -28,6 +33,8 @@ REQUEST = [
     {"messages": [{"role": "user", "content": "Tell me about owls."},
                   {"role": "assistant", "content": "Owls are nocturnal birds of prey with silent flight."}]},
 ]
+MAX_BODY = 1_000_000
+TIMEOUT_S = 5.0
 
 
 def start_server(model_dir: str, batch_size: int):
@@ -40,34 +47,111 @@ def start_server(model_dir: str, batch_size: int):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(model, batch_size), host="127.0.0.1", port=port,
-                                           log_level="error"))
+    app = create_app(model, batch_size, max_body_bytes=MAX_BODY, request_timeout_s=TIMEOUT_S)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
-    return server, f"http://127.0.0.1:{port}"
+    return server, port
 
 
-def client(url: str, deadline: float, latencies: list, errors: list) -> None:
+def good_client(url: str, deadline: float, latencies: list, failures: list, expected: list) -> None:
     with httpx.Client(base_url=url, timeout=60) as session:
         while time.perf_counter() < deadline:
             start = time.perf_counter()
             try:
                 response = session.post("/score", json=REQUEST)
-                if response.status_code != 200:
-                    errors.append(response.status_code)
+                if response.status_code != 200 or max(
+                        abs(a - b) for a, b in zip(response.json()["rewards"], expected)) > 1e-4:
+                    failures.append(f"{response.status_code} {response.text[:80]}")
                     continue
             except httpx.HTTPError as err:
-                errors.append(repr(err))
+                failures.append(repr(err))
                 continue
             latencies.append(time.perf_counter() - start)
+
+
+def _raw(port: int, head: bytes, body: bytes = b"", trickle_s: float = 0.0, close_early: bool = False) -> str:
+    """One HTTP request on a raw socket: the body sent at once or a byte every ``trickle_s``, or the connection
+    closed before the answer (``close_early``). Returns the status line's code or what happened."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S + 5) as sock:
+        sock.sendall(head)
+        if trickle_s:
+            for byte in body:
+                if _readable(sock):  # answered (408) before the body was complete
+                    break
+                sock.sendall(bytes([byte]))
+                time.sleep(trickle_s)
+        else:
+            sock.sendall(body)
+        if close_early:
+            return "disconnected"
+        reply = sock.recv(64).decode(errors="replace")
+    return reply.split(" ")[1] if reply.startswith("HTTP/") else "no answer"
+
+
+def _readable(sock: socket.socket) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def _post(body: bytes, length: int | None = None) -> bytes:
+    return (f"POST /score HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\n\r\n").encode()
+
+
+def fault_client(kind: str, url: str, port: int, deadline: float, outcomes: Counter) -> None:
+    good = json.dumps(REQUEST).encode()
+    with httpx.Client(base_url=url, timeout=60) as session:
+        while time.perf_counter() < deadline:
+            try:
+                if kind == "malformed":
+                    result = session.post("/score", content=b'{"inputs": [', headers={
+                        "content-type": "application/json"}).status_code
+                elif kind == "oversized":
+                    oversized = [{"prompt": "x" * (MAX_BODY + 10), "response": "y"}]
+                    result = session.post("/score", json=oversized).status_code
+                elif kind == "empty":
+                    result = session.post("/get_reward", json={"query": [""]}).status_code
+                elif kind == "slow":  # a body that never finishes arriving in time
+                    result = _raw(port, _post(good), good, trickle_s=0.5)
+                else:  # disconnecting: half a body, then gone; and a whole request, gone before the answer
+                    _raw(port, _post(good), good[: len(good) // 2], close_early=True)
+                    result = _raw(port, _post(good), good, close_early=True)
+            except (httpx.HTTPError, OSError) as err:
+                result = type(err).__name__
+            outcomes[f"{kind} -> {result}"] += 1
+            time.sleep(0.05)
+
+
+def phase(url: str, port: int, clients: int, seconds: float, expected: list, faults: bool) -> dict:
+    latencies, failures, outcomes = [], [], Counter()
+    deadline = time.perf_counter() + seconds
+    threads = [threading.Thread(target=good_client, args=(url, deadline, latencies, failures, expected))
+               for _ in range(clients)]
+    if faults:
+        threads += [threading.Thread(target=fault_client, args=(kind, url, port, deadline, outcomes))
+                    for kind in ("malformed", "oversized", "empty", "slow", "disconnecting")]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads[:clients]:
+        t.join(seconds + 60)
+    elapsed = time.perf_counter() - start  # the good clients' time (a slow client may still be trickling)
+    for t in threads[clients:]:
+        t.join(TIMEOUT_S + 30)
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan")
+    return {"rps": len(latencies) / elapsed, "p50": 1000 * statistics.median(latencies) if latencies else float("nan"),
+            "p99": 1000 * p99, "good": len(latencies), "failed": failures, "outcomes": outcomes}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a DiscoRM run directory; default: a tiny random model")
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--clients", type=int, default=8, help="good clients")
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each phase")
     parser.add_argument("--batch-size", type=int, default=16)
     opts = parser.parse_args()
     model_dir = opts.model
@@ -77,22 +161,34 @@ def main() -> None:
         folder = Path(tempfile.mkdtemp())
         build_model(make_model_dir(folder / "base")).save_pretrained(folder / "run")
         model_dir = str(folder / "run")
-    server, url = start_server(model_dir, opts.batch_size)
-    latencies, errors = [], []
-    deadline = time.perf_counter() + opts.seconds
-    threads = [threading.Thread(target=client, args=(url, deadline, latencies, errors)) for _ in range(opts.clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    import torch
+
+    from benchmarks.bench_throughput import matmul_peak
+
+    threads = torch.get_num_threads()
+    print(f"fp32 matmul peak (2048x2048, {threads} threads): {matmul_peak(threads):.0f} GFLOP/s")
+    server, port = start_server(model_dir, opts.batch_size)
+    url = f"http://127.0.0.1:{port}"
+    expected = httpx.post(f"{url}/score", json=REQUEST, timeout=60).json()["rewards"]
+    print(f"model {model_dir}: {opts.clients} good clients, {opts.seconds:.0f} s per phase, {len(REQUEST)} items "
+          "per request")
+    print("| phase | good requests/s | p50 | p99 | good requests | good requests failed |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    results = {}
+    for name, faults in (("good clients only", False), ("with the fault mix", True)):
+        r = results[name] = phase(url, port, opts.clients, opts.seconds, expected, faults)
+        print(f"| {name} | {r['rps']:.1f} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | {r['good']} | "
+              f"{len(r['failed'])} |")
+    print("\nfaulty requests (kind -> answer: count):")
+    for outcome, count in sorted(results["with the fault mix"]["outcomes"].items()):
+        print(f"  {outcome}: {count}")
+    failed = sum(len(r["failed"]) for r in results.values())
+    health = httpx.get(f"{url}/health", timeout=10).json()
+    print(f"\ngood requests that failed: {failed}; queue depth after the run: {health['queue_depth']}")
+    for failure in [f for r in results.values() for f in r["failed"]][:5]:
+        print("  ", failure)
     server.should_exit = True
-    latencies.sort()
-    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan")
-    print(f"model {model_dir}: {opts.clients} clients, {elapsed:.1f} s, {len(REQUEST)} items per request")
-    print(f"requests/s {len(latencies) / elapsed:.1f}  items/s {len(latencies) * len(REQUEST) / elapsed:.1f}  "
-          f"p50 {1000 * statistics.median(latencies):.1f} ms  p99 {1000 * p99:.1f} ms  errors {len(errors)}")
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,6 @@
 """Scoring, export to AutoModelForSequenceClassification, LlamaFactory/TRL checkpoint import, the reward server."""
 
 import json
-import socket
-import threading
-import time
 
 import httpx
 import pytest
@@ -16,14 +13,7 @@ from discorm.errors import ModelError
 from discorm.model.reward_model import RewardModel
 from discorm.serve.export import export_sequence_classification
 from tests.conftest import build_model
-
-CHATS = [
-    [{"role": "user", "content": "What is 12 + 7?"}, {"role": "assistant", "content": "The answer is 19."}],
-    [{"role": "user", "content": "Tell me about bees."}, {"role": "assistant", "content": "yes"}],
-    {"prompt": "Hi", "response": "Hello, how are you? I am fine."},
-    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "moon?"},
-                  {"role": "assistant", "content": "The moon orbits the Earth."}]},
-]
+from tests.serve.server_helpers import CHATS, running
 
 
 def _trained_run(tiny_llama, tmp_path, finetuning_type="full", head="scalar"):
@@ -149,25 +139,11 @@ def test_score_cli(tiny_llama, tmp_path):
 
 @pytest.fixture
 def server(tiny_llama, tmp_path):
-    import uvicorn
-
     from discorm.serve.server import create_app
 
     model = _trained_run(tiny_llama, tmp_path, head="gaussian")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = create_app(model, max_batch_size=4, max_items=8, max_body_bytes=20_000)
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if instance.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", model
-    instance.should_exit = True
-    thread.join(5)
+    with running(create_app(model, max_batch_size=4, max_items=8, max_body_bytes=20_000)) as (url, _):
+        yield url, model
 
 
 def test_server_endpoints_and_bad_requests(server):

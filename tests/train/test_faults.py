@@ -266,3 +266,22 @@ def test_ddp_sigterm_to_one_rank_stops_both_with_a_complete_checkpoint(tiny_llam
     later = {step: loss for step, loss in expected.items() if step > stopped}
     assert later and {step: got[step] for step in later} == pytest.approx(later, abs=1e-5)
     torch.testing.assert_close(_final_scores(tmp_path / "ddp"), _final_scores(tmp_path / "ref"), atol=1e-5, rtol=0)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_llama, tmp_path):
+    from transformers import TrainerCallback
+
+    from discorm.errors import TrainingInterrupted
+
+    class CtrlC(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    data = _synthetic_file(tmp_path / "pairs.jsonl", n=48)
+    previous = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGINT at step 3 of 12") as stop:
+        run_rm(*load_args(_config(tiny_llama, data, tmp_path / "run", max_steps=12)), callbacks=[CtrlC()])
+    assert stop.value.exit_code == 130 and signal.getsignal(signal.SIGINT) is previous
+    assert complete_checkpoints(tmp_path / "run") == [tmp_path / "run" / "checkpoint-3"]
+    assert not (tmp_path / "run" / "model.safetensors").exists()  # not saved as if training had finished

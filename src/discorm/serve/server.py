@@ -143,13 +143,16 @@ def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_b
 
         return await answer("/metrics", request, work, deadline=False)
 
+    async def read_and_score(request: Request, stage: dict, parse, encode) -> list[dict]:
+        payload = await read_json(request, max_body_bytes)
+        stage["body_read"] = True
+        items, options = parse(payload, max_items, model.head)
+        return await score(encode_items(items, encode), options)
+
     @app.post("/score")
     async def score_route(request: Request):
         async def work(stage):
-            payload = await read_json(request, max_body_bytes)
-            stage["body_read"] = True
-            items, options = score_request(payload, max_items, model.head)
-            records = await score(encode_items(items, encoder.encode_item), options)
+            records = await read_and_score(request, stage, score_request, encoder.encode_item)
             body = {"rewards": [r["reward"] for r in records], "reward_mode": records[0]["reward_mode"]}
             for key in records[0].keys() - {"reward", "reward_mode"}:
                 body[f"{key}s"] = [r[key] for r in records]  # e.g. "means", "sigmas"
@@ -160,11 +163,7 @@ def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_b
     @app.post("/get_reward")
     async def get_reward(request: Request):
         async def work(stage):
-            payload = await read_json(request, max_body_bytes)
-            stage["body_read"] = True
-            queries, options = reward_request(payload, max_items, model.head)
-            records = await score(encode_items(queries, encoder.encode_text), options)
-            rewards = [r["reward"] for r in records]
+            rewards = [r["reward"] for r in await read_and_score(request, stage, reward_request, encoder.encode_text)]
             return {"rewards": rewards, "scores": rewards}
 
         return await answer("/get_reward", request, work)
