@@ -3,18 +3,20 @@
 Starts the server in-process on a free 127.0.0.1 port with a model (a run directory, or a tiny random model
 built on the spot). Phase 1: N good clients send /score requests back to back for --seconds. Phase 2: the same
 good clients, interleaved with faulty ones for another --seconds: malformed JSON, oversized bodies, empty inputs,
-slow clients (a body trickling in, a byte at a time) and clients that disconnect mid-request. Prints good-request
+slow clients (a body trickling in, a byte at a time) and clients that disconnect mid-request, one of each kind
+in a separate process (so that their own work does not hold the server's interpreter lock). Prints good-request
 throughput and p50/p99 latency for both phases, what the faulty requests got, and the number of good requests
 that failed, which must be 0.
 
-    python benchmarks/bench_serve.py                       # tiny model, 8 good clients, 15 s per phase
-    python benchmarks/bench_serve.py --model saves/quickstart --clients 4 --seconds 30
+    python benchmarks/bench_serve.py                       # tiny model, 8 good clients, 3 rounds of 2 x 10 s
+    python benchmarks/bench_serve.py --model saves/quickstart --clients 4 --seconds 20 --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import socket
 import statistics
 import sys
@@ -125,22 +127,36 @@ def fault_client(kind: str, url: str, port: int, deadline: float, outcomes: Coun
             time.sleep(0.05)
 
 
+def fault_clients(url: str, port: int, seconds: float, results) -> None:
+    """One faulty client of each kind, in their own process (their own work does not hold the server's GIL)."""
+    outcomes, deadline = Counter(), time.perf_counter() + seconds
+    threads = [threading.Thread(target=fault_client, args=(kind, url, port, deadline, outcomes))
+               for kind in ("malformed", "oversized", "empty", "slow", "disconnecting")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + TIMEOUT_S + 30)
+    results.put(dict(outcomes))
+
+
 def phase(url: str, port: int, clients: int, seconds: float, expected: list, faults: bool) -> dict:
     latencies, failures, outcomes = [], [], Counter()
-    deadline = time.perf_counter() + seconds
-    threads = [threading.Thread(target=good_client, args=(url, deadline, latencies, failures, expected))
-               for _ in range(clients)]
-    if faults:
-        threads += [threading.Thread(target=fault_client, args=(kind, url, port, deadline, outcomes))
-                    for kind in ("malformed", "oversized", "empty", "slow", "disconnecting")]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    faulty = context.Process(target=fault_clients, args=(url, port, seconds, results)) if faults else None
+    threads = [threading.Thread(target=good_client, args=(url, time.perf_counter() + seconds, latencies, failures,
+                                                          expected)) for _ in range(clients)]
+    if faulty:
+        faulty.start()
     start = time.perf_counter()
     for t in threads:
         t.start()
-    for t in threads[:clients]:
+    for t in threads:
         t.join(seconds + 60)
-    elapsed = time.perf_counter() - start  # the good clients' time (a slow client may still be trickling)
-    for t in threads[clients:]:
-        t.join(TIMEOUT_S + 30)
+    elapsed = time.perf_counter() - start
+    if faulty:
+        outcomes.update(results.get(timeout=seconds + TIMEOUT_S + 60))
+        faulty.join()
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan")
     return {"rps": len(latencies) / elapsed, "p50": 1000 * statistics.median(latencies) if latencies else float("nan"),
@@ -151,7 +167,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a DiscoRM run directory; default: a tiny random model")
     parser.add_argument("--clients", type=int, default=8, help="good clients")
-    parser.add_argument("--seconds", type=float, default=15.0, help="length of each phase")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the two phases, alternating")
     parser.add_argument("--batch-size", type=int, default=16)
     opts = parser.parse_args()
     model_dir = opts.model
@@ -171,24 +188,32 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     expected = httpx.post(f"{url}/score", json=REQUEST, timeout=60).json()["rewards"]
     print(f"model {model_dir}: {opts.clients} good clients, {opts.seconds:.0f} s per phase, {len(REQUEST)} items "
-          "per request")
+          f"per request, {opts.rounds} rounds")
+    runs = {"good clients only": [], "with the fault mix": []}
+    for round_ in range(1, opts.rounds + 1):  # the phases alternate: this machine's speed drifts
+        for name, faults in (("good clients only", False), ("with the fault mix", True)):
+            r = phase(url, port, opts.clients, opts.seconds, expected, faults)
+            runs[name].append(r)
+            print(f"round {round_}: {name}: {r['rps']:.1f} good requests/s, p50 {r['p50']:.1f} ms, p99 "
+                  f"{r['p99']:.1f} ms, {r['good']} good requests, {len(r['failed'])} failed")
+    print(f"\nmedians of {opts.rounds} rounds:\n")
     print("| phase | good requests/s | p50 | p99 | good requests | good requests failed |")
     print("| --- | --- | --- | --- | --- | --- |")
-    results = {}
-    for name, faults in (("good clients only", False), ("with the fault mix", True)):
-        r = results[name] = phase(url, port, opts.clients, opts.seconds, expected, faults)
-        print(f"| {name} | {r['rps']:.1f} | {r['p50']:.1f} ms | {r['p99']:.1f} ms | {r['good']} | "
-              f"{len(r['failed'])} |")
-    print("\nfaulty requests (kind -> answer: count):")
-    for outcome, count in sorted(results["with the fault mix"]["outcomes"].items()):
+    for name, rs in runs.items():
+        med = {key: statistics.median(r[key] for r in rs) for key in ("rps", "p50", "p99")}
+        print(f"| {name} | {med['rps']:.1f} | {med['p50']:.1f} ms | {med['p99']:.1f} ms | "
+              f"{sum(r['good'] for r in rs)} | {sum(len(r['failed']) for r in rs)} |")
+    outcomes = sum((r["outcomes"] for r in runs["with the fault mix"]), Counter())
+    print("\nfaulty requests, all rounds (kind -> answer: count):")
+    for outcome, count in sorted(outcomes.items()):
         print(f"  {outcome}: {count}")
-    failed = sum(len(r["failed"]) for r in results.values())
+    failures = [f for rs in runs.values() for r in rs for f in r["failed"]]
     health = httpx.get(f"{url}/health", timeout=10).json()
-    print(f"\ngood requests that failed: {failed}; queue depth after the run: {health['queue_depth']}")
-    for failure in [f for r in results.values() for f in r["failed"]][:5]:
+    print(f"\ngood requests that failed: {len(failures)}; queue depth after the run: {health['queue_depth']}")
+    for failure in failures[:5]:
         print("  ", failure)
     server.should_exit = True
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if failures else 0)
 
 
 if __name__ == "__main__":
