@@ -11,7 +11,7 @@ import platform
 import sys
 
 from discorm import __version__
-from discorm.errors import DiscoRMError
+from discorm.errors import DiscoRMError, TrainingInterrupted
 from discorm.model.rm_config import REWARD_MODES
 
 
@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         code = getattr(err, "exit_code", 2)
         print(f"discorm: {'error: ' if code == 2 else ''}{err}", file=sys.stderr)
+        if isinstance(err, TrainingInterrupted):  # every process stopped at the same step: leave together
+            finish_distributed()
         return code
     except KeyboardInterrupt:
         print("discorm: interrupted", file=sys.stderr)

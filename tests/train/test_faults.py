@@ -254,6 +254,7 @@ def test_ddp_sigterm_to_one_rank_stops_both_with_a_complete_checkpoint(tiny_llam
     output, _ = process.communicate(timeout=300)
     stops = re.findall(r"discorm: training stopped by SIGTERM at step (\d+) of 12", output)
     assert len(stops) == 2 and stops[0] == stops[1], output[-3000:]  # both ranks, the same step
+    assert set(re.findall(r"exitcode\s*: (-?\d+)", output)) == {"143"}, output[-3000:]  # both left cleanly
     stopped = int(stops[0])
     checkpoint = tmp_path / "ddp" / f"checkpoint-{stopped}"
     assert complete_checkpoints(tmp_path / "ddp")[-1] == checkpoint and stopped < 12
