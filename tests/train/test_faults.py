@@ -286,3 +286,20 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_llama, tmp_path):
     assert stop.value.exit_code == 130 and signal.getsignal(signal.SIGINT) is previous
     assert complete_checkpoints(tmp_path / "run") == [tmp_path / "run" / "checkpoint-3"]
     assert not (tmp_path / "run" / "model.safetensors").exists()  # not saved as if training had finished
+
+
+def test_a_failed_final_save_is_a_clear_error(tiny_llama, tmp_path, monkeypatch, capsys):
+    from discorm.cli import main
+
+    def disk_full(self, save_directory, state_dict=None):
+        raise OSError(28, "No space left on device", str(save_directory))
+
+    monkeypatch.setattr(RewardModel, "save_pretrained", disk_full)
+    data = _synthetic_file(tmp_path / "pairs.jsonl", n=8)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({k: str(v) for k, v in _config(tiny_llama, data, tmp_path / "run",
+                                                                      max_steps=1).items()}))
+    assert main(["train", str(config)]) == 2
+    err = user_error(capsys.readouterr().err)
+    assert f"could not save the trained model to {tmp_path / 'run'} (No space left on device: " in err
+    assert "resume_from_checkpoint=latest" in err

@@ -183,9 +183,9 @@ def saving(output_dir: str):
         yield
     except OSError as err:
         raise TrainingError(
-            f"could not save the trained model to {output_dir} ({err.strerror or err}: {err.filename or ''}). The "
-            "checkpoints in it are intact: free disk space or make the folder writable, then run again with "
-            "resume_from_checkpoint=latest."
+            f"could not save the trained model to {output_dir} ({err.strerror or err}"
+            f"{': ' + str(err.filename) if err.filename else ''}). The checkpoints in it are intact: free disk space "
+            "or make the folder writable, then run again with resume_from_checkpoint=latest."
         ) from err
 
 
