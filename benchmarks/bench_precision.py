@@ -3,6 +3,11 @@ bf16 weights (`dtype: bfloat16`): the measurement behind DiscoRM's warning about
 
     python benchmarks/bench_precision.py [--pairs 8] [--cutoff 256] [--rounds 3]
 
+To measure a CPU without bf16 instructions on one that has them, restrict PyTorch's kernels, oneDNN and MKL to
+AVX2 (the table's header then says "kernels AVX2"):
+
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/bench_precision.py
+
 Each step is a forward + backward pass of a packed, prefix-shared batch of 4 HH pairs with full fine-tuning
 (the optimizer step is the same in every mode and left out). Modes alternate; the table shows medians.
 """
@@ -10,6 +15,7 @@ Each step is a forward + backward pass of a packed, prefix-shared batch of 4 HH 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -69,8 +75,11 @@ def main() -> None:
                 model.zero_grad(set_to_none=True)
                 if index:
                     times[mode].append(time.perf_counter() - start)
+            print(f"{mode}: {statistics.median(times[mode]):.3f} s / step so far", flush=True)
     print(f"fp32 matmul peak (2048x2048, {torch.get_num_threads()} threads): {matmul_peak():.0f} GFLOP/s; "
-          f"AVX512-BF16 {torch.cpu._is_avx512_bf16_supported()}, AMX {torch.cpu._is_amx_tile_supported()}\n")
+          f"kernels {torch.backends.cpu.get_cpu_capability()}, oneDNN ISA limit "
+          f"{os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}; CPU has AVX512-BF16 {torch.cpu._is_avx512_bf16_supported()}, "
+          f"AMX {torch.cpu._is_amx_tile_supported()}\n")
     base = statistics.median(times["float32"])
     print("| precision | s / step (median) | × float32 time |")
     print("| --- | --- | --- |")

@@ -235,6 +235,8 @@ class TrainingArguments(transformers.TrainingArguments):
         # distributed (gloo) job when the Trainer is told to use the CPU, otherwise each trains alone.
         if not self.use_cpu and launched_processes() > 1 and not torch.accelerator.is_available():
             self.use_cpu = True
+        if not torch.accelerator.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator (torch warns on every epoch)
         super().__post_init__()
 
 

@@ -104,3 +104,19 @@ def test_quantized_base_needs_lora(tiny_llama):
     with pytest.raises(ConfigError, match="finetuning_type='full' cannot train a quantized base"):
         RewardModel.for_training(ModelArguments(model_name_or_path=str(tiny_llama), quantization_bit=4),
                                  FinetuningArguments(finetuning_type="full"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about(native, monkeypatch, caplog):
+    from discorm.config import TrainingArguments
+    from discorm.train import workflow
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    for model_args, bf16 in ((ModelArguments(), True), (ModelArguments(dtype="bfloat16"), False)):
+        caplog.clear()
+        workflow.warn_about_cpu_bf16(model_args, TrainingArguments(output_dir="out", use_cpu=True, bf16=bf16))
+        assert ("emulates bf16" in caplog.text) is not native
+    caplog.clear()
+    workflow.warn_about_cpu_bf16(ModelArguments(), TrainingArguments(output_dir="out", use_cpu=True))
+    assert "bf16" not in caplog.text  # float32 needs no warning
