@@ -13,23 +13,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_throughput import matmul_peak  # noqa: E402
+
 HH_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-harmless-dev.jsonl"
-
-
-def matmul_peak(size: int = 2048, repeats: int = 20) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 def main() -> None:
@@ -91,7 +85,7 @@ def main() -> None:
             print(f"round {round_index}: {name} {time.perf_counter() - start:.1f} s", flush=True)
 
     tokens = sum(len(e["prompt_ids"]) + len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples)
-    print(f"fp32 matmul peak (2048x2048, {torch.get_num_threads()} threads): {matmul_peak():.0f} GFLOP/s")
+    print(f"fp32 matmul peak (2048x2048, {torch.get_num_threads()} threads): {matmul_peak(torch.get_num_threads()):.0f} GFLOP/s")
     print(f"{len(examples)} HH pairs, cutoff {opts.cutoff}, {opts.batch} pairs per batch, {tokens} packed tokens; "
           f"FlexAttention vs split SDPA scores differ by at most {difference:.1e}\n")
     print("| evaluation forward | pairs/s (median) | × split SDPA | first pass (s, incl. compilation) |")

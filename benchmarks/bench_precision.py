@@ -17,24 +17,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_throughput import matmul_peak  # noqa: E402
+
 HH_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-harmless-dev.jsonl"
 MODES = {"float32": (torch.float32, False), "bf16 autocast": (torch.float32, True),
          "bf16 weights": (torch.bfloat16, False)}
-
-
-def matmul_peak(size: int = 2048, repeats: int = 20) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 def main() -> None:
@@ -76,7 +70,7 @@ def main() -> None:
                 if index:
                     times[mode].append(time.perf_counter() - start)
             print(f"{mode}: {statistics.median(times[mode]):.3f} s / step so far", flush=True)
-    print(f"fp32 matmul peak (2048x2048, {torch.get_num_threads()} threads): {matmul_peak():.0f} GFLOP/s; "
+    print(f"fp32 matmul peak (2048x2048, {torch.get_num_threads()} threads): {matmul_peak(torch.get_num_threads()):.0f} GFLOP/s; "
           f"kernels {torch.backends.cpu.get_cpu_capability()}, oneDNN ISA limit "
           f"{os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}; CPU has AVX512-BF16 {torch.cpu._is_avx512_bf16_supported()}, "
           f"AMX {torch.cpu._is_amx_tile_supported()}\n")
