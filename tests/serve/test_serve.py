@@ -186,3 +186,22 @@ def test_cli_score_matches_server_and_api(server, tmp_path):
     served = httpx.post(f"{url}/score", json=rows, timeout=30).json()
     assert [s["reward"] for s in scored] == pytest.approx(served["rewards"], abs=1e-5)
     assert [s["sigma"] for s in scored] == pytest.approx(served["sigmas"], abs=1e-5)
+
+
+def test_score_pairs_takes_training_examples_as_they_are(tiny_llama, tmp_path):
+    """Tokenized training examples carry where they were read (`source`); scoring them packed equals scoring each
+    sequence alone."""
+    from discorm.config import DataArguments
+    from discorm.data.loader import build_datasets
+    from discorm.serve.scoring import score_ids, score_pairs
+
+    model = build_model(tiny_llama, "full").eval()
+    rows = [{"prompt": f"question {i}", "chosen": f"a good answer {i}", "rejected": "no"} for i in range(5)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data, _, _ = build_datasets(DataArguments(dataset=str(tmp_path / "pairs.jsonl"), cutoff_len=64), model.tokenizer)
+    examples = list(data)
+    assert all("source" in example for example in examples)
+    packed = score_pairs(model, examples, batch_size=2)
+    for i, example in enumerate(examples):
+        alone = score_ids(model, [example["prompt_ids"] + example[key] for key in ("chosen_ids", "rejected_ids")])
+        torch.testing.assert_close(packed[i], alone, atol=1e-5, rtol=0)

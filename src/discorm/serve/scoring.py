@@ -52,6 +52,7 @@ def score_pairs(model, examples: list[dict], batch_size: int = 8, show_progress:
         batch = [examples[i] for i in index]
         if packed:
             inputs = PackedPairCollator(prefix_sharing=True)(batch)
+            inputs.pop("sources", None)  # where each pair was read: for training's error messages
             params = model(**{k: v.to(device) for k, v in inputs.items()}).head_params
         else:
             seqs = [f["prompt_ids"] + f[key] for key in ("chosen_ids", "rejected_ids") for f in batch]
