@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import norm, rankdata, spearmanr
+from scipy.stats import norm, spearmanr
 
 MU = [0.5 * a for a in range(8)]
 SIGMA = [0.2, 0.5, 1.0, 2.0, 3.0]
@@ -136,16 +136,8 @@ def predict(run: Path, rows: list[dict]):
     return prob, diff, sigma
 
 
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    if positive.all() or not positive.any():
-        return float("nan")
-    ranks = rankdata(scores)
-    n_pos, n_neg = positive.sum(), (~positive).sum()
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def metrics(setting: str, rows: list[dict], prob: np.ndarray, sigma: np.ndarray | None) -> dict:
-    from discorm.train.metrics import expected_calibration_error
+    from discorm.train.metrics import auroc, expected_calibration_error
 
     prob = np.clip(prob, 1e-6, 1 - 1e-6)
     p_star = np.array([r["p_star"] for r in rows])

@@ -72,7 +72,8 @@ def _cmd_keys(args) -> None:
 def _cmd_score(args) -> None:
     from discorm.serve.scoring import score_file
 
-    n = score_file(args.model, args.input, args.output, batch_size=args.batch_size, reward_mode=args.reward_mode)
+    n = score_file(args.model, args.input, args.output, batch_size=args.batch_size, reward_mode=args.reward_mode,
+                   reward_alpha=args.reward_alpha, reward_k=args.reward_k)
     print(f"scored {n} rows -> {args.output}")
 
 
@@ -174,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--input", required=True)
     score.add_argument("--output", required=True)
     score.add_argument("--batch-size", type=_positive(int), default=8)
-    score.add_argument("--reward-mode", default=None, choices=REWARD_MODES)
+    score.add_argument("--reward-mode", default=None, choices=list(REWARD_MODES),
+                       help="turn a distribution into one reward (default: the model's reward_mode)")
+    score.add_argument("--reward-alpha", type=float, default=None,
+                       help="lower_quantile: the level alpha in (0, 1) (default: the model's reward_alpha)")
+    score.add_argument("--reward-k", type=float, default=None,
+                       help="mean_minus_std: the number of standard deviations k (default: the model's reward_k)")
     score.set_defaults(func=_cmd_score)
 
     export = sub.add_parser("export", help="write an AutoModelForSequenceClassification checkpoint")

@@ -168,6 +168,10 @@ class FinetuningArguments:
         default_factory=dict,
         metadata={"help": "Options of the chosen head (see 'Head options'); each may also be a top-level key."},
     )
+    head_learning_rate: float | None = _arg(
+        None,
+        "Learning rate of the reward head's parameters (default: learning_rate). A new head on a slowly tuned "
+        "backbone needs a larger one for a distributional head's spread to learn.")
     center_rewards_coefficient: float | None = _arg(
         None, "Adds coef * mean((r_chosen + r_rejected)^2) to keep rewards centred.")
     reward_mode: str = _arg(
@@ -196,6 +200,7 @@ class FinetuningArguments:
         check_range("lora_dropout", self.lora_dropout, low=0, high=1)
         check_range("freeze_trainable_layers", self.freeze_trainable_layers, low=0)
         check_range("reward_alpha", self.reward_alpha, low=1e-6, high=1 - 1e-6)
+        check_range("head_learning_rate", self.head_learning_rate, low=0)
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_rank
 

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
@@ -99,13 +100,33 @@ def test_reward_modes():
     assert float(head.reward(params, "mean")) == pytest.approx(1.0)
     assert float(head.reward(params, "mean_minus_std", k=1.5)) == pytest.approx(1.0 - 3.0)
     assert float(head.reward(params, "lower_quantile", alpha=0.1)) == pytest.approx(1.0 + 2.0 * norm.ppf(0.1), abs=1e-5)
-    cat = CategoricalHead(4, num_atoms=3, atom_range=1.0)
-    logits = torch.log(torch.tensor([[0.2, 0.3, 0.5]]))
-    assert float(cat.reward(logits, "lower_quantile", alpha=0.1)) == -1.0
-    assert float(cat.reward(logits, "lower_quantile", alpha=0.3)) == 0.0
-    assert float(cat.reward(logits, "lower_quantile", alpha=0.6)) == 1.0
+    cat = CategoricalHead(4, num_atoms=3, atom_range=1.0)  # atoms -1, 0, 1; cells of width 1 around them
+    logits = torch.log(torch.tensor([[0.2, 0.3, 0.5]]))  # CDF at the cell edges -1.5, -0.5, 0.5, 1.5: 0, .2, .5, 1
+    assert float(cat.reward(logits, "lower_quantile", alpha=0.1)) == pytest.approx(-1.5 + 0.1 / 0.2)
+    assert float(cat.reward(logits, "lower_quantile", alpha=0.3)) == pytest.approx(-0.5 + 0.1 / 0.3)
+    assert float(cat.reward(logits, "lower_quantile", alpha=0.6)) == pytest.approx(0.5 + 0.1 / 0.5)
     scalar = ScalarHead(4)
     assert float(scalar.reward(torch.tensor([[2.0]]), "mean_minus_std")) == 2.0
+
+
+def test_categorical_quantile_is_the_continuous_cdf_inverted():
+    """By hand on 5 atoms -2..2 (cells of width 1), and against the piecewise-linear CDF at many levels."""
+    head = CategoricalHead(4, num_atoms=5, atom_range=2.0)
+    probs = torch.tensor([[0.1, 0.0, 0.4, 0.25, 0.25]])  # CDF at the edges -2.5 .. 2.5: 0, .1, .1, .5, .75, 1
+    logits = probs.clamp_min(1e-12).log()
+    assert float(head.quantile(logits, 0.05)) == pytest.approx(-2.5 + 0.05 / 0.1 * 1, abs=1e-5)
+    assert float(head.quantile(logits, 0.1)) == pytest.approx(-1.5, abs=1e-5)  # the empty cell is skipped
+    assert float(head.quantile(logits, 0.3)) == pytest.approx(-0.5 + 0.2 / 0.4, abs=1e-5)
+    assert float(head.quantile(logits, 0.9)) == pytest.approx(1.5 + 0.15 / 0.25, abs=1e-5)
+    edges, cdf = torch.linspace(-2.5, 2.5, 6), torch.cat([torch.zeros(1), probs[0].cumsum(0)])
+    for alpha in torch.linspace(0.01, 0.99, 25).tolist():
+        q = float(head.quantile(logits, alpha))
+        assert float(np.interp(q, edges.numpy(), cdf.numpy())) == pytest.approx(alpha, abs=1e-5)
+    torch.manual_seed(3)
+    many = torch.randn(6, 5)
+    levels = [float(head.quantile(many, a).mean()) for a in (0.01, 0.05, 0.1, 0.5, 0.9)]
+    assert levels == sorted(levels)
+    assert float(head.quantile(torch.zeros(1, 5), 0.5)) == pytest.approx(0.0, abs=1e-6)  # uniform: the middle
 
 
 def test_build_head_by_name():

@@ -12,6 +12,7 @@ from discorm.data.tokenize import Encoder
 from discorm.errors import ModelError
 from discorm.model.reward_model import RewardModel
 from discorm.serve.export import export_sequence_classification
+from discorm.serve.scoring import score_ids
 from tests.conftest import build_model
 from tests.serve.server_helpers import CHATS, running
 
@@ -135,6 +136,45 @@ def test_score_cli(tiny_llama, tmp_path):
     assert out[0]["chosen"]["reward"] == pytest.approx(direct[0]["reward"], abs=1e-5)
     assert out[0]["rejected"]["reward"] == pytest.approx(direct[1]["reward"], abs=1e-5)
     assert 0 < out[0]["p_chosen"] < 1
+
+
+@pytest.mark.parametrize("head", ["gaussian", "categorical"])
+def test_score_cli_takes_the_reward_mode_and_its_level_per_call(tiny_llama, tmp_path, head, capsys):
+    from discorm.cli import main
+
+    model = _trained_run(tiny_llama, tmp_path, head=head)
+    rows = [{"prompt": "Q", "response": "good answer"}, {"prompt": "Q", "response": "bad"}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def score(*options):
+        assert main(["score", str(tmp_path / "run"), "--input", str(tmp_path / "rows.jsonl"),
+                     "--output", str(tmp_path / "out.jsonl"), *options]) == 0
+        return [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+
+    plain = score()
+    low = score("--reward-mode", "lower_quantile", "--reward-alpha", "0.05")
+    std = score("--reward-mode", "mean_minus_std", "--reward-k", "2")
+    params = score_ids(model, [Encoder.for_model(model).encode_item(r) for r in rows])
+    for i in range(2):
+        assert plain[i]["reward"] == pytest.approx(plain[i]["mean"], abs=1e-6)
+        assert low[i]["reward_mode"] == "lower_quantile"
+        assert low[i]["reward"] == pytest.approx(float(model.head.quantile(params[i : i + 1], 0.05)), abs=1e-5)
+        assert low[i]["reward"] < plain[i]["mean"]
+        assert std[i]["reward"] == pytest.approx(plain[i]["mean"] - 2 * plain[i]["sigma"], abs=1e-5)
+    capsys.readouterr()
+    assert main(["score", str(tmp_path / "run"), "--input", str(tmp_path / "rows.jsonl"), "--output",
+                 str(tmp_path / "bad.jsonl"), "--reward-alpha", "1.5"]) != 0  # the server's check, shared
+    assert "reward_alpha=1.5 is out of range" in capsys.readouterr().err and not (tmp_path / "bad.jsonl").exists()
+
+
+def test_score_cli_refuses_a_risk_mode_for_a_scalar_head(tiny_llama, tmp_path, capsys):
+    from discorm.cli import main
+
+    _trained_run(tiny_llama, tmp_path, head="scalar")
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"prompt": "Q", "response": "A"}) + "\n")
+    assert main(["score", str(tmp_path / "run"), "--input", str(tmp_path / "rows.jsonl"), "--output",
+                 str(tmp_path / "out.jsonl"), "--reward-mode", "lower_quantile"]) != 0
+    assert "needs a distributional head" in capsys.readouterr().err
 
 
 @pytest.fixture

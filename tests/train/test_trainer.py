@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from discorm.config import load_args
 from discorm.data.collator import PairwiseDataCollatorWithPadding
 from discorm.model.reward_model import RewardModel
-from discorm.train.metrics import accuracy, expected_calibration_error, fit_temperature
+from discorm.train.metrics import accuracy, auroc, expected_calibration_error, fit_temperature, r_squared
 from discorm.train.trainer import PairwiseTrainer
 from discorm.train.workflow import run_rm
 from tests.conftest import build_model
@@ -56,6 +56,39 @@ def test_loss_matches_hand_computation(tiny_llama, tmp_path, variant):
     torch.testing.assert_close(loss, expected, atol=1e-6, rtol=0)
 
 
+def test_head_learning_rate_gives_the_head_its_own_groups(tiny_llama, tmp_path):
+    model = build_model(tiny_llama, "freeze", head="gaussian", freeze_trainable_layers=1)
+    trainer = _trainer(model, tmp_path, head="gaussian", learning_rate=1e-3, head_learning_rate=0.5,
+                       weight_decay=0.1, optim="sgd", lr_scheduler_type="linear")
+    optimizer = trainer.create_optimizer()
+    groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(groups) == len(trainable)
+    for name, p in trainable.items():
+        assert groups[id(p)]["lr"] == (0.5 if name.startswith("head.") else 1e-3), name
+    assert groups[id(model.head.variance.weight)]["weight_decay"] == 0.1  # the Trainer's decay split stays
+    assert groups[id(model.head.variance.bias)]["weight_decay"] == 0.0
+    batch = PairwiseDataCollatorWithPadding(0)(FEATURES)
+    batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    trainer.compute_loss(model, batch).backward()
+    before = {name: (p.detach().clone(), p.grad.clone()) for name, p in trainable.items()}
+    optimizer.step()
+    for name in ("head.variance.bias", "head.value.weight", "backbone.layers.1.mlp.down_proj.weight"):
+        weight, grad = before[name]
+        group = groups[id(trainable[name])]
+        expected = weight - group["lr"] * (grad + group["weight_decay"] * weight)
+        torch.testing.assert_close(trainable[name].detach(), expected, atol=1e-7, rtol=1e-5, msg=name)
+    scheduler = trainer.create_scheduler(num_training_steps=10, optimizer=optimizer)
+    optimizer.step()
+    scheduler.step()
+    rates = sorted({group["lr"] for group in optimizer.param_groups})
+    assert len(rates) == 2 and rates[1] / rates[0] == pytest.approx(500) and rates[1] < 0.5
+    own = torch.optim.SGD(model.parameters(), lr=0.1)  # an optimizer handed in is left alone
+    trainer = PairwiseTrainer(model=model, args=trainer.args, optimizers=(own, None),
+                              finetuning_args=load_args({"head": "gaussian", "head_learning_rate": 0.5})[3])
+    assert trainer.create_optimizer() is own and len(own.param_groups) == 1
+
+
 def test_metric_functions():
     assert accuracy(np.array([1.0, 2.0, 3.0, 0.0]), np.array([0.0, 2.0, 4.0, -1.0])) == pytest.approx(0.625)
     prob, y = np.array([0.9, 0.6, 0.2]), np.ones(3)
@@ -66,6 +99,20 @@ def test_metric_functions():
     diff = rng.normal(0, 3, 4000)
     labels = (rng.random(4000) < 1 / (1 + np.exp(-diff / 2.5))).astype(float)
     assert fit_temperature(diff, labels) == pytest.approx(2.5, rel=0.15)
+
+
+def test_auroc_and_r_squared_by_hand():
+    # positives 0.35 and 0.8 against negatives 0.1 and 0.4: 0.35 beats one, 0.8 beats both -> 3 of 4
+    assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert auroc(np.array([1.0, 1.0, 2.0]), np.array([1, 0, 0])) == pytest.approx(0.25)  # a tie counts half
+    assert np.isnan(auroc(np.array([1.0, 2.0]), np.array([1, 1])))
+    rng = np.random.default_rng(0)
+    scores, labels = rng.normal(size=300), rng.random(300) < 0.3
+    brute = np.mean([(p > n) + 0.5 * (p == n) for p in scores[labels] for n in scores[~labels]])
+    assert auroc(scores, labels) == pytest.approx(brute)
+    # means 0, 1, 2, 3: population variance 1.25; mean predicted variance (1 + 1 + 3 + 3) / 4 = 2
+    assert r_squared(np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.0, 1.0, 3.0, 3.0])) == pytest.approx(1.25 / 3.25)
+    assert r_squared(np.array([1.0, 3.0]), np.zeros(2)) == 1.0  # no predicted spread: the means explain all
 
 
 def _synthetic_file(path, n=64, seed=0):

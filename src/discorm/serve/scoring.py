@@ -99,7 +99,10 @@ def score_file(model_dir: str, input_path: str, output_path: str, batch_size: in
     if not path.exists():
         raise DataError(f"{input_path} does not exist; pass a .jsonl/.json/.parquet/.csv file of rows to score.")
     rows = read_path(path)
+    from discorm.serve.validation import check_reward_options
+
     model = RewardModel.from_pretrained(model_dir).eval()
+    check_reward_options(reward_mode, reward_alpha, model.head)
     encoder = Encoder.for_model(model)
     options = {"reward_mode": reward_mode, "reward_alpha": reward_alpha, "reward_k": reward_k}
     columns = set(rows[0][1])

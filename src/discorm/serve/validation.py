@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from discorm.config import check_range
-from discorm.errors import DataError, DiscoRMError
+from discorm.errors import ConfigError, DataError, DiscoRMError
 from discorm.model.rm_config import REWARD_MODES
 
 OPTION_KEYS = ("reward_mode", "reward_alpha", "reward_k")
@@ -53,22 +53,27 @@ async def read_json(request, max_body_bytes: int) -> Any:
         raise RequestError(400, f"malformed JSON: {str(err)[:200]}") from None
 
 
+def check_reward_options(mode: str | None, alpha: float | None, head) -> None:
+    """The rule for reward options given per call (a server request, ``discorm score``): a known mode, a spread
+    to use when the mode needs one, and a quantile level inside (0, 1). Raises ConfigError."""
+    if mode is not None and mode not in REWARD_MODES:
+        raise ConfigError(f"reward_mode={mode!r} is not valid; use one of {', '.join(REWARD_MODES)}")
+    if mode not in (None, "mean") and not head.distributional:
+        raise ConfigError(f"reward_mode={mode!r} needs a distributional head; this model's {head.kind} head has "
+                          "no spread, so use mean")
+    check_range("reward_alpha", alpha, low=1e-6, high=1 - 1e-6)
+
+
 def reward_options(payload: dict, head) -> dict:
     """``reward_mode`` / ``reward_alpha`` / ``reward_k`` of one request, checked (422 when invalid)."""
     options = {key: payload[key] for key in OPTION_KEYS if payload.get(key) is not None}
-    mode = options.get("reward_mode")
-    if mode is not None and mode not in REWARD_MODES:
-        raise RequestError(422, f'"reward_mode"={mode!r} is not valid; use one of {", ".join(REWARD_MODES)}')
-    if mode not in (None, "mean") and not head.distributional:
-        raise RequestError(422, f'"reward_mode"={mode!r} needs a distributional head; this model\'s {head.kind} '
-                                'head has no spread, so use "mean"')
     for key in ("reward_alpha", "reward_k"):
         value = options.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value)):
             raise RequestError(422, f'"{key}"={value!r} must be a finite number')
     try:
-        check_range("reward_alpha", options.get("reward_alpha"), low=1e-6, high=1 - 1e-6)
+        check_reward_options(options.get("reward_mode"), options.get("reward_alpha"), head)
     except DiscoRMError as err:
         raise RequestError(422, str(err)) from None
     return options

@@ -43,6 +43,26 @@ def reliability_bins(prob: np.ndarray, target: np.ndarray, bins: int = 15):
     return [np.array(col) for col in zip(*rows)] if rows else [np.array([])] * 3
 
 
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """P(score of a random positive > score of a random negative), ties counting half: the area under the ROC
+    curve (Mann-Whitney U / (n_pos n_neg)). NaN when either class is empty."""
+    scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
+    negatives = np.sort(scores[~positive])
+    if not positive.any() or not len(negatives):
+        return float("nan")
+    below = np.searchsorted(negatives, scores[positive], side="left")
+    ties = np.searchsorted(negatives, scores[positive], side="right") - below
+    return float((below + 0.5 * ties).sum() / (positive.sum() * len(negatives)))
+
+
+def r_squared(means: np.ndarray, variances: np.ndarray) -> float:
+    """Var(mu) / (Var(mu) + mean(sigma^2)) over responses: the share of the reward's spread that the predicted
+    means explain (Siththaranjan et al., 2024). Low when the predicted spread dwarfs the differences between the
+    means, as when annotators with hidden objectives disagree. Var is the population variance."""
+    spread = float(np.var(np.asarray(means, dtype=float)))
+    return spread / (spread + float(np.mean(variances)))
+
+
 def fit_temperature(diff: np.ndarray, target: np.ndarray) -> float:
     """T minimising the NLL of sigmoid(diff / T) on held-out pairs (scalar head), by golden-section search on
     log T in [-4, 4]."""

@@ -32,10 +32,27 @@ def split_pairs(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return params[:half], params[half:]
 
 
+def split_param_groups(optimizer: torch.optim.Optimizer, params, **options) -> None:
+    """Move ``params`` out of the optimizer's groups into groups of their own, one per group they came from (so
+    its other options, e.g. weight decay, stay), with ``options`` (e.g. ``lr``) replaced. Before the first step."""
+    moving = {id(p) for p in params}
+    new_groups = []
+    for group in optimizer.param_groups:
+        mine = [p for p in group["params"] if id(p) in moving]
+        if mine:
+            group["params"] = [p for p in group["params"] if id(p) not in moving]
+            new_groups.append({**{k: v for k, v in group.items() if k != "params"}, **options, "params": mine})
+    optimizer.param_groups = [group for group in optimizer.param_groups if group["params"]]
+    for group in new_groups:
+        optimizer.add_param_group(group)
+
+
 class PairwiseTrainer(AtomicCheckpoints, Trainer):
     def __init__(self, *args, finetuning_args: FinetuningArguments | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.loss_fn = PairwiseLoss.from_args(self.reward_model.head, finetuning_args or FinetuningArguments())
+        finetuning_args = finetuning_args or FinetuningArguments()
+        self.loss_fn = PairwiseLoss.from_args(self.reward_model.head, finetuning_args)
+        self.head_learning_rate = finetuning_args.head_learning_rate
         self.model_accepts_loss_kwargs = False
         self._train_correct = torch.zeros(2)  # (correct, seen) since the last log
         self.skipped_nonfinite = 0  # batches skipped for a nan/inf loss (skip_nonfinite_batches)
@@ -75,6 +92,15 @@ class PairwiseTrainer(AtomicCheckpoints, Trainer):
     @property
     def reward_model(self) -> RewardModel:
         return self.accelerator.unwrap_model(self.model)
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer; with ``head_learning_rate`` the head's parameters get their own groups at that
+        rate (the learning-rate schedule scales every group alike). An optimizer passed in is left as it is."""
+        created = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if created and self.head_learning_rate is not None:
+            split_param_groups(optimizer, self.reward_model.head.parameters(), lr=self.head_learning_rate)
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)

@@ -52,9 +52,19 @@ class CategoricalHead(RewardHead):
         return (p @ atoms.square() - mean.square()).clamp_min(0).sqrt()
 
     def quantile(self, params, alpha):
-        cdf = self.probs(params).cumsum(-1)
-        index = (cdf < alpha).sum(-1).clamp_max(cdf.shape[-1] - 1)
-        return self.atoms.to(params.device)[index]
+        """The alpha-quantile of the continuous reading of the atoms: atom i's mass spread evenly over its cell
+        [a_i - d/2, a_i + d/2] (d the atom spacing), so the CDF is piecewise linear and the quantile moves
+        smoothly with alpha and with the probabilities instead of jumping from atom to atom. This distribution has
+        the same mean as the atoms. With the CDF before cell i F_(i-1) < alpha <= F_i:
+        q = a_i - d/2 + d (alpha - F_(i-1)) / p_i."""
+        p = self.probs(params)  # (N, K)
+        cdf = p.cumsum(-1)
+        index = (cdf < alpha).sum(-1, keepdim=True).clamp_max(self.num_atoms - 1)  # (N, 1): the cell reaching alpha
+        below, mass = (cdf - p).gather(-1, index), p.gather(-1, index)
+        fraction = ((alpha - below) / mass.clamp_min(1e-30)).clamp(0, 1)
+        width = 2 * self.atom_range / (self.num_atoms - 1)
+        left = self.atoms.to(params.device)[index] - width / 2
+        return (left + fraction * width).squeeze(-1)
 
     def log_prob_pair(self, pc, pr, margin=None):
         p_c, p_r = self.probs(pc), self.probs(pr)
