@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import TrainerCallback, set_seed
+from transformers.trainer_callback import PrinterCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.hidden_context import (  # noqa: E402
@@ -70,9 +71,11 @@ def load_pairs(path: Path, model, cutoff_len: int):
     encoder = PairTokenizer(model.tokenizer, Renderer(model.tokenizer), cutoff_len)
     stats, examples, helpful, refusals = DataStats(), [], [], [0, 0]
     for where, row in read_path(path):
+        stats.read += 1
         try:
             pair = to_pair(row, FormatSpec("implicit"), where)
-        except SkipPair:
+        except SkipPair as skip:
+            stats.dropped[skip.reason] += 1
             continue
         example = encoder(pair, stats)
         if example is None:
@@ -157,6 +160,7 @@ def train(opts, states, check_with: dict, rows: list[dict], head: str, seed: int
     trainer = PairwiseTrainer(model=reduced, args=training_args, train_dataset=datasets.Dataset.from_list(rows),
                               data_collator=PackedPairCollator(), finetuning_args=finetuning_args,
                               callbacks=[curve] if curve else [])
+    trainer.remove_callback(PrinterCallback)  # the log lines would drown the report
     start = time.time()
     trainer.train()
     return reduced.eval(), time.time() - start
@@ -188,6 +192,7 @@ def evaluate(model, test: list[dict], labels: Labels) -> dict:
     }
     if head.distributional:
         out["auroc_sigma"] = auroc(np.hypot(sc, sr), disagree)
+        out["sigma_safe"], out["sigma_unsafe"] = float(sc[disagree].mean()), float(sr[disagree].mean())
     for name, (rc, rr) in rewards.items():
         out[f"harmful_{name}"] = harmful_preference_rate(rc[disagree], rr[disagree])
         out[f"agree_acc_{name}"] = accuracy(rc[~disagree], rr[~disagree])
@@ -264,6 +269,8 @@ def parse_args():
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--heads", nargs="+", default=["scalar", "gaussian", "categorical"])
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES,
+                        help="training objectives of the distributional heads (the scalar head: mixture only)")
     parser.add_argument("--test-size", type=int, default=500, help="held-out pairs per seed (drawn anew per seed)")
     parser.add_argument("--cutoff-len", type=int, default=384)
     parser.add_argument("--trainable-blocks", type=int, default=2)
@@ -329,7 +336,7 @@ def main() -> None:
               f"harmless choice), {len(test_idx)} test pairs ({int(test_labels.disagree.sum())} disagreed on)",
               flush=True)
         for head in opts.heads:
-            for objective in OBJECTIVES if head != "scalar" else ("mixture",):
+            for objective in opts.objectives if head != "scalar" else ("mixture",):
                 curve = SigmaCurve([test_cached[i] for i in probe], test_labels.disagree[probe], every=10)
                 rows = oriented(train_cached, labels_by_objective[objective])
                 model, seconds = train(opts, states, check_with, rows, head, seed, curve)
@@ -352,7 +359,8 @@ def main() -> None:
           + (f", {' '.join(opts.set)}" if opts.set else ""))
     print(table("Trained on the mixture: accuracy per objective, calibration against the soft label, and "
                 "the spread as a detector of disagreement", mixture_rows,
-                ["acc_harmless", "acc_helpful", "nll", "ece", "mean_sigma", "auroc_sigma", "auroc_p"]))
+                ["acc_harmless", "acc_helpful", "nll", "ece", "mean_sigma", "auroc_sigma", "auroc_p", "sigma_safe",
+                 "sigma_unsafe"]))
     print(table("r^2 = Var(mu) / (Var(mu) + mean sigma^2) on held-out responses, by training objective",
                 {name: runs for name, runs in results.items() if not name.startswith("scalar")},
                 ["r2", "acc_harmless", "acc_helpful"]))
