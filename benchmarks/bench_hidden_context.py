@@ -3,7 +3,9 @@
 The harmlessness label is the data set's; the helpfulness annotator is simulated on the same pairs (see
 ``hidden_context.py``: it prefers the compliant answer where the harmless choice refuses or deflects). Each
 training pair is labelled by one of the two, drawn at random and not recorded; test pairs are held out. For
-scalar, Gaussian and categorical heads (freeze tuning of the default model's top blocks) the script reports
+scalar, Gaussian and categorical heads on the default model (by default the head alone is trained on the frozen
+model, ``--trainable-blocks 0``: with 2 trainable blocks one model took about 20 minutes on 2 loaded cores) the
+script reports
 
 - accuracy against each objective's labels, NLL and ECE against the mixture's soft label;
 - r^2 = Var(mu) / (Var(mu) + mean sigma^2) of models trained on one objective and on the mixture, and the AUROC
@@ -19,8 +21,8 @@ Freeze tuning never changes the embeddings and the lower blocks, so their output
 and the trainable top blocks train on it (``discorm.model.frozen_cache``: exact, tested); everything else is the
 package's own training path (PairwiseTrainer, PairwiseLoss, packed prefix-shared batches, score_pairs).
 
-    python benchmarks/bench_hidden_context.py                       # 3 heads, 2 seeds
-    python benchmarks/bench_hidden_context.py --seeds 1 --heads gaussian --cache-file /tmp/hh_states.pt
+    python benchmarks/bench_hidden_context.py --cache-file /tmp/hh_states.pt     # 3 heads, 2 seeds
+    python benchmarks/bench_hidden_context.py --seeds 1 --heads gaussian --objectives mixture --trainable-blocks 2
 """
 
 from __future__ import annotations
@@ -113,6 +115,17 @@ def oriented(examples: list[dict], prefers_chosen: np.ndarray) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- training
+def extra_keys(items: list[str], head: str) -> dict[str, str]:
+    """``--set`` items -> the config keys for one head's runs: ``KEY=VALUE`` for all, ``HEAD:KEY=VALUE`` for one."""
+    keys = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        only, _, key = key.rpartition(":")
+        if only in ("", head):
+            keys[key] = value
+    return keys
+
+
 class SigmaCurve(TrainerCallback):
     """Mean predicted sigma on probe pairs the annotators disagree / agree on, every `every` steps."""
 
@@ -152,7 +165,7 @@ def train(opts, states, check_with: dict, rows: list[dict], head: str, seed: int
               "head_learning_rate": opts.head_lr, "num_train_epochs": opts.epochs,
               "per_device_train_batch_size": opts.batch_size, "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
               "weight_decay": 0.0, "save_strategy": "no", "logging_steps": 10, "disable_tqdm": True,
-              "report_to": "none", "seed": seed, "use_cpu": True, "output_dir": tempfile.mkdtemp(), **opts.extra}
+              "report_to": "none", "seed": seed, "use_cpu": True, "output_dir": tempfile.mkdtemp(), **extra_keys(opts.set, head)}
     model_args, _, training_args, finetuning_args = load_args(config)
     set_seed(seed)
     model = RewardModel.for_training(model_args, finetuning_args)
@@ -235,6 +248,18 @@ def table(title: str, rows: dict[str, list[dict]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def versus_scalar(results: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Per mixture-trained distributional model and seed: its harmful-preference rate under each mode relative to
+    the scalar model's (mean reward) on the same test pairs, and its accuracy cost on agreed pairs in points."""
+    rows = {}
+    for name, runs in results.items():
+        if name.endswith("(mixture)") and not name.startswith("scalar"):
+            rows[name] = [{**{f"rel_harm_{m}": run[f"harmful_{m}"] / scalar["harmful_mean"] - 1 for m in MODES},
+                           **{f"cost_{m}": 100 * (scalar["agree_acc_mean"] - run[f"agree_acc_{m}"]) for m in MODES}}
+                          for run, scalar in zip(runs, results["scalar (mixture)"])]
+    return rows
+
+
 def plot_curves(curves: dict[str, list[SigmaCurve]], path: Path) -> None:
     import matplotlib
 
@@ -273,18 +298,20 @@ def parse_args():
                         help="training objectives of the distributional heads (the scalar head: mixture only)")
     parser.add_argument("--test-size", type=int, default=500, help="held-out pairs per seed (drawn anew per seed)")
     parser.add_argument("--cutoff-len", type=int, default=384)
-    parser.add_argument("--trainable-blocks", type=int, default=2)
-    parser.add_argument("--epochs", type=float, default=2)
+    parser.add_argument("--trainable-blocks", type=int, default=0,
+                        help="top blocks trained with the head (0: the head alone on the frozen model)")
+    parser.add_argument("--epochs", type=float, default=4)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--head-lr", type=float, default=1e-3)
+    parser.add_argument("--head-lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="more config keys for every run (e.g. variance_penalty=0.1)")
+    parser.add_argument("--set", nargs="*", default=["categorical:entropy_coef=1.0"], metavar="[HEAD:]KEY=VALUE",
+                        help="more config keys for every run, or for one head's runs with a HEAD: prefix "
+                             "(default: categorical:entropy_coef=1.0, without which the categorical head collapses "
+                             "onto one atom)")
     parser.add_argument("--cache-file", default=None, help="keep the frozen blocks' output here and reuse it")
     parser.add_argument("--out", default="saves/bench_hidden_context", help="plot and JSON results")
     parser.add_argument("--probe", type=int, default=48, help="probe pairs of each kind for the sigma curves")
     opts = parser.parse_args()
-    opts.extra = dict(item.split("=", 1) for item in opts.set)
     return opts
 
 
@@ -352,6 +379,9 @@ def main() -> None:
                     example[head] = worked_example(model, test_cached, [examples[i] for i in test_idx],
                                                    test_labels, model.tokenizer, 0.05)
 
+    (out / "results.json").write_text(json.dumps({"options": {k: v for k, v in vars(opts).items()},
+                                                   "counts": counts, "results": results,
+                                                   "worked_example": example}, indent=1, default=str))
     mixture_rows = {name: runs for name, runs in results.items() if name.endswith("(mixture)")}
     print(f"\n{opts.seeds} seed(s), mean ± half the spread; {counts['pairs']} pairs, {opts.test_size} held out "
           f"per seed; {opts.model}, freeze tuning of the top {opts.trainable_blocks} blocks, {opts.epochs} epochs, "
@@ -368,11 +398,12 @@ def main() -> None:
                 mixture_rows, [f"harmful_{m}" for m in MODES]))
     print(table("Accuracy on pairs where the objectives agree (the cost), by reward mode", mixture_rows,
                 [f"agree_acc_{m}" for m in MODES]))
+    if "scalar (mixture)" in results:
+        print(table("Against the scalar head on the same seed's test pairs: relative change of the harmful-preference "
+                    "rate (target <= -0.25) and the accuracy lost on agreed pairs in points (target <= 3)",
+                    versus_scalar(results), [f"{kind}_{m}" for m in MODES for kind in ("rel_harm", "cost")]))
     plot_curves({name: curves[name] for name in mixture_rows if not name.startswith("scalar")},
                 out / "sigma_curves.png")
-    (out / "results.json").write_text(json.dumps({"options": {k: v for k, v in vars(opts).items()},
-                                                   "counts": counts, "results": results,
-                                                   "worked_example": example}, indent=1, default=str))
     print(f"\nwrote {out / 'sigma_curves.png'} and {out / 'results.json'}")
     print(f"time: caching {cache_seconds:.0f} s, training {sum(times):.0f} s over {len(times)} runs, "
           f"total {time.time() - began:.0f} s; fp32 matmul (2048x2048, 2 threads): {matmul_gflops():.0f} GFLOP/s")

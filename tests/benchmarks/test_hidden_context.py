@@ -62,3 +62,28 @@ def test_harmful_preference_rate_by_hand():
     safe, unsafe = np.array([1.0, 0.0, 2.0, -1.0]), np.array([0.5, 0.3, 2.0, 0.0])
     # pair 1: safe ahead; 2: unsafe ahead; 3: tie (half); 4: unsafe ahead -> (0 + 1 + 0.5 + 1) / 4
     assert harmful_preference_rate(safe, unsafe) == pytest.approx(2.5 / 4)
+
+
+def test_benchmark_keys_apply_to_every_head_or_to_the_one_named():
+    from benchmarks.bench_hidden_context import extra_keys
+
+    items = ["weight_decay=0.1", "categorical:entropy_coef=0.5", "gaussian:head_learning_rate=0.01"]
+    assert extra_keys(items, "categorical") == {"weight_decay": "0.1", "entropy_coef": "0.5"}
+    assert extra_keys(items, "gaussian") == {"weight_decay": "0.1", "head_learning_rate": "0.01"}
+    assert extra_keys(items, "scalar") == {"weight_decay": "0.1"}
+
+
+def test_the_comparison_with_the_scalar_head_pairs_runs_by_seed():
+    from benchmarks.bench_hidden_context import MODES, table, versus_scalar
+
+    def run(harm, acc):
+        return {**{f"harmful_{m}": harm for m in MODES}, **{f"agree_acc_{m}": acc for m in MODES}}
+
+    results = {"scalar (mixture)": [run(0.4, 0.60), run(0.5, 0.70)],
+               "gaussian (mixture)": [run(0.3, 0.59), run(0.5, 0.66)], "gaussian (harmless)": [run(0.1, 0.5)] * 2}
+    rows = versus_scalar(results)
+    assert list(rows) == ["gaussian (mixture)"]
+    assert rows["gaussian (mixture)"][0]["rel_harm_q0.01"] == pytest.approx(-0.25)  # 0.3 / 0.4 - 1
+    assert rows["gaussian (mixture)"][1]["rel_harm_mean"] == pytest.approx(0.0)
+    assert rows["gaussian (mixture)"][1]["cost_mean"] == pytest.approx(4.0)  # 0.70 - 0.66, in points
+    assert "| gaussian (mixture) | -0.125 ± 0.125 |" in table("t", rows, ["rel_harm_mean"])

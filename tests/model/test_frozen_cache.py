@@ -62,3 +62,13 @@ def test_models_the_cache_cannot_reproduce_are_refused(tiny_llama, tiny_gpt2):
     states, cached = cache_frozen_states(gpt2, PAIRS)
     with pytest.raises(ModelError, match="position embeddings"):  # GPT-2 adds them to its input
         trainable_part(gpt2, states, check_with={"original": PAIRS[0], "cached": cached[0]})
+
+
+def test_pairs_that_name_where_they_were_read_are_cached_and_scored(tiny_llama):
+    from discorm.serve.scoring import score_pairs
+
+    sourced = [{**pair, "source": f"pairs.jsonl:{i + 1}"} for i, pair in enumerate(PAIRS)]  # as the encoder writes
+    model = build_model(tiny_llama, "freeze", head="gaussian", freeze_trainable_layers=1).eval()
+    states, cached = cache_frozen_states(model, sourced)
+    reduced = trainable_part(model, states, check_with={"original": sourced[0], "cached": cached[0]})
+    torch.testing.assert_close(score_pairs(reduced, cached), score_pairs(model, PAIRS), atol=1e-5, rtol=1e-5)

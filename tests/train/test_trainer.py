@@ -113,6 +113,7 @@ def test_auroc_and_r_squared_by_hand():
     # means 0, 1, 2, 3: population variance 1.25; mean predicted variance (1 + 1 + 3 + 3) / 4 = 2
     assert r_squared(np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.0, 1.0, 3.0, 3.0])) == pytest.approx(1.25 / 3.25)
     assert r_squared(np.array([1.0, 3.0]), np.zeros(2)) == 1.0  # no predicted spread: the means explain all
+    assert np.isnan(r_squared(np.full(3, 0.5), np.zeros(3)))  # one point reward for all: nothing to explain
 
 
 def _synthetic_file(path, n=64, seed=0):

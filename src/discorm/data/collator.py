@@ -31,6 +31,12 @@ def _pair_extras(features: list[dict]) -> dict:
     return extras
 
 
+def on_device(inputs: dict, device) -> dict:
+    """A collated batch's tensors on ``device``, ready for a forward pass (``sources``, the labels naming where
+    each pair was read, left out)."""
+    return {k: v.to(device) for k, v in inputs.items() if k != "sources"}
+
+
 def pad_sequences(seqs: list[list[int]], pad_token_id: int, padding_side: str = "right",
                   pad_to_multiple_of: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists -> input_ids, attention_mask, both (len(seqs), L) with L the longest (rounded up)."""

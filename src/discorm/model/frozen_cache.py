@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from discorm.data.collator import PackedPairCollator
+from discorm.data.collator import PackedPairCollator, on_device
 from discorm.errors import ModelError
 from discorm.model.loading import transformer_blocks
 from discorm.model.reward_model import RewardModel
@@ -131,8 +131,8 @@ def _check_equal(model: RewardModel, reduced: RewardModel, original: dict, cache
     was_training = model.training
     model.eval()
     try:
-        full = model(**{k: v.to(device) for k, v in collate([original]).items()}).head_params
-        part = reduced(**{k: v.to(device) for k, v in collate([cached]).items()}).head_params
+        full = model(**on_device(collate([original]), device)).head_params
+        part = reduced(**on_device(collate([cached]), device)).head_params
     finally:
         model.train(was_training)
     difference = float((full - part).abs().max())

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from discorm.data.collator import PackedPairCollator, pad_sequences
+from discorm.data.collator import PackedPairCollator, on_device, pad_sequences
 from discorm.data.formats import FormatSpec, SkipPair, detect_format, to_pair
 from discorm.data.tokenize import Encoder
 from discorm.errors import DataError
@@ -52,8 +52,7 @@ def score_pairs(model, examples: list[dict], batch_size: int = 8, show_progress:
         batch = [examples[i] for i in index]
         if packed:
             inputs = PackedPairCollator(prefix_sharing=True)(batch)
-            inputs.pop("sources", None)  # where each pair was read: for training's error messages
-            params = model(**{k: v.to(device) for k, v in inputs.items()}).head_params
+            params = model(**on_device(inputs, device)).head_params
         else:
             seqs = [f["prompt_ids"] + f[key] for key in ("chosen_ids", "rejected_ids") for f in batch]
             params = score_ids(model, seqs, batch_size=len(seqs))

@@ -58,9 +58,11 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 def r_squared(means: np.ndarray, variances: np.ndarray) -> float:
     """Var(mu) / (Var(mu) + mean(sigma^2)) over responses: the share of the reward's spread that the predicted
     means explain (Siththaranjan et al., 2024). Low when the predicted spread dwarfs the differences between the
-    means, as when annotators with hidden objectives disagree. Var is the population variance."""
+    means, as when annotators with hidden objectives disagree. Var is the population variance; NaN when the
+    model gives every response the same point reward."""
     spread = float(np.var(np.asarray(means, dtype=float)))
-    return spread / (spread + float(np.mean(variances)))
+    total = spread + float(np.mean(variances))
+    return spread / total if total > 0 else float("nan")  # NaN: every response gets the same point reward
 
 
 def fit_temperature(diff: np.ndarray, target: np.ndarray) -> float:
