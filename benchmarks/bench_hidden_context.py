@@ -43,6 +43,7 @@ from transformers import TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_throughput import matmul_peak  # noqa: E402
 from benchmarks.hidden_context import (  # noqa: E402
     Labels,
     draw_mixture,
@@ -279,15 +280,6 @@ def plot_curves(curves: dict[str, list[SigmaCurve]], path: Path) -> None:
     plt.close(fig)
 
 
-def matmul_gflops() -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    start = time.time()
-    for _ in range(5):
-        a @ b
-    return 5 * 2 * 2048**3 / (time.time() - start) / 1e9
-
-
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DATA))
@@ -406,7 +398,7 @@ def main() -> None:
                 out / "sigma_curves.png")
     print(f"\nwrote {out / 'sigma_curves.png'} and {out / 'results.json'}")
     print(f"time: caching {cache_seconds:.0f} s, training {sum(times):.0f} s over {len(times)} runs, "
-          f"total {time.time() - began:.0f} s; fp32 matmul (2048x2048, 2 threads): {matmul_gflops():.0f} GFLOP/s")
+          f"total {time.time() - began:.0f} s; fp32 matmul peak (2048x2048, 2 threads): {matmul_peak(2):.0f} GFLOP/s")
 
 
 if __name__ == "__main__":
