@@ -16,6 +16,7 @@ from discorm.data.templates import Renderer
 from discorm.data.tokenize import DataStats, PairTokenizer
 from discorm.model.heads import CategoricalHead
 from discorm.model.reward_model import RewardModel
+from discorm.model.rm_config import VERSION
 from discorm.train.trainer import PairwiseTrainer
 from discorm.train.workflow import make_collator, run_rm
 from tests.conftest import REPO, build_model
@@ -36,7 +37,7 @@ def test_run_directory_from_version_1_loads_and_scores_identically(name, tmp_pat
     run = shutil.copytree(FIXTURES / name, tmp_path / name)
     expected = json.loads((run / "expected_scores.json").read_text())
     model = RewardModel.from_pretrained(run).eval()
-    assert model.rm_config.version == 2 and model.rm_config.template == "chatml"
+    assert model.rm_config.version == VERSION and model.rm_config.template == "chatml"
     assert "variance_penalty" not in model.rm_config.head_options  # a loss option, no longer stored
     records = model.score(expected["chats"])
     for got, want in zip(records, expected["records"]):
@@ -47,8 +48,8 @@ def test_run_directory_from_version_1_loads_and_scores_identically(name, tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(model(ids, mask).head_params, torch.tensor(expected["head_params"]),
                                    atol=1e-6, rtol=0)
-    model.save_pretrained(tmp_path / "resaved")  # written as version 2, loads again
-    assert json.loads((tmp_path / "resaved" / "discorm_config.json").read_text())["version"] == 2
+    model.save_pretrained(tmp_path / "resaved")  # written in the current version, loads again
+    assert json.loads((tmp_path / "resaved" / "discorm_config.json").read_text())["version"] == VERSION
     assert RewardModel.from_pretrained(tmp_path / "resaved").score(expected["chats"]) == records
 
 

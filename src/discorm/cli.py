@@ -22,6 +22,15 @@ def _cmd_train(args) -> None:
     results = run_rm(*load_args(args.config, args.overrides, defaults={"do_train": True}))
     if "eval_accuracy" in results:
         print(f"held-out accuracy: {results['eval_accuracy']:.4f}")
+    _print_rated(results)
+
+
+def _print_rated(results: dict) -> None:
+    """One line per rated attribute evaluated (eval_rated_<name>_spearman)."""
+    prefix, suffix = "eval_rated_", "_spearman"
+    for key in sorted(k for k in results if k.startswith(prefix) and k.endswith(suffix)):
+        name = key[len(prefix) : -len(suffix)]
+        print(f"held-out {name}: rmse {results[f'{prefix}{name}_rmse']:.4f}  spearman {results[key]:.4f}")
 
 
 def _cmd_eval(args) -> None:
@@ -35,8 +44,8 @@ def _cmd_preview(args) -> None:
     from discorm.config import load_args
     from discorm.data.preview import preview
 
-    model_args, data_args, training_args, _ = load_args(args.config, args.overrides)
-    print(preview(model_args, data_args, args.n, training_args.seed))
+    model_args, data_args, training_args, finetuning_args = load_args(args.config, args.overrides)
+    print(preview(model_args, data_args, args.n, training_args.seed, finetuning_args))
 
 
 def _cmd_pull(args) -> None:
@@ -188,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True)
     export.add_argument("--merge-lora", action="store_true", help="merge LoRA adapters into the weights")
     export.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    export.add_argument("--num-labels", type=int, default=1, choices=[1, 2],
-                        help="gaussian heads: 2 also exports the log-variance as a second label")
+    export.add_argument("--num-labels", type=int, default=1,
+                        help="gaussian heads: 2 also exports the log-variance as a second label; "
+                             "multi_objective heads: 1 + the number of attributes also exports each attribute")
     export.set_defaults(func=_cmd_export)
 
     serve = sub.add_parser("serve", help="serve rewards over HTTP")

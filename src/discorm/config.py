@@ -30,7 +30,8 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 FINETUNING_TYPES = ("full", "lora", "freeze")
 POOLINGS = ("last", "first", "mean")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-FORMATTINGS = ("auto", "explicit", "implicit", "alpaca", "sharegpt")
+FORMATTINGS = ("auto", "explicit", "implicit", "alpaca", "sharegpt", "rated")
+COMBINATIONS = ("fixed", "learned")
 
 
 def _arg(default: Any, help: str, **kwargs):
@@ -90,13 +91,16 @@ class DataArguments:
 
     dataset: str | None = _arg(
         "demo",
-        "Training data: 'demo' (built-in), a file or folder (jsonl/json/parquet/csv), a name in "
-        "dataset_dir/dataset_info.json, or a Hub id; several joined by commas.")
+        "Training data: 'demo' (built-in pairs), 'demo_rated' (built-in rated responses), a file or folder "
+        "(jsonl/json/parquet/csv), a name in dataset_dir/dataset_info.json, or a Hub id; several joined by "
+        "commas (pairs and rated rows may mix).")
     eval_dataset: str | None = _arg(
         None, "Evaluation data, same forms as `dataset`; default: the val_size split.")
     dataset_dir: str = _arg("data", "Folder holding a LlamaFactory-style dataset_info.json and data files.")
     formatting: str = _arg(
-        "auto", "Input format: auto (detected from the columns), explicit, implicit, alpaca, sharegpt.")
+        "auto",
+        "Input format: auto (detected from the columns), explicit, implicit, alpaca, sharegpt, rated (prompt, "
+        "response and scores).")
     template: str | None = _arg(
         None,
         "Chat template: default the tokenizer's own; built-ins: chatml, llama3, qwen, raw (plain "
@@ -138,6 +142,10 @@ class DataArguments:
         False,
         "Train on batches of pairs of similar length (the Trainer's length-grouped sampler): cuts padding in"
         " padded batches. Evaluation keeps the data order.")
+    normalization_dataset: str | None = _arg(
+        None,
+        "reward_normalization: the reference set whose responses' rewards get mean 0 and std 1, same forms as "
+        "`dataset`; default: the training data.")
 
     def __post_init__(self):
         check_choice("formatting", self.formatting, FORMATTINGS)
@@ -160,7 +168,9 @@ class FinetuningArguments:
     freeze_trainable_layers: int = _arg(
         2, "freeze: how many of the last transformer blocks train (the head always does).")
     head: str = _arg(
-        "scalar", "Reward head: scalar, gaussian (mean + variance), categorical (distribution over atoms).")
+        "scalar",
+        "Reward head: scalar, gaussian (mean + variance), categorical (distribution over atoms), regression "
+        "(rated scores), multi_objective (one output per rated attribute, combined into the reward).")
     disco: bool = _arg(False, "Shorthand for head: gaussian.")
     pooling: str = _arg(
         "last", "Token whose hidden state is scored: last (last real token), first (BERT-style), mean.")
@@ -183,6 +193,17 @@ class FinetuningArguments:
     temperature_scaling: bool = _arg(
         False, "scalar: fit a temperature on calibration pairs (calibration_data or a held-out share of the "
         "training data, never the evaluation pairs) before reporting calibration.")
+    combination: str = _arg(
+        "fixed",
+        "multi_objective: fixed (attribute_weights from the config; pairs and ratings train together) or learned "
+        "(stage 1 trains on the rated rows, stage 2 fits the weights on the pairs of `dataset` with everything "
+        "else frozen).")
+    rated_loss_weight: float = _arg(
+        1.0, "Weight of a rated response's loss against a pair's, when the data mixes both.")
+    reward_normalization: bool = _arg(
+        False,
+        "After training, shift and scale the reward to mean 0 and std 1 on a reference set (normalization_dataset)"
+        "; stored with the model and applied by scoring, the server and the export.")
 
     def __post_init__(self):
         if self.disco:
@@ -194,6 +215,13 @@ class FinetuningArguments:
             raise ConfigError(f"temperature_scaling applies to heads whose P(chosen > rejected) has a temperature "
                               f"({', '.join(k for k, h in HEADS.items() if h.supports_temperature)}); the "
                               f"{self.head} head is calibrated by its own spread. Remove temperature_scaling.")
+        HEADS[self.head].attributes_from(self.head_options)  # a head that reads ratings checks its attributes
+        check_choice("combination", self.combination, COMBINATIONS)
+        if self.combination == "learned" and not HEADS[self.head].learns_combination:
+            raise ConfigError(f"combination=learned fits the weights that combine attributes, which the {self.head} "
+                              f"head does not have (heads that do: "
+                              f"{', '.join(k for k, h in HEADS.items() if h.learns_combination)}).")
+        check_range("rated_loss_weight", self.rated_loss_weight, low=0)
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("reward_mode", self.reward_mode, REWARD_MODES)
         check_range("lora_rank", self.lora_rank, low=1)

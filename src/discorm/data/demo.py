@@ -3,7 +3,8 @@
 Four kinds of pairs, generated deterministically (no download): a correct vs an incorrect arithmetic answer, an
 answer that follows an explicit format instruction vs one that breaks it, an on-topic vs an off-topic reply, and a
 direct answer vs an evasive one. The train and test splits use disjoint numbers, facts and topics, so held-out
-accuracy measures generalisation, not memory.
+accuracy measures generalisation, not memory. ``demo_rated`` rates single responses of the same kinds on three
+attributes (correctness, relevance, format), for the regression and multi-objective heads.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ def _direct(rng: random.Random, topics: list[str]) -> dict:
     return {"prompt": prompt.format(t=topic), "chosen": TOPICS[topic], "rejected": rng.choice(EVASIONS)}
 
 
-def rows(split: str = "train", seed: int = 0) -> list[dict]:
-    """The demo pairs of one split ("train": 400 pairs, "test": 100), in a fixed order."""
+def _generate(split: str, seed: int) -> list[tuple[int, dict]]:
+    """(kind, pair) for every pair of a split; kinds are 0 arithmetic, 1 format, 2 topic, 3 direct."""
     topics, countries = sorted(TOPICS), sorted(CAPITALS)
     if split == "train":
         rng, count, numbers, topics, countries = random.Random(seed), 400, range(2, 50), topics[:14], countries[:14]
@@ -107,4 +108,40 @@ def rows(split: str = "train", seed: int = 0) -> list[dict]:
         lambda: _topic(rng, topics),
         lambda: _direct(rng, topics),
     ]
-    return [makers[i % len(makers)]() for i in range(count)]
+    return [(i % len(makers), makers[i % len(makers)]()) for i in range(count)]
+
+
+def rows(split: str = "train", seed: int = 0) -> list[dict]:
+    """The demo pairs of one split ("train": 400 pairs, "test": 100), in a fixed order."""
+    return [pair for _, pair in _generate(split, seed)]
+
+
+ATTRIBUTES = ("correctness", "relevance", "format")
+# Ratings (1-5) of the preferred and of the other response of each kind of pair; None: the rater left it out.
+_RATINGS = {
+    0: ({"correctness": 5, "relevance": 5}, {"correctness": 1, "relevance": 5}),  # right vs wrong sum
+    1: ({"correctness": 5, "format": 5}, {"correctness": 5, "format": 1}),  # follows vs breaks the format
+    2: ({"correctness": 5, "relevance": 5}, {"relevance": 1}),  # on vs off topic
+    3: ({"correctness": 5, "relevance": 5}, {"relevance": 1, "correctness": None}),  # direct vs evasive
+}
+
+
+def rated_rows(split: str = "train", seed: int = 10) -> list[dict]:
+    """The rated demo responses of one split (400 / 100): one response of a demo-style pair, with ratings of
+    `correctness`, `relevance` and `format` on [1, 5]; a quarter of the ratings is off by one (rater noise), and
+    attributes that do not apply are not rated (`format` only on format instructions). Other prompts than
+    `rows` (another seed)."""
+    rng = random.Random(seed + 100)
+    out = []
+    for kind, pair in _generate(split, seed):
+        preferred = rng.random() < 0.5
+        scores = dict(_RATINGS[kind][0 if preferred else 1])
+        for name, value in scores.items():
+            if value is not None and rng.random() < 0.25:
+                scores[name] = min(5, max(1, value + rng.choice([-1, 1])))
+        out.append({"prompt": pair["prompt"], "response": pair["chosen" if preferred else "rejected"],
+                    "scores": scores})
+    return out
+
+
+BUILTIN = {"demo": rows, "demo_rated": rated_rows}  # `<name>_test` is the test split of each

@@ -5,7 +5,8 @@ Detected from the columns (``formatting: auto``) or chosen explicitly:
 - explicit: ``prompt``, ``chosen``, ``rejected`` as strings or lists of chat messages, optional ``system``;
 - implicit: only ``chosen`` and ``rejected``, each a whole dialogue (HH-RLHF ``\\n\\nHuman: ... \\n\\nAssistant:``
   text, or message lists); the shared prompt is split off at the last turn boundary both share;
-- alpaca / sharegpt: LlamaFactory ranking data sets (``dataset_info.json``), with its column mapping and tags.
+- alpaca / sharegpt: LlamaFactory ranking data sets (``dataset_info.json``), with its column mapping and tags;
+- rated: ``prompt``, ``response`` and scores, read into a ``Rated`` record by ``data/ratings.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ LLAMAFACTORY_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "hu
 ACCEPTED_FORMATS = (
     "explicit (prompt, chosen, rejected[, system]); implicit (chosen, rejected as whole dialogues); "
     "alpaca ranking (instruction, input, chosen, rejected) and sharegpt ranking (conversations, chosen, rejected) "
-    "through a dataset_info.json"
+    "through a dataset_info.json; rated (prompt, response, and a column per attribute or a `scores` object)"
 )
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
 
@@ -76,6 +77,8 @@ def detect_format(columns: list[str], where: str) -> str:
         if "instruction" in present:
             return "alpaca"
         return "sharegpt" if "conversations" in present else "implicit"
+    if "response" in present:
+        return "rated"
     raise DataError(
         f"{where}: cannot tell the data format from the columns {sorted(present)}. Accepted formats: "
         f"{ACCEPTED_FORMATS}. Rename the columns, or map them in a dataset_info.json entry."
@@ -224,9 +227,10 @@ def _sharegpt(row: dict, spec: FormatSpec, where: str):
 
 
 _CONVERTERS = {"explicit": _explicit, "implicit": _implicit, "alpaca": _alpaca, "sharegpt": _sharegpt}
-FORMATS = tuple(_CONVERTERS)
 _REQUIRED = {"explicit": ("prompt", "chosen", "rejected"), "implicit": ("chosen", "rejected"),
-             "alpaca": ("prompt", "chosen", "rejected"), "sharegpt": ("messages", "chosen", "rejected")}
+             "alpaca": ("prompt", "chosen", "rejected"), "sharegpt": ("messages", "chosen", "rejected"),
+             "rated": ("prompt", "response")}
+FORMATS = tuple(_REQUIRED)  # the pair formats above and "rated" (data/ratings.py)
 
 
 def check_columns(columns: list[str], spec: FormatSpec, where: str) -> None:

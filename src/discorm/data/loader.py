@@ -1,8 +1,10 @@
-"""Sources -> rows -> Pairs -> tokenized ``datasets.Dataset``s for training and evaluation.
+"""Sources -> rows -> Pairs (and Rated responses) -> tokenized ``datasets.Dataset``s for training and evaluation.
 
-A ``dataset`` entry is, in this order: ``demo`` / ``demo_test`` (built in); a name in
+A ``dataset`` entry is, in this order: ``demo`` / ``demo_test`` / ``demo_rated`` / ``demo_rated_test`` (built in); a
+name in
 ``dataset_dir/dataset_info.json`` (LlamaFactory); a local file or folder (jsonl, json, parquet, csv); a Hugging Face
-Hub id (optionally ``id:split``). Several entries are joined with commas and mixed.
+Hub id (optionally ``id:split``). Several entries are joined with commas and mixed: pairs and rated responses
+may share one data set (see ``data/ratings.py``); the rated rows are read with the head's attributes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tqdm.auto import tqdm
 from discorm.config import DataArguments
 from discorm.data import demo
 from discorm.data.formats import FORMATS, FormatSpec, Pair, SkipPair, check_columns, detect_format, to_pair
+from discorm.data.ratings import Rated, to_rated
 from discorm.data.templates import Renderer
 from discorm.data.tokenize import DataStats, PairTokenizer, raise_or_count
 from discorm.errors import DataError
@@ -140,9 +143,10 @@ def _info_entry(entry, where: str, spec_args: dict) -> tuple[dict, FormatSpec]:
     if not isinstance(entry, dict):
         raise DataError(f"{where}: expected an object with file_name, ranking, formatting, columns; found "
                         f"{type(entry).__name__}.")
-    if not entry.get("ranking", False):
-        raise DataError(f"{where} is not a ranking data set; a reward model needs `\"ranking\": true` pairs.")
     formatting = entry.get("formatting", "alpaca")
+    if not entry.get("ranking", False) and formatting != "rated":
+        raise DataError(f"{where} is not a ranking data set; a reward model needs `\"ranking\": true` pairs "
+                        "(or `\"formatting\": \"rated\"` rows, for a head that learns from ratings).")
     if formatting not in FORMATS:
         raise DataError(f"{where}: formatting {formatting!r} is not one of {', '.join(FORMATS)}.")
     for key in ("columns", "tags"):
@@ -159,9 +163,11 @@ def read_source(name: str, data_args: DataArguments, eval_split: bool = False):
     """One ``dataset`` entry -> (rows, FormatSpec or None for auto-detection)."""
     spec_args = {"margin_column": data_args.margin_column, "soft_label_column": data_args.soft_label_column,
                  "noise_column": data_args.noise_column}
-    if name in ("demo", "demo_test"):
-        rows = demo.rows("test" if name == "demo_test" or eval_split else "train")
-        return [(f"demo row {i}", row) for i, row in enumerate(rows)], FormatSpec("explicit", **spec_args)
+    base = name.removesuffix("_test")
+    if base in demo.BUILTIN:
+        rows = demo.BUILTIN[base]("test" if name.endswith("_test") or eval_split else "train")
+        fmt = "rated" if base == "demo_rated" else "explicit"
+        return [(f"{base} row {i}", row) for i, row in enumerate(rows)], FormatSpec(fmt, **spec_args)
     info = _dataset_info(data_args)
     if info is not None and name in info:
         where = f"{data_args.dataset_dir}/{DATASET_INFO}[{name!r}]"
@@ -192,29 +198,33 @@ def read_source(name: str, data_args: DataArguments, eval_split: bool = False):
 
 
 # ----------------------------------------------------------------------------- pairs
-def load_pairs(names: str, data_args: DataArguments, stats: DataStats, eval_split: bool = False) -> list[Pair]:
+def load_pairs(names: str, data_args: DataArguments, stats: DataStats, eval_split: bool = False,
+               attributes: tuple = ()) -> list[Pair | Rated]:
+    """Every row of every source as a Pair or, in rated sources, a Rated response (read with ``attributes``)."""
     pairs = []
     for name in (n.strip() for n in names.split(",") if n.strip()):
         rows, spec = read_source(name, data_args, eval_split)
         if data_args.max_samples:
             rows = rows[: data_args.max_samples]
-        pairs += [pair for _, pair in pairs_from_rows(rows, spec, name, data_args, stats)]
+        pairs += [pair for _, pair in pairs_from_rows(rows, spec, name, data_args, stats, attributes)]
     return pairs
 
 
 def pairs_from_rows(rows: list[tuple[str, dict]], spec: FormatSpec | None, where: str, data_args: DataArguments,
-                    stats: DataStats) -> Iterator[tuple[dict, Pair]]:
-    """(row, Pair) for every usable row of one source (``spec`` None: detected from the columns); skipped rows
-    are counted in ``stats``."""
+                    stats: DataStats, attributes: tuple = ()) -> Iterator[tuple[dict, Pair | Rated]]:
+    """(row, Pair) for every usable row of one source (``spec`` None: detected from the columns), or (row, Rated)
+    in a rated source, read with the head's ``attributes``; skipped rows are counted in ``stats``."""
     if spec is None:
         fmt = detect_format(list(rows[0][1]), where) if data_args.formatting == "auto" else data_args.formatting
         spec = FormatSpec(fmt, margin_column=data_args.margin_column,
                           soft_label_column=data_args.soft_label_column, noise_column=data_args.noise_column)
     check_columns(list(rows[0][1]), spec, where)
+    rated = spec.name == "rated"
     for row_where, row in rows:
         stats.read += 1
+        stats.rated += rated
         try:
-            pair = to_pair(row, spec, row_where)
+            pair = to_rated(row, spec, attributes, row_where) if rated else to_pair(row, spec, row_where)
         except SkipPair as skip:
             raise_or_count(stats, skip.reason, str(skip), data_args.strict_data)
             continue
@@ -253,8 +263,9 @@ def tokenize_pairs(pairs: list[Pair], pair_tokenizer: PairTokenizer, stats: Data
     return [ex for pair in bar if (ex := pair_tokenizer(pair, stats)) is not None]
 
 
-def _cache_key(names: str, data_args: DataArguments, tokenizer, renderer: Renderer, eval_split: bool) -> str:
-    parts = [CACHE_VERSION, names, str(eval_split), renderer.name, str(data_args.cutoff_len),
+def _cache_key(names: str, data_args: DataArguments, tokenizer, renderer: Renderer, eval_split: bool,
+               attributes: tuple) -> str:
+    parts = [CACHE_VERSION, names, str(eval_split), repr(attributes), renderer.name, str(data_args.cutoff_len),
              str(data_args.max_samples), data_args.formatting, data_args.margin_column, data_args.soft_label_column, data_args.noise_column,
              getattr(tokenizer, "name_or_path", ""), str(len(tokenizer)), str(renderer.chat_template)]
     for name in names.split(","):
@@ -269,17 +280,19 @@ def _cache_key(names: str, data_args: DataArguments, tokenizer, renderer: Render
 
 
 def tokenized_dataset(
-    names: str, data_args: DataArguments, tokenizer, renderer: Renderer, eval_split: bool = False
+    names: str, data_args: DataArguments, tokenizer, renderer: Renderer, eval_split: bool = False,
+    attributes: tuple = (),
 ) -> tuple[datasets.Dataset, DataStats]:
-    """Read, convert and tokenize one comma-separated ``dataset`` value, with a disk cache."""
+    """Read, convert and tokenize one comma-separated ``dataset`` value, with a disk cache. ``attributes``: the
+    head's rated attributes (see ``data/ratings.py``); empty for heads that learn from pairs only."""
     from discorm.model.loading import cache_root
 
-    cache = cache_root() / "datasets" / _cache_key(names, data_args, tokenizer, renderer, eval_split)
+    cache = cache_root() / "datasets" / _cache_key(names, data_args, tokenizer, renderer, eval_split, attributes)
     if cache.is_dir() and not data_args.overwrite_cache and not data_args.strict_data:
         stats = pickle.loads((cache / "stats.pkl").read_bytes())
         return datasets.load_from_disk(str(cache)), stats
     stats = DataStats()
-    pairs = load_pairs(names, data_args, stats, eval_split)
+    pairs = load_pairs(names, data_args, stats, eval_split, attributes)
     pair_tokenizer = PairTokenizer(tokenizer, renderer, data_args.cutoff_len, data_args.strict_data)
     examples = tokenize_pairs(pairs, pair_tokenizer, stats, data_args.preprocessing_num_workers)
     if not examples:
@@ -298,6 +311,17 @@ def tokenized_dataset(
     return datasets.load_from_disk(str(cache)), stats
 
 
+def split_kinds(dataset: datasets.Dataset | None) -> tuple[datasets.Dataset | None, datasets.Dataset | None]:
+    """A tokenized data set -> (its pairs, its rated responses), None where there are none."""
+    if dataset is None:
+        return None, None
+    if "response_ids" not in dataset.column_names:
+        return dataset, None
+    rated = dataset.filter(lambda ex: ex["response_ids"] is not None)
+    pairs = dataset.filter(lambda ex: ex["response_ids"] is None)
+    return (pairs if len(pairs) else None), (rated if len(rated) else None)
+
+
 def split_validation(dataset: datasets.Dataset, val_size: float, seed: int, key: str = "val_size"):
     """Seeded split: a share (0 < val_size < 1) or a count (val_size >= 1) of pairs held out."""
     count = int(val_size) if val_size >= 1 else max(1, round(val_size * len(dataset)))
@@ -307,28 +331,40 @@ def split_validation(dataset: datasets.Dataset, val_size: float, seed: int, key:
     return parts["train"], parts["test"]
 
 
-def build_datasets(data_args: DataArguments, tokenizer, seed: int = 42, need_train: bool = True):
-    """-> (train dataset or None, eval dataset or None, summary lines)."""
+def _demo_test_split(names: str) -> str | None:
+    """`demo,demo_rated` -> `demo_test,demo_rated_test`; None unless every entry is a built-in training set."""
+    entries = [n.strip() for n in names.split(",") if n.strip()]
+    if entries and all(n in demo.BUILTIN and not n.endswith("_test") for n in entries):
+        return ",".join(f"{n}_test" for n in entries)
+    return None
+
+
+def build_datasets(data_args: DataArguments, tokenizer, seed: int = 42, need_train: bool = True,
+                   attributes: tuple = ()):
+    """-> (train dataset or None, eval dataset or None, summary lines). ``attributes``: the head's rated
+    attributes, with which rated rows are read."""
     renderer = Renderer(tokenizer, data_args.template)
     summaries = []
     train = evaluation = None
+    demo_test = _demo_test_split(data_args.dataset or "")
     if not need_train and not data_args.eval_dataset and not data_args.val_size:  # evaluate on `dataset`
-        name = "demo_test" if data_args.dataset == "demo" else data_args.dataset
-        evaluation, stats = tokenized_dataset(name, data_args, tokenizer, renderer, eval_split=True)
+        name = demo_test or data_args.dataset
+        evaluation, stats = tokenized_dataset(name, data_args, tokenizer, renderer, True, attributes)
         logger.info(stats.summary(f"{name} (eval)"))
         return None, evaluation, [stats.summary(f"{name} (eval)")]
     if need_train or not data_args.eval_dataset:
-        train, stats = tokenized_dataset(data_args.dataset, data_args, tokenizer, renderer)
+        train, stats = tokenized_dataset(data_args.dataset, data_args, tokenizer, renderer, False, attributes)
         summaries.append(stats.summary(data_args.dataset))
     if data_args.eval_dataset:
-        evaluation, stats = tokenized_dataset(data_args.eval_dataset, data_args, tokenizer, renderer, eval_split=True)
+        evaluation, stats = tokenized_dataset(data_args.eval_dataset, data_args, tokenizer, renderer, True,
+                                              attributes)
         summaries.append(stats.summary(f"{data_args.eval_dataset} (eval)"))
     elif data_args.val_size:
         train, evaluation = split_validation(train, data_args.val_size, seed)
         summaries.append(f"validation split: {len(evaluation)} pairs held out, {len(train)} for training")
-    elif data_args.dataset == "demo":
-        evaluation, stats = tokenized_dataset("demo_test", data_args, tokenizer, renderer, eval_split=True)
-        summaries.append(stats.summary("demo_test (eval)"))
+    elif demo_test:
+        evaluation, stats = tokenized_dataset(demo_test, data_args, tokenizer, renderer, True, attributes)
+        summaries.append(stats.summary(f"{demo_test} (eval)"))
     for line in summaries:
         logger.info(line)
     return train, evaluation, summaries

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from discorm.data.formats import Message, Pair, to_conversation
+from discorm.data.ratings import Rated
 from discorm.data.templates import Renderer
 from discorm.errors import DataError
 
 DEFAULT_CUTOFF_LEN = 1024  # DataArguments.cutoff_len's default, for models saved without one
 SKIP_REASONS = ("empty response", "identical chosen/rejected", "truncated to identical", "malformed")
+RATED_SKIP_REASONS = ("no scores",)  # listed in the summary only when they happen
 
 
 @dataclass
@@ -29,6 +31,7 @@ class DataStats:
     """What happened to the pairs of a data set, for the one-line summary."""
 
     read: int = 0
+    rated: int = 0  # of `read`, rated responses (the others are pairs)
     dropped: Counter = field(default_factory=Counter)
     truncated: int = 0
     lengths: list[int] = field(default_factory=list)  # tokens of every sequence (prompt + response)
@@ -40,8 +43,11 @@ class DataStats:
         return self.read - sum(self.dropped.values())
 
     def summary(self, name: str = "data") -> str:
-        drops = ", ".join(f"{reason} {self.dropped.get(reason, 0)}" for reason in SKIP_REASONS)
-        text = f"{name}: {self.read} pairs read, {self.kept} kept; dropped: {drops}; truncated {self.truncated}"
+        reasons = [*SKIP_REASONS, *(r for r in RATED_SKIP_REASONS if self.dropped.get(r))]
+        drops = ", ".join(f"{reason} {self.dropped.get(reason, 0)}" for reason in reasons)
+        read = f"{self.read} pairs" if not self.rated else (
+            f"{self.read} rows ({self.read - self.rated} pairs, {self.rated} rated responses)")
+        text = f"{name}: {read} read, {self.kept} kept; dropped: {drops}; truncated {self.truncated}"
         if self.lengths:
             p50, p90, p99 = np.percentile(self.lengths, [50, 90, 99]).round().astype(int)
             text += f"; tokens per sequence p50 {p50}, p90 {p90}, p99 {p99}, max {max(self.lengths)}"
@@ -152,14 +158,17 @@ class Encoder:
 
 
 class PairTokenizer(Encoder):
-    """Pair -> a tokenized training example (prompt_ids, chosen_ids, rejected_ids, extras); collects DataStats."""
+    """Pair -> a tokenized training example (prompt_ids, chosen_ids, rejected_ids, extras); Rated -> (prompt_ids,
+    response_ids, scores); collects DataStats."""
 
     def __init__(self, tokenizer, renderer: Renderer, cutoff_len: int, strict: bool = False):
         super().__init__(tokenizer, renderer, cutoff_len)
         self.strict = strict
 
-    def __call__(self, pair: Pair, stats: DataStats) -> dict | None:
+    def __call__(self, pair: Pair | Rated, stats: DataStats) -> dict | None:
         where = pair.meta.get("source", "")
+        if isinstance(pair, Rated):
+            return self._rated(pair, stats, where)
         encoded = self.encode(pair.prompt, [pair.chosen, pair.rejected], where)
         prompt_ids, (chosen, rejected) = encoded.prompt_ids, encoded.response_ids
         if encoded.truncated:
@@ -177,6 +186,18 @@ class PairTokenizer(Encoder):
             if getattr(pair, key) is not None:
                 example[key] = getattr(pair, key)
         return example
+
+    def _rated(self, rated: Rated, stats: DataStats, where: str) -> dict:
+        """A rated response is encoded alone, exactly as scoring encodes {"prompt", "response"}."""
+        encoded = self.encode(rated.prompt, [rated.response], where)
+        if encoded.truncated:
+            stats.truncated += 1
+        length = len(encoded.prompt_ids) + len(encoded.response_ids[0])
+        stats.lengths.append(length)
+        stats.pair_tokens += length
+        stats.padded_tokens += length
+        return {"prompt_ids": encoded.prompt_ids, "response_ids": encoded.response_ids[0], "scores": rated.scores,
+                "length": length, "source": where}
 
 
 def raise_or_count(stats: DataStats, reason: str, detail: str, strict: bool) -> None:

@@ -122,10 +122,25 @@ class RewardModel(nn.Module):
 
     def reward(self, params: torch.Tensor, mode: str | None = None, alpha: float | None = None,
                k: float | None = None) -> torch.Tensor:
-        """(N, K) head params -> (N,) rewards, by the config's reward mode unless one is given for this call."""
+        """(N, K) head params -> (N,) rewards, by the config's reward mode unless one is given for this call.
+
+        With reward normalisation the reward distribution is first shifted and scaled, (X - mean) / std, and the
+        mode is taken of that: an affine map with std > 0 commutes with the mean, every quantile and
+        mean - k * std, so this is (reward - mean) / std."""
         config = self.rm_config
-        return self.head.reward(params, mode or config.reward_mode,
-                                config.reward_alpha if alpha is None else alpha, config.reward_k if k is None else k)
+        reward = self.head.reward(params, mode or config.reward_mode,
+                                  config.reward_alpha if alpha is None else alpha, config.reward_k if k is None else k)
+        return (reward - config.reward_mean) / config.reward_std
+
+    def summary(self, params: torch.Tensor) -> dict:
+        """The head's per-sequence values (see ``RewardHead.summary``), its reward ``mean`` and ``sigma`` on the
+        scale of the (normalised) reward."""
+        values = self.head.summary(params)
+        if "mean" in values:
+            values["mean"] = (values["mean"] - self.rm_config.reward_mean) / self.rm_config.reward_std
+        if "sigma" in values:
+            values["sigma"] = values["sigma"] / self.rm_config.reward_std
+        return values
 
     # ----------------------------------------------------------------- packing support
     def check_packing(self) -> bool:
@@ -332,7 +347,8 @@ class RewardModel(nn.Module):
                 key: getattr(model_args, key) for key in ("quantization_bit", "quantization_type",
                                                           "double_quantization")})
         model.rm_config = replace(model.rm_config, reward_mode=finetuning_args.reward_mode,
-                                  reward_alpha=finetuning_args.reward_alpha, reward_k=finetuning_args.reward_k)
+                                  reward_alpha=finetuning_args.reward_alpha, reward_k=finetuning_args.reward_k,
+                                  reward_mean=0.0, reward_std=1.0, normalized_on=None)  # training moves rewards
         model.head.requires_grad_(True)
         log_trainable(model)
         return model.train()

@@ -1,7 +1,8 @@
 """``RewardModelConfig``: the one typed description a reward model carries, saved as ``discorm_config.json``.
 
 Trainer, metrics, scoring, server and export read it instead of re-deriving facts from the weights or the
-training arguments. Version 1 files (DiscoRM 0.1.0, no ``version`` key) are migrated on load.
+training arguments. Version 1 files (DiscoRM 0.1.0, no ``version`` key) are migrated on load; version 2 files
+lack only fields that have defaults (the reward normalisation).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from discorm.errors import ModelError
 from discorm.textfile import read_utf8
 
 CONFIG_FILE = "discorm_config.json"
-VERSION = 2
+VERSION = 3
 REWARD_MODES = ("mean", "lower_quantile", "mean_minus_std")
 
 
@@ -33,11 +34,18 @@ class RewardModelConfig:
     finetuning_type: str = "full"
     imported_from: str | None = None  # llamafactory, sequence_classification, pretrained
     quantization: dict | None = None  # QLoRA: the ModelArguments quantization_* values of the base
+    # reward_normalization: the reward handed out is (r - reward_mean) / reward_std, measured on `normalized_on`
+    reward_mean: float = 0.0
+    reward_std: float = 1.0
+    normalized_on: str | None = None
     version: int = VERSION
 
     def __post_init__(self):
         if self.reward_mode not in REWARD_MODES:
             raise ModelError(f"reward_mode={self.reward_mode!r} is not one of {', '.join(REWARD_MODES)}.")
+        if not self.reward_std > 0:
+            raise ModelError(f"reward_std={self.reward_std!r} must be positive; delete the normalisation fields "
+                             "(reward_mean, reward_std, normalized_on) or train again.")
 
     @property
     def is_lora(self) -> bool:

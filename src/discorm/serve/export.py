@@ -10,6 +10,14 @@ TRL, vLLM, OpenRLHF and RewardBench load, with the tokenizer and the chat templa
   second label is ``variance.weight @ h`` and the bias is in ``config.discorm_variance_bias``.
 - A scalar head with a bias (imported models) keeps it in ``config.discorm_reward_bias``: the exported logits
   omit this constant, which no pairwise comparison can see.
+- Multi-objective and regression heads: label 0 is the combined reward ``w . (W h)``; ``--num-labels 1+A`` adds
+  each attribute's ``W_a h`` (names in ``config.discorm_attributes``, biases in ``config.discorm_attribute_bias``).
+- Constants the bias-free score layer cannot hold go to ``config.discorm_reward_shift``: DiscoRM's reward is
+  ``logits[0] - discorm_reward_shift``. With reward normalisation, ``1 / std`` is folded into the first row of
+  the score weight (exact), so the first logit has standard deviation 1 on the reference set and the shift is
+  ``(mean - head constant) / std``; ``config.discorm_reward_normalization`` records mean, std and the reference
+  set, and ``config.mean`` / ``config.std`` (= shift, 1) are the keys OpenRLHF's reward model reads to return
+  ``(logit - mean) / std``. Per-attribute labels and a Gaussian variance stay in their own units.
 """
 
 from __future__ import annotations
@@ -45,6 +53,21 @@ def choose_pad_token(tokenizer) -> tuple[int, bool]:
     return tokenizer.pad_token_id, True
 
 
+def _normalized(spec, rm_config) -> tuple[torch.Tensor, dict]:
+    """The score weight with the reward normalisation folded into its first row, and the config entries that
+    recover DiscoRM's reward from the first logit (see the module docstring)."""
+    weight, shift, extra = spec.weight.clone(), -spec.offset, {}
+    if rm_config.normalized_on is not None:
+        weight[0] = weight[0] / rm_config.reward_std
+        shift = (rm_config.reward_mean - spec.offset) / rm_config.reward_std
+        extra["discorm_reward_normalization"] = {"mean": rm_config.reward_mean, "std": rm_config.reward_std,
+                                                 "reference": rm_config.normalized_on}
+        extra["mean"], extra["std"] = shift, 1.0
+    if shift or extra:
+        extra["discorm_reward_shift"] = shift
+    return weight, extra
+
+
 def export_sequence_classification(
     run_dir: str, out: str, merge_lora: bool = False, dtype: str | None = None, num_labels: int = 1
 ) -> Path:
@@ -62,6 +85,7 @@ def export_sequence_classification(
         raise ModelError(f"a {head.kind} head has {forms}, so it cannot be exported with num_labels={num_labels}; "
                          "serve it with `discorm serve` instead, or export a head that has one.")
     spec = head.export_spec(num_labels)
+    weight, extra = _normalized(spec, model.rm_config)
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ModelError(f"{run_dir} has no tokenizer to export with the model.")
@@ -83,8 +107,8 @@ def export_sequence_classification(
     classifier = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
     inner = getattr(classifier, classifier.base_model_prefix)
     inner.load_state_dict(backbone.state_dict())
-    classifier.score.weight.data.copy_(spec.weight)
-    for key, value in spec.config.items():
+    classifier.score.weight.data.copy_(weight)
+    for key, value in {**spec.config, **extra}.items():
         setattr(classifier.config, key, value)
     if dtype:
         classifier = classifier.to(getattr(torch, dtype))

@@ -64,12 +64,21 @@ def score_pairs(model, examples: list[dict], batch_size: int = 8, show_progress:
 
 def describe(model, params: torch.Tensor, reward_mode: str | None = None, reward_alpha: float | None = None,
              reward_k: float | None = None) -> list[dict]:
-    """Head params -> [{"reward", "reward_mode", and the head's summary values (mean, sigma, ...)}]."""
+    """Head params -> [{"reward", "reward_mode", and the model's summary values (mean, sigma, per-attribute
+    values ...)}]."""
     mode = reward_mode or model.rm_config.reward_mode
     rewards = model.reward(params, mode, reward_alpha, reward_k).tolist()
-    summary = {name: values.tolist() for name, values in model.head.summary(params).items()}
-    return [{"reward": r, "reward_mode": mode, **{name: values[i] for name, values in summary.items()}}
-            for i, r in enumerate(rewards)]
+    summary = _lists(model.summary(params))
+    return [{"reward": r, "reward_mode": mode, **_item(summary, i)} for i, r in enumerate(rewards)]
+
+
+def _lists(values: dict) -> dict:
+    """{name: tensor (N,) or a map of them} -> the same with lists."""
+    return {name: _lists(v) if isinstance(v, dict) else v.tolist() for name, v in values.items()}
+
+
+def _item(values: dict, i: int) -> dict:
+    return {name: _item(v, i) if isinstance(v, dict) else v[i] for name, v in values.items()}
 
 
 def score_inputs(model, inputs: list, batch_size: int = 8, show_progress: bool = False,

@@ -2,7 +2,9 @@
 
 - ``POST /score``: ``[{"messages": [...]}, {"prompt": ..., "response": ...}, ...]``, or ``{"inputs": [...],
   "reward_mode": ..., "reward_alpha": ..., "reward_k": ...}`` (the reward options apply to that request only)
-  -> ``{"rewards": [...], "reward_mode": ...}`` plus ``"means"``/``"sigmas"`` for distributional heads.
+  -> ``{"rewards": [...], "reward_mode": ...}`` plus ``"means"``/``"sigmas"`` for distributional heads and, for
+  heads that predict rated attributes, ``"attributes"`` (and ``"attribute_sigmas"``): one ``{name: value}`` per
+  input. Rewards, means and sigmas are normalised when the model stores normalisation constants.
 - ``POST /get_reward``: OpenRLHF's remote reward-model protocol, ``{"query": [full texts]}`` ->
   ``{"rewards": [...]}``; the texts are scored as given (already rendered with the chat template).
 - ``GET /health`` (model, head, reward mode, queue depth) and ``GET /metrics`` (Prometheus text format).
@@ -154,8 +156,8 @@ def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_b
         async def work(stage):
             records = await read_and_score(request, stage, score_request, encoder.encode_item)
             body = {"rewards": [r["reward"] for r in records], "reward_mode": records[0]["reward_mode"]}
-            for key in records[0].keys() - {"reward", "reward_mode"}:
-                body[f"{key}s"] = [r[key] for r in records]  # e.g. "means", "sigmas"
+            for key in records[0].keys() - {"reward", "reward_mode"}:  # "means", "sigmas", "attributes", ...
+                body[key if key.endswith("s") else f"{key}s"] = [r[key] for r in records]
             return body
 
         return await answer("/score", request, work)

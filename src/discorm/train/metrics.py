@@ -120,3 +120,41 @@ def pairwise_metrics(
     if temperature != 1.0:
         metrics["temperature"] = float(temperature)
     return metrics
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1, ties sharing their average rank."""
+    values, inverse = np.unique(x, return_inverse=True)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    return (np.bincount(inverse, ranks) / np.bincount(inverse))[inverse]
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if np.std(a) > 0 and np.std(b) > 0 else float("nan")
+
+
+def rating_metrics(head: RewardHead, params: torch.Tensor, scores: torch.Tensor) -> dict[str, float]:
+    """Per attribute, over the responses that rate it (scores (N, A), NaN: not rated): root mean squared error,
+    Pearson and Spearman correlation of the predicted mean with the rating and, for Gaussian outputs, the mean
+    negative log-likelihood of the ratings and the mean predicted sigma."""
+    params, scores = params.float(), scores.float()
+    means = head.attribute_means(params).double().numpy()
+    stds = head.attribute_stds(params)
+    stds = None if stds is None else stds.double().numpy()
+    truth = scores.double().numpy()
+    metrics = {}
+    for a, attribute in enumerate(head.attributes):
+        known = ~np.isnan(truth[:, a])
+        if known.sum() < 2:
+            continue
+        y, mu, name = truth[known, a], means[known, a], attribute.name
+        metrics[f"{name}_rmse"] = float(np.sqrt(np.mean((mu - y) ** 2)))
+        metrics[f"{name}_pearson"] = _correlation(mu, y)
+        metrics[f"{name}_spearman"] = _correlation(_ranks(mu), _ranks(y))
+        if stds is not None:
+            sigma = stds[known, a]
+            metrics[f"{name}_nll"] = float(np.mean(np.log(2 * np.pi * sigma**2) / 2 + (y - mu) ** 2 / (2 * sigma**2)))
+            metrics[f"{name}_sigma"] = float(np.mean(sigma))
+    return metrics

@@ -1,4 +1,5 @@
-"""PairwiseTrainer: a ``transformers.Trainer`` whose loss is :class:`PairwiseLoss`.
+"""PairwiseTrainer: a ``transformers.Trainer`` whose loss is :class:`PairwiseLoss`, on batches of pairs, rated
+responses, or both.
 
 Everything else (optimizers, schedulers, accumulation, DDP/DeepSpeed/FSDP through Accelerate, logging) is the
 Trainer's own. Saving goes through ``RewardModel.save_pretrained`` (with the state dict the Trainer gathers under
@@ -30,6 +31,12 @@ def split_pairs(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(2B, K) with chosen first -> (B, K) chosen, (B, K) rejected."""
     half = params.shape[0] // 2
     return params[:half], params[half:]
+
+
+def split_batch(params: torch.Tensor, rated: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(2B + R, K) as the collators lay it out -> (B, K) chosen, (B, K) rejected, (R, K) rated."""
+    pc, pr = split_pairs(params[: params.shape[0] - rated])
+    return pc, pr, params[params.shape[0] - rated :]
 
 
 def split_param_groups(optimizer: torch.optim.Optimizer, params, **options) -> None:
@@ -106,10 +113,11 @@ class PairwiseTrainer(AtomicCheckpoints, Trainer):
         inputs = dict(inputs)
         margin, soft_label = inputs.pop("margin", None), inputs.pop("soft_label", None)
         sources = inputs.pop("sources", None)
-        outputs = model(**inputs)  # one pass over all 2B sequences (padded or packed)
-        pc, pr = split_pairs(outputs.head_params)
+        scores, score_mask = inputs.pop("scores", None), inputs.pop("score_mask", None)
+        outputs = model(**inputs)  # one pass over all 2B + R sequences (padded or packed)
+        pc, pr, rated = split_batch(outputs.head_params, 0 if scores is None else scores.shape[0])
         with torch.autocast(pc.device.type, enabled=False):  # the loss in float32, also under bf16
-            loss = self.loss_fn(pc, pr, margin, soft_label)
+            loss = self.loss_fn(pc, pr, margin, soft_label, rated, scores, score_mask)
         if model.training:
             loss = self._check_finite(model, loss, sources)
             with torch.no_grad():
@@ -127,7 +135,7 @@ class PairwiseTrainer(AtomicCheckpoints, Trainer):
             if not bad:
                 return loss
             self.skipped_nonfinite += 1
-            logger.warning("step %d: the loss is %s on the pairs %s; batch skipped (skip_nonfinite_batches)",
+            logger.warning("step %d: the loss is %s on the data rows %s; batch skipped (skip_nonfinite_batches)",
                            self.state.global_step + 1, loss.item(), sources)
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0  # every parameter: grad 0
             return zero + loss.detach()
@@ -135,19 +143,25 @@ class PairwiseTrainer(AtomicCheckpoints, Trainer):
             rows = ", ".join(sources or []) if bad else "a batch of another process (see its log)"
             raise TrainingError(
                 f"step {self.state.global_step + 1}: the training loss is {loss.item() if bad else 'not finite'} "
-                f"on the batch of pairs at data rows {rows}. Check those rows (margins, soft labels), lower the "
+                f"on the batch at data rows {rows}. Check those rows (margins, soft labels, scores), lower the "
                 "learning rate or use float32; or set skip_nonfinite_batches: true to skip such batches and count "
                 "them."
             )
         return loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """-> (loss, head params stacked (B, 2, K) as [chosen, rejected], target P(chosen preferred) (B,))."""
+        """-> (loss, head params stacked (B, 2, K) as [chosen, rejected], target P(chosen preferred) (B,)); for a
+        batch of rated responses (loss, head params (R, K), scores (R, A) with NaN where not rated)."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
         if prediction_loss_only:
             return loss.detach(), None, None
+        if "scores" in inputs:
+            scores = inputs["scores"]
+            if outputs.head_params.shape[0] != scores.shape[0]:
+                raise ValueError("predict on pairs and on rated responses separately (see split_kinds)")
+            return loss.detach(), outputs.head_params.detach(), scores.masked_fill(~inputs["score_mask"], torch.nan)
         pc, pr = split_pairs(outputs.head_params.detach())
         target = inputs.get("soft_label")
         if target is None:

@@ -1,7 +1,8 @@
 """``run_rm``: the reward-model recipe, top to bottom.
 
-args -> tokenizer -> pairwise data -> model (backbone + head) -> collator -> PairwiseTrainer
--> train / evaluate / predict -> run directory (weights, logs, plots, metrics).
+args -> tokenizer -> data (pairs and/or rated responses) -> model (backbone + head) -> collator -> PairwiseTrainer
+-> train -> [fit the attribute weights on pairs] -> [normalise the reward] -> evaluate / predict
+-> run directory (weights, logs, plots, metrics).
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ from transformers import set_seed
 
 from discorm.config import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
 from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding
-from discorm.data.loader import build_datasets, split_validation, tokenized_dataset
+from discorm.data.loader import build_datasets, split_kinds, split_validation, tokenized_dataset
 from discorm.data.templates import Renderer
 from discorm.errors import ConfigError, TrainingError, TrainingInterrupted
+from discorm.model.heads import HEADS
 from discorm.model.loading import load_tokenizer
 from discorm.model.reward_model import RewardModel
 from discorm.train.callbacks import JsonlLogCallback, plot_calibration, plot_training
 from discorm.train.checkpoints import resolve_resume
-from discorm.train.metrics import fit_temperature, pairwise_metrics, reliability_bins
+from discorm.train.metrics import fit_temperature, pairwise_metrics, rating_metrics, reliability_bins
 from discorm.train.preemption import PreemptionCallback
+from discorm.train.stages import fit_normalization, learn_combination
 from discorm.train.trainer import PairwiseTrainer
 
 logger = logging.getLogger(__name__)
@@ -51,14 +54,16 @@ def make_collator(model: RewardModel, data_args: DataArguments, tokenizer):
     return PairwiseDataCollatorWithPadding(tokenizer.pad_token_id, data_args.pad_to_multiple_of)
 
 
-def _metrics_fn(model: RewardModel, eval_set):
+def _metrics_fn(model: RewardModel, eval_pairs):
     noise = None
-    if eval_set is not None and "noise" in eval_set.column_names:
-        noise = np.array([np.nan if x is None else x for x in eval_set["noise"]], dtype=float)
+    if eval_pairs is not None and "noise" in eval_pairs.column_names:
+        noise = np.array([np.nan if x is None else x for x in eval_pairs["noise"]], dtype=float)
 
     def compute_metrics(prediction) -> dict:
-        params = torch.as_tensor(prediction.predictions)  # (B, 2, K)
         target = torch.as_tensor(prediction.label_ids)
+        if target.dim() == 2:  # rated responses: params (R, K), ratings (R, A)
+            return rating_metrics(model.head, torch.as_tensor(prediction.predictions), target)
+        params = torch.as_tensor(prediction.predictions)  # (B, 2, K)
         return pairwise_metrics(model.head, params[:, 0], params[:, 1], target,
                                 temperature=model.rm_config.temperature, noise=noise)
 
@@ -89,6 +94,23 @@ def _write_predictions(trainer: PairwiseTrainer, dataset, output_dir: str, prefi
     return output.metrics
 
 
+def _write_rated_predictions(trainer: PairwiseTrainer, dataset, output_dir: str) -> dict:
+    """rated_predictions.jsonl (index, reward, predicted and given rating per attribute) + eval_rated metrics."""
+    model = trainer.reward_model
+    output = trainer.predict(dataset, metric_key_prefix="eval_rated")
+    params, scores = torch.as_tensor(output.predictions), torch.as_tensor(output.label_ids)
+    if trainer.is_world_process_zero():
+        names = [a.name for a in model.head.attributes]
+        means, rewards = model.head.attribute_means(params), model.reward(params)
+        with open(Path(output_dir, "rated_predictions.jsonl"), "w") as handle:
+            for i in range(len(params)):
+                given = {n: float(v) for n, v in zip(names, scores[i]) if not v.isnan()}
+                record = {"index": i, "reward": float(rewards[i]),
+                          "predicted": {n: float(v) for n, v in zip(names, means[i])}, "rated": given}
+                handle.write(json.dumps(record) + "\n")
+    return output.metrics
+
+
 def run_rm(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -109,25 +131,38 @@ def run_rm(
         training_args.train_sampling_strategy = "group_by_length"  # uses the tokenized `length` column
     if training_args.do_train:  # data first: a bad data file fails before the model loads
         tokenizer = load_tokenizer(model_args)
+        attributes = HEADS[finetuning_args.head].attributes_from(finetuning_args.head_options)
         with training_args.main_process_first(local=True, desc="tokenizing"):  # one process fills the cache
-            train_set, eval_set, summaries = build_datasets(data_args, tokenizer, training_args.seed)
+            train_set, eval_set, summaries = build_datasets(data_args, tokenizer, training_args.seed,
+                                                            attributes=attributes)
         model = RewardModel.for_training(model_args, finetuning_args, tokenizer)
+        if model.head.attributes != attributes:
+            raise ConfigError(f"the model being continued predicts {[a.name for a in model.head.attributes]}, "
+                              f"the config declares {[a.name for a in attributes]}; make `attributes` and "
+                              "`score_range` match the run, or train a new head.")
     else:  # evaluate a trained run with the template it was trained with
         model = RewardModel.from_pretrained(model_args.model_name_or_path, model_args=model_args)
         tokenizer = model.tokenizer or load_tokenizer(model_args)
         data_args.template = data_args.template or model.rm_config.template
         with training_args.main_process_first(local=True, desc="tokenizing"):
             train_set, eval_set, summaries = build_datasets(data_args, tokenizer, training_args.seed,
-                                                            need_train=False)
+                                                            need_train=False, attributes=model.head.attributes)
     calibration_set = None
     if finetuning_args.temperature_scaling:
         with training_args.main_process_first(local=True, desc="tokenizing"):
             train_set, calibration_set = _calibration_split(data_args, tokenizer, train_set, training_args.seed)
     model.rm_config = replace(model.rm_config, template=data_args.template, cutoff_len=data_args.cutoff_len)
+    stage_one = train_set
+    if training_args.do_train and finetuning_args.combination == "learned":  # stage 1: the rated rows only
+        stage_one = split_kinds(train_set)[1]
+        if stage_one is None:
+            raise ConfigError(f"combination: learned trains the attributes on rated rows first, and "
+                              f"{data_args.dataset} has none; add a rated data set to `dataset`.")
     if any(d is not None and "margin" in d.column_names for d in (train_set, eval_set)) and not (
             model.head.supports_margin):
         raise ConfigError(f"the data has a `{data_args.margin_column}` column, which the {model.head.kind} head "
                           "cannot use; drop the column or set margin_column to a name the data lacks.")
+    eval_pairs, eval_rated = split_kinds(eval_set)
     collator = make_collator(model, data_args, tokenizer)
     logger.info("batches: %s", type(collator).__name__)
 
@@ -135,10 +170,11 @@ def run_rm(
     trainer = PairwiseTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_set if training_args.do_train else None,
-        eval_dataset=eval_set,
+        train_dataset=stage_one if training_args.do_train else None,
+        eval_dataset=eval_set if eval_pairs is None or eval_rated is None else {"pairs": eval_pairs,
+                                                                                "rated": eval_rated},
         data_collator=collator,
-        compute_metrics=_metrics_fn(model, eval_set),
+        compute_metrics=_metrics_fn(model, eval_pairs),
         callbacks=[JsonlLogCallback(), preemption, *(callbacks or [])],
         finetuning_args=finetuning_args,
     )
@@ -162,17 +198,22 @@ def run_rm(
         results.update(train_result.metrics)
         if trainer.is_world_process_zero():
             plot_training(trainer.state.log_history, output_dir)
+        _after_training(trainer, model, train_set, data_args, finetuning_args, tokenizer)
 
     if eval_set is not None and (training_args.do_eval or training_args.do_predict or training_args.do_train):
         if calibration_set is not None:
             _fit_temperature(trainer, calibration_set, model)
-        metrics = _write_predictions(trainer, eval_set, output_dir, prefix="eval")
+        metrics = {}
+        if eval_pairs is not None:
+            metrics.update(_write_predictions(trainer, eval_pairs, output_dir, prefix="eval"))
+            logger.info("held-out accuracy: %.4f on %d pairs", metrics["eval_accuracy"], len(eval_pairs))
+        if eval_rated is not None:
+            metrics.update(_write_rated_predictions(trainer, eval_rated, output_dir))
         trainer.save_metrics("eval", metrics)
         if trainer.is_world_process_zero():
             plot_training(trainer.state.log_history + [{"step": trainer.state.global_step, **metrics}], output_dir)
             Path(output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
         results.update(metrics)
-        logger.info("held-out accuracy: %.4f on %d pairs", metrics["eval_accuracy"], len(eval_set))
     return results
 
 
@@ -203,6 +244,24 @@ CPU_BF16_WARNING = (
     "at 6x to 45x the float32 time under `bf16: true` (autocast) and 150x with `dtype: bfloat16` weights (on a CPU "
     "with AVX512-BF16: 0.44x and 0.42x; see benchmarks/README.md). Train in float32 (the default) on this CPU."
 )
+
+
+def _after_training(trainer: PairwiseTrainer, model: RewardModel, train_set, data_args: DataArguments,
+                    finetuning_args: FinetuningArguments, tokenizer) -> None:
+    """Stage 2 of a learned combination, then the reward normalisation; the run directory is saved again."""
+    if finetuning_args.combination == "learned":
+        learn_combination(model, train_set, data_args.dataset, trainer.args.per_device_eval_batch_size)
+    if finetuning_args.reward_normalization:
+        name = data_args.normalization_dataset or data_args.dataset
+        reference = train_set
+        if data_args.normalization_dataset:
+            reference, _ = tokenized_dataset(name, data_args, tokenizer, Renderer(tokenizer, data_args.template),
+                                             False, model.head.attributes)
+        fit_normalization(model, reference, name, trainer.args.per_device_eval_batch_size)
+    if (finetuning_args.combination == "learned" or finetuning_args.reward_normalization) and (
+            trainer.is_world_process_zero()):
+        with saving(trainer.args.output_dir):
+            model.save_pretrained(trainer.args.output_dir)
 
 
 def _calibration_split(data_args: DataArguments, tokenizer, train_set, seed: int):

@@ -1,7 +1,9 @@
-"""Reward heads, registered by kind: scalar, gaussian, categorical (see ``base.py`` for the interface)."""
+"""Reward heads, registered by kind: scalar, gaussian, categorical, multi_objective, regression (see ``base.py``
+for the interface)."""
 
 from discorm.model.heads.base import (
     HEADS,
+    Attribute,
     ExportSpec,
     HeadOption,
     RewardHead,
@@ -11,14 +13,16 @@ from discorm.model.heads.base import (
     soft_label_loss,
 )
 
-# Registration order is the order heads are listed in (scalar, gaussian, categorical).
+# Registration order is the order heads are listed in (scalar, gaussian, categorical, multi_objective, regression).
 # isort: off
 from discorm.model.heads.scalar import ScalarHead
 from discorm.model.heads.gaussian import GaussianHead
 from discorm.model.heads.categorical import CategoricalHead
+from discorm.model.heads.multi_objective import MultiObjectiveHead
+from discorm.model.heads.regression import RegressionHead
 # isort: on
 
 __all__ = [
-    "HEADS", "CategoricalHead", "ExportSpec", "GaussianHead", "HeadOption", "RewardHead", "ScalarHead",
-    "build_head", "head_class", "register_head", "soft_label_loss",
+    "HEADS", "Attribute", "CategoricalHead", "ExportSpec", "GaussianHead", "HeadOption", "MultiObjectiveHead",
+    "RegressionHead", "RewardHead", "ScalarHead", "build_head", "head_class", "register_head", "soft_label_loss",
 ]

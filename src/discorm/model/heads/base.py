@@ -12,6 +12,7 @@ options and capabilities, and decorate it with :func:`register_head`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -33,25 +34,46 @@ class HeadOption:
     help: str
     low: float | None = None
     saved: bool = True
+    choices: tuple | None = None
+    parse: Callable[[str, Any], Any] | None = None  # checks and normalises a structured value (lists, maps)
 
     def check(self, value: Any) -> Any:
+        if self.parse is not None:
+            return self.parse(self.name, value)
         if isinstance(self.default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, type(self.default)) or isinstance(value, bool) != isinstance(self.default, bool):
             raise ConfigError(f"{self.name}={value!r} should be a {type(self.default).__name__} ({self.help}).")
         if self.low is not None and value < self.low:
             raise ConfigError(f"{self.name}={value!r} is out of range; it must be at least {self.low}.")
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{self.name}={value!r} is not valid; allowed values: {', '.join(self.choices)}.")
         return value
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One rated quality a head predicts (``helpfulness``, or ``score`` for plain regression) and the range its
+    ratings must lie in (``None``: unbounded)."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+
+    def contains(self, value: float) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
 
 
 @dataclass(frozen=True)
 class ExportSpec:
     """How a head becomes a sequence-classification checkpoint: the ``score`` weight (num_labels, H), extra
-    ``config.json`` entries, and extra safetensors files written next to the model."""
+    ``config.json`` entries, and extra safetensors files written next to the model. Label 0 is always the mean
+    reward less ``offset``, a constant the bias-free score layer cannot carry (the head's biases)."""
 
     weight: torch.Tensor
     config: dict = field(default_factory=dict)
     files: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    offset: float = 0.0
 
 
 def soft_label_loss(log_p: torch.Tensor, log_not_p: torch.Tensor, soft_label: torch.Tensor | None) -> torch.Tensor:
@@ -71,6 +93,9 @@ class RewardHead(nn.Module):
     export_labels: ClassVar[tuple[int, ...]] = ()  # num_labels a sequence-classification export can carry
     supports_margin: ClassVar[bool] = True  # honours a per-pair margin column
     supports_temperature: ClassVar[bool] = False  # P(c > r) can be temperature-scaled after training
+    learns_ratings: ClassVar[bool] = False  # learns from rated responses (rated_loss, attributes_from)
+    learns_combination: ClassVar[bool] = False  # combines attributes with weights fitted on pairs (fit_combination)
+    attributes: tuple[Attribute, ...] = ()  # rated qualities it predicts; empty: it learns from pairs only
 
     # ------------------------------------------------------------------ options
     @classmethod
@@ -119,11 +144,37 @@ class RewardHead(nn.Module):
             return self.mean(params) - k * self.std(params)
         return self.mean(params)
 
-    def summary(self, params: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-sequence values reported next to the reward by scoring and the server, each (N,)."""
+    def summary(self, params: torch.Tensor) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
+        """Per-sequence values reported next to the reward by scoring and the server, each (N,) or a map of
+        them. ``mean`` and ``sigma`` describe the reward's distribution (normalised with the reward); other
+        entries (per-attribute values) keep their own units."""
         if not self.distributional:
             return {}
         return {"mean": self.mean(params), "sigma": self.std(params)}
+
+    # ------------------------------------------------------------------ rated responses
+    @classmethod
+    def attributes_from(cls, options: dict) -> tuple[Attribute, ...]:
+        """The attributes a head built with these (resolved) options predicts, known before it is built: the
+        data layer reads rated rows with them."""
+        return ()
+
+    def attribute_means(self, params: torch.Tensor) -> torch.Tensor:  # (N, K) -> (N, A)
+        raise NotImplementedError(f"the {self.kind} head predicts no attributes")
+
+    def attribute_stds(self, params: torch.Tensor) -> torch.Tensor | None:  # (N, K) -> (N, A), None: no spread
+        return None
+
+    def rated_loss(self, params: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-response negative log-likelihood of its ratings, (N,): params (N, K), scores and mask (N, A);
+        each response's loss is the mean over its rated attributes (mask True)."""
+        raise NotImplementedError(f"the {self.kind} head does not learn from ratings")
+
+    def fit_combination(self, pc: torch.Tensor, pr: torch.Tensor, margin: torch.Tensor | None = None,
+                        soft_label: torch.Tensor | None = None) -> list[float]:
+        """Fit the weights that combine the attributes into one reward on pairs of params (B, K) with everything
+        else fixed; returns them (saved with the model)."""
+        raise NotImplementedError(f"the {self.kind} head has no attribute weights to fit")
 
     # ------------------------------------------------------------------ pairs
     def log_prob_pair(self, pc: torch.Tensor, pr: torch.Tensor, margin: torch.Tensor | None = None):

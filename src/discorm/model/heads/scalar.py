@@ -58,4 +58,4 @@ class ScalarHead(RewardHead):
             config["discorm_reward_bias"] = float(self.value.bias.detach())
             logger.warning("the value head has a bias (%.4f); it is kept in config.discorm_reward_bias and not "
                            "added to the exported logits.", config["discorm_reward_bias"])
-        return ExportSpec(self.value.weight.detach().float(), config)
+        return ExportSpec(self.value.weight.detach().float(), config, offset=config.get("discorm_reward_bias", 0.0))
