@@ -95,6 +95,10 @@ def summary_text(results: dict, out: Path, report: bool = True) -> str:
         if "rewardbench2" in s:
             parts = [f"{k} {f(v['score'])}" for k, v in s["subsets"].items()]
             lines.append(f"  RewardBench 2: {', '.join(parts)}; overall {f(s['rewardbench2']['overall'])}")
+    for name, s in results.get("rated_sets", {}).items():
+        parts = [f"{a} rmse {f(m.get('rmse'))} spearman {f(m.get('spearman'))}" for a, m in s["attributes"].items()]
+        lines.append(f"{name}: {s['items']} rated responses  {'; '.join(parts)}  "
+                     f"{s['speed']['items_per_second']:.1f} items/s")
     for name, c in results.get("compare", {}).get("sets", {}).items():
         if c["paired_items"]:
             lines.append(f"compare {name}: {f(c['accuracy'])} vs {f(c['other_accuracy'])}, difference "

@@ -19,7 +19,7 @@ from discorm.eval import figures
 from discorm.eval.rewardbench import SUBSET_MAPPING
 
 TEXT_LIMIT = 1200  # characters of a prompt or response shown for a wrongly ranked item
-SECTIONS = ("summary", "rewardbench", "subsets", "calibration", "scores", "length", "wrong", "compare")
+SECTIONS = ("summary", "rewardbench", "subsets", "calibration", "scores", "length", "wrong", "rated", "compare")
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1150px;color:#222;
 line-height:1.4;padding:0 1rem}
@@ -238,6 +238,22 @@ def _wrong(results: dict, sets: dict) -> str:
             f"confident first (lowest P(chosen ≻ rejected), else the largest reward gap).</p>{content}</section>")
 
 
+def _rated(results: dict) -> str:
+    rows = []
+    for name, s in results["rated_sets"].items():
+        for attribute in s["attributes"]:
+            base = ("rated_sets", name, "attributes", attribute)
+            rows.append(f'<tr><td class="name">{esc(name)}</td><td class="name">{esc(attribute)}</td>'
+                        + cell(results, "rated_sets", name, "rated", attribute)
+                        + "".join(cell(results, *base, m) for m in ("rmse", "pearson", "spearman", "nll", "sigma"))
+                        + "</tr>")
+    header = ["set", "attribute", "rated responses", "RMSE", "Pearson", "Spearman", "NLL", "mean σ"]
+    note = ("Per attribute, over the responses that rate it: the predicted value against the rating (NLL and σ: "
+            "Gaussian outputs only).")
+    return (f'<section id="rated"><h2>Rated attributes</h2>{table(header, rows)}<p class="note">{esc(note)}</p>'
+            "</section>")
+
+
 def _compare(results: dict, other) -> str:
     comparison = results["compare"]
     rows = []
@@ -273,9 +289,13 @@ def render_report(evaluation, other=None) -> str:
     meta = (f"model {model['path']} · {model['head']} head · reward mode {model['reward_mode']} · template "
             f"{model['template']} · cutoff {model['cutoff_len']} tokens · {results['settings']['device']} · "
             f"{generated}")
-    body = [_summary(results), _rewardbench(results), _subsets(results), _calibration(results),
-            _scores(results, evaluation.records), _length(results, evaluation.records),
-            _wrong(results, evaluation.sets)]
+    body = []
+    if results["sets"]:  # ranking sets
+        body += [_summary(results), _rewardbench(results), _subsets(results), _calibration(results),
+                 _scores(results, evaluation.records), _length(results, evaluation.records),
+                 _wrong(results, evaluation.sets)]
+    if results.get("rated_sets"):
+        body.append(_rated(results))
     if other is not None:
         body.append(_compare(results, other))
     title = f"Reward model evaluation: {model['path']}"

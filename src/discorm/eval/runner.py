@@ -19,6 +19,7 @@ import torch
 
 from discorm.config import DataArguments, ModelArguments
 from discorm.data.tokenize import Encoder
+from discorm.eval.rated import rated_results
 from discorm.eval.results import RewardOptions, set_results
 from discorm.eval.scoring import score_items
 from discorm.eval.sets import EvalSet, load_eval_set
@@ -64,7 +65,8 @@ def evaluate(model_path: str, sets: dict[str, str], options: EvalOptions, data_a
     data_args = data_args or DataArguments()
     model = load_model(model_path, model_args, options.device)
     encoder = Encoder.for_model(model, options.cutoff_len)
-    eval_sets = {name: load_eval_set(name, source, encoder, data_args) for name, source in sets.items()}
+    eval_sets = {name: load_eval_set(name, source, encoder, data_args, model.head.attributes)
+                 for name, source in sets.items()}
     config = model.rm_config
     results = {
         "discorm_eval": SCHEMA,
@@ -81,13 +83,17 @@ def evaluate(model_path: str, sets: dict[str, str], options: EvalOptions, data_a
     records = {}
     for name, eval_set in eval_sets.items():
         params, seconds = score_items(model, eval_set, options.batch_size, options.show_progress)
-        summary, records[name] = set_results(model, eval_set, params, options.reward, options.resamples,
-                                             options.seed)
+        if eval_set.format == "rated":  # kept apart: the ranking sections read results["sets"]
+            summary, records[name] = rated_results(model, eval_set, params, options.reward)
+            results.setdefault("rated_sets", {})[name] = summary
+        else:
+            summary, records[name] = set_results(model, eval_set, params, options.reward, options.resamples,
+                                                 options.seed)
+            results["sets"][name] = summary
         responses = sum(len(item.response_ids) for item in eval_set.items)
         summary["speed"] = {"seconds": seconds, "items_per_second": len(eval_set.items) / seconds,
                             "responses_per_second": responses / seconds}
         summary["predictions_file"] = f"predictions/{_file_name(name)}.jsonl"
-        results["sets"][name] = summary
         logger.info("%s: %d items scored in %.1f s (%.1f items/s)", name, len(eval_set.items), seconds,
                     len(eval_set.items) / seconds)
     return Evaluation(results, records, eval_sets)
@@ -101,7 +107,7 @@ def write_evaluation(evaluation: Evaluation, out_dir: str | Path) -> Path:
     """eval_results.json and predictions/<set>.jsonl under ``out_dir``; returns the results file."""
     out = Path(out_dir)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
-    for name, summary in evaluation.results["sets"].items():
+    for name, summary in {**evaluation.results["sets"], **evaluation.results.get("rated_sets", {})}.items():
         with open(out / summary["predictions_file"], "w") as handle:
             for record in evaluation.records[name]:
                 handle.write(json.dumps(record) + "\n")

@@ -6,7 +6,9 @@ RewardBench 2 row is its chosen answers then its rejected ones. Formats, detecte
 - ``pairs``: any pair format DiscoRM reads (``data/formats.py``), optionally with a ``subset`` column;
 - ``rewardbench``: RewardBench v1 rows (``prompt``, ``chosen``, ``rejected``, ``subset`` naming RewardBench
   subsets or prior sets, optional ``id``): ties count as wrong and the section scores are computed;
-- ``rewardbench2``: ``prompt``, ``chosen`` and ``rejected`` as lists of texts, ``subset``, ``id``.
+- ``rewardbench2``: ``prompt``, ``chosen`` and ``rejected`` as lists of texts, ``subset``, ``id``;
+- ``rated``: rated responses (``data/ratings.py``) for a head that predicts attributes; an item is one response
+  with its ratings, evaluated by how well the predicted attributes follow them (``eval/rated.py``).
 
 A source is anything ``dataset`` accepts (file, folder, dataset_info.json name, Hub id ``id:split``), or
 ``hub_id:*``: every split of a Hub data set, each split's name becoming the ``subset`` (how RewardBench reads its
@@ -26,11 +28,12 @@ import yaml
 from discorm.config import DataArguments
 from discorm.data.formats import Message, to_conversation
 from discorm.data.loader import pairs_from_rows, read_source
+from discorm.data.ratings import Rated
 from discorm.data.tokenize import DataStats, Encoder
 from discorm.errors import ConfigError, DataError
 from discorm.eval.rewardbench import V1_SUBSETS
 
-FORMATS = ("pairs", "rewardbench", "rewardbench2")
+FORMATS = ("pairs", "rewardbench", "rewardbench2", "rated")
 
 
 @dataclass
@@ -44,6 +47,7 @@ class EvalItem:
     item_id: str | None = None
     target: float = 1.0  # P(chosen preferred): 1, or the soft label of a pair
     noise: float | None = None
+    ratings: list[float] | None = None  # a rated response: one per attribute, NaN where not rated
 
     @property
     def key(self) -> str:
@@ -161,8 +165,9 @@ def _encode(encoder: Encoder, prompt, responses, num_correct: int, row: dict, wh
                     1.0 if target is None else target, noise)
 
 
-def load_eval_set(name: str, source: str, encoder: Encoder, data_args: DataArguments) -> EvalSet:
-    """Read, detect, convert and encode one named set."""
+def load_eval_set(name: str, source: str, encoder: Encoder, data_args: DataArguments,
+                  attributes: tuple = ()) -> EvalSet:
+    """Read, detect, convert and encode one named set (rated rows with the model's ``attributes``)."""
     if source.endswith(":*"):
         rows, spec = _read_all_splits(source[:-2]), None
     else:
@@ -174,9 +179,16 @@ def load_eval_set(name: str, source: str, encoder: Encoder, data_args: DataArgum
     if fmt == "rewardbench2":
         items = _rewardbench2_items(rows, encoder, stats)
     else:
-        items = [_encode(encoder, pair.prompt, [pair.chosen, pair.rejected], 1, row, pair.meta["source"], stats,
-                         pair.soft_label, pair.noise)
-                 for row, pair in pairs_from_rows(rows, spec, source, data_args, stats)]
+        items = []
+        for row, pair in pairs_from_rows(rows, spec, source, data_args, stats, attributes):
+            if isinstance(pair, Rated):
+                fmt = "rated"
+                item = _encode(encoder, pair.prompt, [pair.response], 1, row, pair.meta["source"], stats)
+                item.ratings = pair.scores
+            else:
+                item = _encode(encoder, pair.prompt, [pair.chosen, pair.rejected], 1, row, pair.meta["source"],
+                               stats, pair.soft_label, pair.noise)
+            items.append(item)
     if not items:
         raise DataError(f"{source}: no usable items remain for the evaluation set {name!r}. "
                         f"{stats.summary(name)}")
