@@ -43,6 +43,11 @@ class Context:
         path.write_text(yaml.safe_dump({**base, **(config or {})}))
         return ["train", str(path), *overrides]
 
+    def rated(self, content, name: str = "r.jsonl") -> list[str]:
+        """Train a multi-objective head (helpfulness rated 1-5) on a rated file."""
+        head = {"head": "multi_objective", "attributes": ["helpfulness"], "score_range": [1, 5]}
+        return self.train(f"dataset={self.write(name, content)}", config=head)
+
     def data(self, name: str, content, *overrides: str) -> list[str]:
         return self.train(f"dataset={self.write(name, content)}", *overrides)
 
@@ -146,6 +151,20 @@ COMMAND_CASES = [
         {"x": {"file_name": "d.json", "ranking": True}},
         {"d.json": json.dumps([{"instruction": "q", "chosen": "a", "rejected": "b", "history": [["only one"]]}])}),
          ["each turn of column 'history'", "[user text, assistant text]"]),
+    # rated data
+    Case("rated-out-of-range", lambda c: c.rated([{"prompt": "q", "response": "a", "helpfulness": 3},
+                                                  {"prompt": "q", "response": "b", "helpfulness": 9}]),
+         ["r.jsonl:2", "helpfulness=9 is outside score_range [1, 5]", "widen score_range"]),
+    Case("rated-infinite-score", lambda c: c.rated('{"prompt": "q", "response": "a", "helpfulness": 1e400}\n'),
+         ["r.jsonl:1", "'helpfulness' should be a finite number", "inf"]),
+    Case("rated-unknown-attribute", lambda c: c.rated([{"prompt": "q", "response": "a", "scores": {"helpfulnes": 2}}]),
+         ["r.jsonl:1", "rates unknown attribute(s) ['helpfulnes']", "Add them to `attributes:`"]),
+    Case("rated-csv-unknown-column", lambda c: c.rated("prompt,response,helpfulness,verbosity\nq,a,3,2\n", "r.csv"),
+         ["r.csv row 0", "numeric column 'verbosity' is not a declared attribute"]),
+    Case("rated-rows-pairwise-head", lambda c: c.data("r.jsonl", [{"prompt": "q", "response": "a", "score": 1}]),
+         ["r.jsonl:1", "the head learns from pairs only", "(multi_objective, regression)"]),
+    Case("rated-no-attributes", lambda c: c.train(config={"head": "multi_objective"}),
+         ["multi_objective needs `attributes: [name, ...]`"]),
     # chat messages
     Case("unknown-role", lambda c: c.data("r.jsonl", EXPLICIT_BOT), ["r.jsonl:1", "has role 'bot'", "Rename the role"]),
     Case("unknown-role-implicit", lambda c: c.data("r.jsonl", [{
@@ -281,5 +300,6 @@ def test_bad_http_request(client, name, route, request_kwargs, status, words):
 def test_the_catalogue_covers_every_kind_of_input():
     assert len(COMMAND_CASES) + len(HTTP_CASES) >= 30
     names = {case.name for case in COMMAND_CASES}
-    for fragment in ("jsonl", "json-", "csv", "parquet", "info", "role", "model-path", "score-", "yaml", "epochs"):
+    for fragment in ("jsonl", "json-", "csv", "parquet", "info", "role", "model-path", "score-", "yaml", "epochs",
+                     "rated"):
         assert any(fragment in name for name in names), fragment

@@ -16,6 +16,7 @@ from discorm.data.loader import load_pairs, tokenize_pairs
 from discorm.data.templates import Renderer
 from discorm.data.tokenize import DataStats, Encoder, PairTokenizer
 from discorm.errors import DiscoRMError
+from discorm.model.heads.base import Attribute
 from tests.serve.server_helpers import served_model
 
 SETTINGS = settings(max_examples=200, deadline=timedelta(seconds=10), derandomize=True,
@@ -32,7 +33,7 @@ JSON = st.recursive(SCALARS | MESSAGE, lambda inner: st.lists(inner, max_size=4)
                                                                                                   max_size=3),
                     max_leaves=12)
 FIELD = st.sampled_from(["prompt", "chosen", "rejected", "system", "margin", "soft_label", "noise", "instruction",
-                         "input", "history", "conversations", "messages"])
+                         "input", "history", "conversations", "messages", "response", "scores", "helpfulness"])
 VALUE = TEXT | st.lists(MESSAGE, max_size=3) | MESSAGE | JSON
 # rows shaped like each format, with random values, and rows of anything
 WORDS = st.text(st.characters(codec="utf-8"), min_size=1, max_size=10)
@@ -41,6 +42,9 @@ NEAR = st.one_of(WORDS, WORDS, WORDS, st.lists(GOOD_MESSAGE, min_size=1, max_siz
 NUMBER = st.one_of(st.floats(-5, 5), st.floats(-5, 5), st.floats(), SCALARS)
 NUMBERS = {"margin": NUMBER, "soft_label": st.one_of(st.floats(0, 1), st.floats(0, 1), NUMBER), "noise": NUMBER,
            "system": st.one_of(WORDS, WORDS, TEXT, SCALARS)}
+RATING = st.one_of(st.integers(1, 5), st.floats(1, 5), NUMBER)
+RATINGS = {"helpfulness": RATING, "correctness": RATING, "system": NUMBERS["system"], "margin": NUMBER,
+           "scores": st.dictionaries(st.sampled_from(["helpfulness", "correctness", "verbosity"]), RATING) | JSON}
 SHAREGPT = st.fixed_dictionaries({"from": st.sampled_from(["human", "gpt", "system", "robot"]), "value": WORDS})
 ROW = (st.fixed_dictionaries({"prompt": NEAR, "chosen": NEAR, "rejected": NEAR}, optional=NUMBERS)
        | st.fixed_dictionaries({"chosen": NEAR, "rejected": NEAR}, optional=NUMBERS)
@@ -49,7 +53,10 @@ ROW = (st.fixed_dictionaries({"prompt": NEAR, "chosen": NEAR, "rejected": NEAR},
                                     st.lists(WORDS, min_size=2, max_size=2), max_size=2), **NUMBERS})
        | st.fixed_dictionaries({"conversations": st.lists(SHAREGPT, max_size=3) | JSON, "chosen": SHAREGPT | JSON,
                                 "rejected": SHAREGPT | JSON}, optional=NUMBERS)
+       | st.fixed_dictionaries({"prompt": NEAR, "response": NEAR}, optional=RATINGS)
        | st.dictionaries(FIELD | TEXT, VALUE, max_size=6))
+# a head that reads rated rows (two attributes rated 1-5), or one that learns from pairs only
+ATTRIBUTES = st.sampled_from([(), (Attribute("helpfulness", 1, 5), Attribute("correctness", 1, 5))])
 
 
 @pytest.fixture(scope="module")
@@ -60,22 +67,45 @@ def tokenizer(tiny_llama):
 
 
 @SETTINGS
-@given(rows=st.lists(ROW, min_size=1, max_size=3), formatting=st.one_of(*[st.just("auto")] * 4, st.sampled_from(FORMATTINGS)))
-def test_random_rows_reach_the_model_or_a_discorm_error(tokenizer, rows, formatting):
+@given(rows=st.lists(ROW, min_size=1, max_size=3), formatting=st.one_of(*[st.just("auto")] * 4, st.sampled_from(FORMATTINGS)),
+       attributes=ATTRIBUTES)
+def test_random_rows_reach_the_model_or_a_discorm_error(tokenizer, rows, formatting, attributes):
+    _load_and_check(tokenizer, rows, formatting, attributes)
+
+
+MOSTLY_VALID = st.one_of(st.integers(1, 5), st.integers(1, 5), st.floats(1, 5), st.none(), RATING)
+RATED_ROW = st.fixed_dictionaries({"prompt": NEAR, "response": NEAR}, optional={
+    "helpfulness": MOSTLY_VALID, "correctness": MOSTLY_VALID, "system": NUMBERS["system"],
+    "scores": st.dictionaries(st.sampled_from(["helpfulness", "correctness"]), MOSTLY_VALID) | RATINGS["scores"]})
+
+
+@SETTINGS
+@given(rows=st.lists(RATED_ROW, min_size=1, max_size=3), formatting=st.sampled_from(["auto", "rated"]))
+def test_random_rated_rows_reach_the_model_or_a_discorm_error(tokenizer, rows, formatting):
+    _load_and_check(tokenizer, rows, formatting, (Attribute("helpfulness", 1, 5), Attribute("correctness", 1, 5)))
+
+
+def _load_and_check(tokenizer, rows: list[dict], formatting: str, attributes: tuple) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder, "rows.jsonl")
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
         args = DataArguments(dataset=str(path), formatting=formatting, cutoff_len=48, dataset_dir=folder)
         stats = DataStats()
         try:
-            pairs = load_pairs(str(path), args, stats)
+            pairs = load_pairs(str(path), args, stats, attributes=attributes)
             examples = tokenize_pairs(pairs, PairTokenizer(tokenizer, Renderer(tokenizer), 48), stats, None)
         except DiscoRMError as err:
             assert str(err) and "\n" not in str(err)
             event(f"error: {type(err).__name__}")
             return
-    event(f"{len(examples)} pairs tokenized")
+    event(f"{len(examples)} examples tokenized")
     for example in examples:  # what comes through is well-formed
+        if "response_ids" in example:  # a rated response: its ratings in range, NaN where not rated
+            event("rated response tokenized")
+            assert example["response_ids"] and len(example["prompt_ids"]) + len(example["response_ids"]) <= 48
+            assert len(example["scores"]) == len(attributes) and not all(map(math.isnan, example["scores"]))
+            assert all(math.isnan(v) or 1 <= v <= 5 for v in example["scores"])
+            continue
         assert example["chosen_ids"] and example["rejected_ids"]
         assert len(example["prompt_ids"]) + max(len(example["chosen_ids"]), len(example["rejected_ids"])) <= 48
         for key in ("margin", "soft_label", "noise"):

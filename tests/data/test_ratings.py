@@ -109,7 +109,11 @@ def test_pointwise_rows_load_for_the_regression_head(tokenizer, tmp_path, suffix
         ({"prompt": "q", "response": "a", "scores": {"verbosity": 1}}, r"bad.jsonl:2: `scores` rates unknown "
                                                                       r"attribute\(s\) \['verbosity'\]"),
         ({"prompt": "q", "response": "a", "helpfulness": "high"}, r"bad.jsonl:2: the score of 'helpfulness' should "
-                                                                 r"be a number, found str"),
+                                                                 r"be a finite number, found str"),
+        ({"prompt": "q", "response": "a", "scores": {"helpfulness": float("inf")}},
+         r"bad.jsonl:2: the score of 'helpfulness' should be a finite number, found float \('inf'\)"),
+        ({"prompt": "q", "response": "a", "helpfulness": 3, "system": 7}, r"bad.jsonl:2: column 'system' should be "
+                                                                        r"str, found int"),
     ],
 )
 def test_bad_rated_rows_name_file_row_and_fix(tokenizer, tmp_path, row, message):
