@@ -41,11 +41,16 @@ CHATML = (
 
 
 def make_model(folder: Path, seed: int) -> Path:
+    words = ["user", "assistant", "system", "compare", "these"] + FILLER
+    words += [f"qa{a}" for a in range(8)] + [f"nb{b}" for b in range(5)] + [f"qc{c}" for c in range(8)]
+    return make_word_model(folder, words, seed)
+
+
+def make_word_model(folder: Path, words: list[str], seed: int) -> Path:
+    """A tiny randomly initialised Llama with a word-level tokenizer over ``words`` (plus chatml's specials)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    words = ["user", "assistant", "system", "compare", "these"] + FILLER
-    words += [f"qa{a}" for a in range(8)] + [f"nb{b}" for b in range(5)] + [f"qc{c}" for c in range(8)]
     specials = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
     vocab = {w: i for i, w in enumerate(specials + words)}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

@@ -27,6 +27,7 @@ import json
 import logging
 import random
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -34,37 +35,21 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_calibration import make_word_model  # noqa: E402
+
 ATTRIBUTES = ("helpfulness", "correctness", "verbosity")
 TRUE_WEIGHTS = (0.6, 0.3, 0.1)
 LEVELS = 8
 RATING_NOISE = 0.7
 MISSING = 0.2
 FILLER = [f"w{i}" for i in range(30)]
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def make_model(folder: Path, seed: int) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     words = ["user", "assistant", "system", "answer", "this"] + FILLER
     words += [f"a{k}_{level}" for k in range(len(ATTRIBUTES)) for level in range(LEVELS)]
-    specials = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
-    vocab = {w: i for i, w in enumerate(specials + words)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
-                                        eos_token="<|im_end|>", additional_special_tokens=specials[2:])
-    tokenizer.chat_template = CHATML
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+    return make_word_model(folder, words, seed)
 
 
 def item(rng: random.Random) -> tuple[str, np.ndarray]:
