@@ -210,3 +210,32 @@ def test_version_2_run_directory_loads_without_normalisation(tiny_llama, tmp_pat
     assert loaded.rm_config.reward_std == 1.0 and loaded.rm_config.normalized_on is None
     chats = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]]
     assert loaded.score(chats) == model.score(chats)
+
+
+def test_mixed_batches_name_the_source_of_every_example(tiny_llama, tmp_path):
+    from discorm.data.collator import PackedPairCollator
+    from discorm.data.loader import tokenized_dataset
+    from discorm.data.templates import Renderer
+    from discorm.model.heads import HEADS
+
+    config = _config(tiny_llama, tmp_path)
+    _, data_args, _, ft = load_args(config)
+    tokenizer = build_model(tiny_llama).tokenizer
+    attributes = HEADS[ft.head].attributes_from(ft.head_options)
+    dataset, _ = tokenized_dataset(data_args.dataset, data_args, tokenizer, Renderer(tokenizer), False, attributes)
+    rated_first, pair_first = dataset[0], dataset[len(dataset) - 1]
+    assert rated_first["source"] == f"{tmp_path / 'rated.jsonl'}:1"
+    assert pair_first["source"] == f"{tmp_path / 'pairs.jsonl'}:24"
+    for collator in (PairwiseDataCollatorWithPadding(0), PackedPairCollator()):
+        batch = collator([rated_first, pair_first])  # pairs first in the batch, then rated responses
+        assert batch["sources"] == [pair_first["source"], rated_first["source"]]
+
+
+def test_periodic_evaluation_on_a_mixed_set_reports_pairs_and_ratings(tiny_llama, tmp_path):
+    config = _config(tiny_llama, tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2)
+    results = run_rm(*load_args(config))
+    logged = [entry for entry in json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+              if any(key.startswith("eval_") for key in entry)]
+    assert [e["step"] for e in logged if "eval_pairs_accuracy" in e] == [2, 4]
+    assert [e["step"] for e in logged if "eval_rated_a_spearman" in e] == [2, 4]
+    assert "eval_accuracy" in results and "eval_rated_a_rmse" in results
