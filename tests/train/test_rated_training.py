@@ -239,3 +239,15 @@ def test_periodic_evaluation_on_a_mixed_set_reports_pairs_and_ratings(tiny_llama
     assert [e["step"] for e in logged if "eval_pairs_accuracy" in e] == [2, 4]
     assert [e["step"] for e in logged if "eval_rated_a_spearman" in e] == [2, 4]
     assert "eval_accuracy" in results and "eval_rated_a_rmse" in results
+
+
+@pytest.mark.parametrize("kind", ["rated", "pairs"])
+def test_learned_combination_needs_rated_rows_and_pairs_before_training(tiny_llama, tmp_path, kind):
+    from discorm.errors import ConfigError
+
+    config = _config(tiny_llama, tmp_path, combination="learned")
+    config["dataset"] = str(tmp_path / f"{kind}.jsonl")
+    missing = "pairs" if kind == "rated" else "rated rows"
+    with pytest.raises(ConfigError, match=f"has no {missing}; add a"):
+        run_rm(*load_args(config))
+    assert not (tmp_path / "run" / "trainer_state.json").exists()  # stopped before training

@@ -6,7 +6,7 @@ prefix-shared where the model runs that exactly (``serve/scoring.py``)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -18,31 +18,48 @@ from discorm.serve.scoring import score_ids, score_pairs
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class Scored:
+    """The head params of a tokenized data set, computed once with every weight fixed: its pairs (rows and
+    params (P, 2, K)) and its rated responses (params (R, K)); None where it has none or they were not asked for.
+    Stage 2 changes only the weights that combine the attributes, not the params, so the normalisation that
+    follows it reuses them."""
+
+    pairs: object = None
+    pair_params: torch.Tensor | None = None
+    rated_params: torch.Tensor | None = None
+
+
+def score_dataset(model: RewardModel, dataset, batch_size: int = 16, rated: bool = True) -> Scored:
+    """Score the pairs (packed, prefix-shared where exact) and, with ``rated``, the rated responses of a tokenized
+    data set, without gradient."""
+    pairs, rated_rows = split_kinds(dataset)
+    was_training = model.training
+    model.eval()
+    try:
+        pair_params = None if pairs is None else score_pairs(model, list(pairs), batch_size)
+        rated_params = None
+        if rated and rated_rows is not None:
+            rated_params = score_ids(model, [f["prompt_ids"] + f["response_ids"] for f in rated_rows], batch_size)
+    finally:
+        model.train(was_training)
+    return Scored(pairs, pair_params, rated_params)
+
+
 def _column(dataset, name: str, missing: float) -> torch.Tensor | None:
     if name not in dataset.column_names:
         return None
     return torch.tensor([missing if v is None else v for v in dataset[name]], dtype=torch.float64)
 
 
-def _eval_mode(model: RewardModel):
-    was_training = model.training
-    model.eval()
-    return was_training
-
-
-def learn_combination(model: RewardModel, dataset, name: str, batch_size: int = 16) -> list[float]:
-    """Fit the head's attribute weights on the pairs of ``dataset`` by maximum likelihood, the backbone and the
-    attribute outputs frozen; stores them in the model's config and returns them."""
-    pairs, _ = split_kinds(dataset)
-    if pairs is None:
+def learn_combination(model: RewardModel, scored: Scored, name: str) -> list[float]:
+    """Fit the head's attribute weights on the scored pairs of ``name`` by maximum likelihood, the backbone and
+    the attribute outputs frozen; stores them in the model's config and returns them."""
+    if scored.pairs is None:
         raise ConfigError(f"combination: learned fits the attribute weights on pairs, and {name} has none; add a "
                           "preference data set to `dataset` (e.g. dataset: ratings.jsonl,pairs.jsonl) or set "
                           "combination: fixed with attribute_weights.")
-    was_training = _eval_mode(model)
-    try:
-        params = score_pairs(model, list(pairs), batch_size)  # (P, 2, K)
-    finally:
-        model.train(was_training)
+    params, pairs = scored.pair_params, scored.pairs
     weights = model.head.fit_combination(params[:, 0], params[:, 1], _column(pairs, "margin", 0.0),
                                          _column(pairs, "soft_label", 1.0))
     model.rm_config = replace(model.rm_config, head_options=model.head.saved_options())
@@ -52,20 +69,12 @@ def learn_combination(model: RewardModel, dataset, name: str, batch_size: int = 
     return weights
 
 
-def fit_normalization(model: RewardModel, dataset, name: str, batch_size: int = 16) -> tuple[float, float]:
-    """Mean and standard deviation of the (mean-mode, unnormalised) reward over every response of ``dataset``
-    (both responses of each pair, every rated response); stored in the model's config, so the reward handed out
+def fit_normalization(model: RewardModel, scored: Scored, name: str) -> tuple[float, float]:
+    """Mean and standard deviation of the (mean-mode, unnormalised) reward over every scored response (both
+    responses of each pair, every rated response); stored in the model's config, so the reward handed out
     becomes (r - mean) / std."""
-    pairs, rated = split_kinds(dataset)
-    was_training = _eval_mode(model)
-    try:
-        parts = []
-        if pairs is not None:
-            parts.append(score_pairs(model, list(pairs), batch_size).flatten(0, 1))  # (2P, K)
-        if rated is not None:
-            parts.append(score_ids(model, [f["prompt_ids"] + f["response_ids"] for f in rated], batch_size))
-    finally:
-        model.train(was_training)
+    parts = [] if scored.pair_params is None else [scored.pair_params.flatten(0, 1)]  # (2P, K)
+    parts += [] if scored.rated_params is None else [scored.rated_params]  # (R, K)
     rewards = model.head.reward(torch.cat(parts), "mean").double()
     if len(rewards) < 2 or not rewards.std() > 0:
         raise ConfigError(f"reward_normalization needs responses with different rewards; {name} gives "

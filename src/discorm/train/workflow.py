@@ -31,7 +31,7 @@ from discorm.train.callbacks import JsonlLogCallback, plot_calibration, plot_tra
 from discorm.train.checkpoints import resolve_resume
 from discorm.train.metrics import fit_temperature, pairwise_metrics, rating_metrics, reliability_bins
 from discorm.train.preemption import PreemptionCallback
-from discorm.train.stages import fit_normalization, learn_combination
+from discorm.train.stages import fit_normalization, learn_combination, score_dataset
 from discorm.train.trainer import PairwiseTrainer
 
 logger = logging.getLogger(__name__)
@@ -154,10 +154,14 @@ def run_rm(
     model.rm_config = replace(model.rm_config, template=data_args.template, cutoff_len=data_args.cutoff_len)
     stage_one = train_set
     if training_args.do_train and finetuning_args.combination == "learned":  # stage 1: the rated rows only
-        stage_one = split_kinds(train_set)[1]
-        if stage_one is None:
-            raise ConfigError(f"combination: learned trains the attributes on rated rows first, and "
-                              f"{data_args.dataset} has none; add a rated data set to `dataset`.")
+        train_pairs, stage_one = split_kinds(train_set)
+        if stage_one is None or train_pairs is None:
+            raise ConfigError(f"combination: learned trains the attributes on rated rows, then fits the weights "
+                              f"that combine them on pairs, and {data_args.dataset} has no "
+                              f"{'rated rows' if stage_one is None else 'pairs'}; add a "
+                              f"{'rated' if stage_one is None else 'preference'} data set to `dataset` (e.g. "
+                              "dataset: ratings.jsonl,pairs.jsonl), or set combination: fixed with "
+                              "attribute_weights.")
     if any(d is not None and "margin" in d.column_names for d in (train_set, eval_set)) and not (
             model.head.supports_margin):
         raise ConfigError(f"the data has a `{data_args.margin_column}` column, which the {model.head.kind} head "
@@ -248,16 +252,21 @@ CPU_BF16_WARNING = (
 
 def _after_training(trainer: PairwiseTrainer, model: RewardModel, train_set, data_args: DataArguments,
                     finetuning_args: FinetuningArguments, tokenizer) -> None:
-    """Stage 2 of a learned combination, then the reward normalisation; the run directory is saved again."""
+    """Stage 2 of a learned combination, then the reward normalisation; the run directory is saved again. The
+    training data is scored once for both (stage 2 leaves the attribute outputs as they are)."""
+    batch_size, scored = trainer.args.per_device_eval_batch_size, None
+    normalise_on_train = finetuning_args.reward_normalization and not data_args.normalization_dataset
     if finetuning_args.combination == "learned":
-        learn_combination(model, train_set, data_args.dataset, trainer.args.per_device_eval_batch_size)
+        scored = score_dataset(model, train_set, batch_size, rated=normalise_on_train)
+        learn_combination(model, scored, data_args.dataset)
     if finetuning_args.reward_normalization:
-        name = data_args.normalization_dataset or data_args.dataset
-        reference = train_set
         if data_args.normalization_dataset:
-            reference, _ = tokenized_dataset(name, data_args, tokenizer, Renderer(tokenizer, data_args.template),
-                                             False, model.head.attributes)
-        fit_normalization(model, reference, name, trainer.args.per_device_eval_batch_size)
+            reference, _ = tokenized_dataset(data_args.normalization_dataset, data_args, tokenizer,
+                                             Renderer(tokenizer, data_args.template), False, model.head.attributes)
+            scored = score_dataset(model, reference, batch_size)
+        elif scored is None:
+            scored = score_dataset(model, train_set, batch_size)
+        fit_normalization(model, scored, data_args.normalization_dataset or data_args.dataset)
     if (finetuning_args.combination == "learned" or finetuning_args.reward_normalization) and (
             trainer.is_world_process_zero()):
         with saving(trainer.args.output_dir):
