@@ -254,7 +254,10 @@ def test_ddp_sigterm_to_one_rank_stops_both_with_a_complete_checkpoint(tiny_llam
     output, _ = process.communicate(timeout=300)
     stops = re.findall(r"discorm: training stopped by SIGTERM at step (\d+) of 12", output)
     assert len(stops) == 2 and stops[0] == stops[1], output[-3000:]  # both ranks, the same step
-    assert set(re.findall(r"exitcode\s*: (-?\d+)", output)) == {"143"}, output[-3000:]  # both left cleanly
+    # Each rank exits 143 after the checkpoint; once the first has exited, torchrun ends a rank still shutting
+    # down with its own SIGTERM (-15), which is torchrun's rule, not a lost checkpoint (checked below).
+    exits = re.findall(r"exitcode\s*: (-?\d+)", output)
+    assert "143" in exits and set(exits) <= {"143", "-15"}, output[-3000:]
     stopped = int(stops[0])
     checkpoint = tmp_path / "ddp" / f"checkpoint-{stopped}"
     assert complete_checkpoints(tmp_path / "ddp")[-1] == checkpoint and stopped < 12
