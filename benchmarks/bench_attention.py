@@ -1,11 +1,14 @@
 """Evaluation / scoring speed on the CPU: packed batches with split SDPA vs compiled FlexAttention (forward only,
 no gradient), next to padded batches. This decides `attention_backend: auto` for CPU evaluation.
 
-    python benchmarks/bench_attention.py [--pairs 64] [--cutoff 512] [--batch 8] [--rounds 3]
+    python benchmarks/bench_attention.py [--pairs 64] [--cutoff 512] [--batch 8] [--rounds 3] [--sweep 1,2,4,16]
 
 The default model on the first pairs of the shared HH file; every backend scores the same pairs in the same
 length-sorted batches (`discorm.serve.scoring.score_pairs`); backends alternate, the first pass of each is a
 warm-up (FlexAttention compiles there), and the table shows the median pairs/s of the timed passes next to the first pass.
+`--sweep` adds a table of split SDPA vs FlexAttention at other batch sizes, by the mean packed row length. The
+faster path sets `CPU_EVAL_BACKEND` (`discorm/model/packed.py`), what `attention_backend: auto` uses for
+evaluation and scoring on a CPU.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def main() -> None:
     parser.add_argument("--cutoff", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sweep", default="", help="comma-separated batch sizes (pairs per packed row)")
     opts = parser.parse_args()
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()  # a fresh compilation, as a user's first run
 
@@ -56,10 +60,10 @@ def main() -> None:
                 seqs = [e["prompt_ids"] + e[k] for k in ("chosen_ids", "rejected_ids") for e in batch]
                 model(*pad_sequences(seqs, model.tokenizer.pad_token_id))
 
-    def packed(backend):
+    def packed(backend, batch=opts.batch):
         def run():
             model.attention_backend = backend
-            return score_pairs(model, examples, opts.batch)
+            return score_pairs(model, examples, batch)
 
         return run
 
@@ -94,6 +98,28 @@ def main() -> None:
     for name, values in seconds.items():
         rate = len(examples) / statistics.median(values)
         print(f"| {name} | {rate:.2f} | {rate / base:.2f} | {first[name]:.1f} |")
+    if opts.sweep:
+        sweep(opts, examples, tokens, packed)
+
+
+def sweep(opts, examples: list[dict], tokens: int, packed) -> None:
+    """Split SDPA vs (already compiled) FlexAttention pairs/s at each batch size, alternating, median of rounds."""
+    rows = []
+    for batch in [int(size) for size in opts.sweep.split(",")]:
+        seconds: dict[str, list[float]] = {"sdpa_split": [], "flex": []}
+        for _ in range(opts.rounds):
+            for backend in seconds:
+                start = time.perf_counter()
+                packed(backend, batch)()
+                seconds[backend].append(time.perf_counter() - start)
+        split, flex = (len(examples) / statistics.median(seconds[name]) for name in ("sdpa_split", "flex"))
+        rows.append(f"| {batch} | {tokens / -(-len(examples) // batch):.0f} | {split:.2f} | {flex:.2f} | "
+                    f"{flex / split:.2f} |")
+        print(f"sweep: batch {batch} done", flush=True)
+    print(f"\nfp32 matmul peak now: {matmul_peak(torch.get_num_threads()):.0f} GFLOP/s\n")
+    print("| pairs per row | mean packed row (tokens) | split SDPA pairs/s | FlexAttention pairs/s | flex × split |")
+    print("| --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

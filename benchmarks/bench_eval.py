@@ -6,7 +6,7 @@
 - train step: one optimizer step of `PairwiseTrainer` (packed, prefix-shared; freeze tuning of the last blocks,
   the README's HH setup), the first step not timed.
 
-    python benchmarks/bench_eval.py                       # SmolLM2-135M, 64 HH pairs, cutoff 512, 2 rounds
+    python benchmarks/bench_eval.py                       # SmolLM2-135M, 64 HH pairs, cutoff 384, 2 rounds
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--pairs", type=int, default=64)
-    parser.add_argument("--cutoff", type=int, default=512)
+    parser.add_argument("--cutoff", type=int, default=384)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--layers", type=int, default=4, help="freeze tuning: trainable last blocks")
+    parser.add_argument("--layers", type=int, default=2, help="freeze tuning: trainable last blocks")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     opts = parser.parse_args()

@@ -71,8 +71,10 @@ class ModelArguments:
     attn_implementation: str | None = _arg(
         None, "Attention kernel (sdpa, eager, flash_attention_2, ...); default: sdpa when available.")
     cache_dir: str | None = _arg(None, "Where Hub downloads are cached.")
-    attention_backend: str = _arg("auto", "Packed batches: auto (FlexAttention on GPUs, split SDPA on CPUs), "
-                                  "sdpa_split, flex (one FlexAttention call per layer; no CPU training).")
+    attention_backend: str = _arg(
+        "auto", "Packed batches: auto (FlexAttention on GPUs, split SDPA on CPUs, where it scores as fast and trains; "
+        "split SDPA wherever FlexAttention fails to compile), sdpa_split, flex (one compiled FlexAttention call per "
+        "layer; no CPU training).")
     quantization_bit: int | None = _arg(
         None, "Quantize the base with bitsandbytes to 4 or 8 bits and train LoRA adapters on it (QLoRA).")
     quantization_type: str = _arg("nf4", "4-bit quantization data type: nf4 or fp4.")

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -195,6 +197,92 @@ def test_flex_attention_refuses_to_train_on_cpu(tiny_llama):
     model.attention_backend = "flex"
     with pytest.raises(ConfigError, match="no FlexAttention backward"):
         model(**PackedPairCollator(True)(PAIRS))
+
+
+def test_auto_backend_choice(monkeypatch):
+    from discorm.model import packed
+
+    monkeypatch.setattr(packed, "_flex_failure", None)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert packed.CPU_EVAL_BACKEND in ("sdpa_split", "flex")  # the faster in benchmarks/bench_attention.py
+    assert packed.choose_backend("auto", cpu, needs_grad=False) == packed.CPU_EVAL_BACKEND  # evaluation, scoring
+    assert packed.choose_backend("auto", cpu, needs_grad=True) == "sdpa_split"  # training
+    assert packed.choose_backend("auto", cpu, needs_grad=False, training=True) == "sdpa_split"
+    assert packed.choose_backend("auto", cuda, needs_grad=True) == "flex"
+    assert packed.choose_backend("sdpa_split", cuda, needs_grad=False) == "sdpa_split"
+    monkeypatch.setattr(packed, "CPU_EVAL_BACKEND", "flex")
+    assert packed.choose_backend("auto", cpu, needs_grad=False) == "flex"
+    monkeypatch.setattr(packed, "_flex_failure", "RuntimeError: no compiler")
+    assert packed.choose_backend("auto", cpu, needs_grad=False) == "sdpa_split"
+    assert packed.choose_backend("auto", cuda, needs_grad=True) == "sdpa_split"
+
+
+def test_auto_falls_back_to_split_sdpa_once_flex_fails(tiny_llama, monkeypatch, caplog):
+    """Where FlexAttention cannot compile, auto warns once and scores the row with split SDPA, exactly; an
+    explicit attention_backend: flex raises instead."""
+    from discorm.model import packed
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("InductorError: CppCompileError: C++ compile error\nmore lines")
+
+    monkeypatch.setattr(packed, "_flex_failure", None)
+    monkeypatch.setattr(packed, "CPU_EVAL_BACKEND", "flex")  # as auto on a GPU
+    monkeypatch.setattr(packed, "flex_attention_call", broken)
+    model = build_model(tiny_llama, "full").eval()
+    batch = PackedPairCollator(True)(PAIRS)
+    with torch.no_grad():
+        model.attention_backend = "sdpa_split"
+        split = model(**batch).head_params
+        model.attention_backend = "auto"
+        with caplog.at_level("WARNING", logger="discorm"):
+            first = model(**batch).head_params
+            second = model(**batch).head_params
+        assert len(calls) == 1  # the failure is remembered: auto does not try again
+        torch.testing.assert_close(first, split, atol=0, rtol=0)
+        torch.testing.assert_close(second, split, atol=0, rtol=0)
+        warnings = [r.getMessage() for r in caplog.records if "FlexAttention failed" in r.getMessage()]
+        assert len(warnings) == 1 and "C++ compile error" in warnings[0] and "more lines" not in warnings[0]
+        model.attention_backend = "flex"
+        with pytest.raises(RuntimeError, match="CppCompileError"):
+            model(**batch)
+
+
+@pytest.mark.slow  # traces FlexAttention for the CPU until the compiler is missing (seconds)
+def test_auto_scores_with_split_sdpa_where_inductor_has_no_compiler(tiny_llama, tmp_path):
+    """The real failure: no C++ compiler for inductor (CXX names a missing one, in a fresh inductor cache)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import json, logging, torch
+from discorm.data.collator import PackedPairCollator
+from discorm.model import packed
+from tests.conftest import build_model
+from tests.model.test_reward_model import PAIRS
+logging.basicConfig(level=logging.WARNING)
+packed.CPU_EVAL_BACKEND = "flex"  # as auto picks it on a GPU
+model = build_model({str(tiny_llama)!r}, "full").eval()
+batch = PackedPairCollator(True)(PAIRS)
+with torch.no_grad():
+    auto = model(**batch).head_params
+    model.attention_backend = "sdpa_split"
+    split = model(**batch).head_params
+print(json.dumps({{"difference": float((auto - split).abs().max()), "failure": packed._flex_failure}}))
+"""
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "c"),
+           "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "InvalidCxxCompiler" in result["failure"] and result["difference"] == 0.0
+    assert "FlexAttention failed" in done.stderr and "split SDPA" in done.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention gradients need a GPU (no CPU backward)")

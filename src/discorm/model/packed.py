@@ -9,15 +9,19 @@ the prompt length. Blocks never see each other. This is the same computation as 
 
 Two backends compute it, selected per batch by ``RewardModel`` (``attention_backend``):
 - ``sdpa_split``: block by block with SDPA, one call for ``prompt + chosen`` and one for the rejected queries
-  against ``prompt + rejected`` keys. Trains everywhere; the fastest choice on CPUs.
+  against ``prompt + rejected`` keys. Trains everywhere; auto's choice on CPUs, for training and for evaluation
+  (measured: ``CPU_EVAL_BACKEND``).
 - ``flex``: one FlexAttention call per layer over the whole row with a block mask built once per batch and shared
-  by every layer. For GPUs (torch has no FlexAttention backward on CPU).
+  by every layer, compiled once per process. auto's choice on GPUs (torch has no FlexAttention backward on CPU).
+  Where it fails to compile, auto falls back to split SDPA with a warning. See ``choose_backend``.
 
 The function is registered with transformers' AttentionInterface as ``discorm_sdpa``; without block metadata it is
 plain SDPA, so the same model serves padded batches too.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +40,7 @@ except ImportError as err:  # pragma: no cover - only with an untested transform
 ATTN_IMPLEMENTATION = "discorm_sdpa"
 ATTENTION_BACKENDS = ("auto", "sdpa_split", "flex")
 Block = tuple[int, int, int, int]  # (start, prompt_len, chosen_len, rejected_len)
+logger = logging.getLogger(__name__)
 
 
 def _window(mask: torch.Tensor, query_pos: torch.Tensor, key_pos: torch.Tensor, window: int | None):
@@ -184,17 +189,43 @@ def sliding_windows(config) -> set[int | None]:
     return {window if kind == "sliding_attention" else None for kind in layer_types}
 
 
-def choose_backend(requested: str, device: torch.device, needs_grad: bool) -> str:
-    """auto: FlexAttention on GPUs; split SDPA on CPUs, where it is faster (benchmarks/bench_attention.py) and
-    where torch has no FlexAttention backward."""
+# auto's backend for CPU forward passes without gradient (evaluation, scoring): whichever is faster in
+# benchmarks/bench_attention.py. On an idle 2-core AVX-512 CPU, compiled FlexAttention scored HH pairs with the
+# default model at 0.95-1.01x split SDPA's pairs/s for packed rows of 216 to 3,457 tokens, and compiling it adds
+# about 9 s per process: split SDPA.
+CPU_EVAL_BACKEND = "sdpa_split"
+_flex_failure: str | None = None  # why FlexAttention failed in this process; auto then stays on split SDPA
+
+
+def choose_backend(requested: str, device: torch.device, needs_grad: bool, training: bool = False) -> str:
+    """auto: FlexAttention on GPUs; on CPUs split SDPA for training (torch has no CPU FlexAttention backward) and
+    ``CPU_EVAL_BACKEND`` for forward passes in eval mode without gradient (evaluation, scoring). Once FlexAttention
+    has failed in a process (no C++ compiler for inductor, no Triton), auto uses split SDPA."""
     if requested == "auto":
-        return "flex" if device.type == "cuda" else "sdpa_split"
+        if _flex_failure is not None:
+            return "sdpa_split"
+        if device.type == "cuda":
+            return "flex"
+        if device.type == "cpu" and not (needs_grad or training):
+            return CPU_EVAL_BACKEND
+        return "sdpa_split"
     if requested == "flex" and needs_grad and device.type == "cpu":
         from discorm.errors import ConfigError
 
         raise ConfigError("attention_backend=flex cannot train on a CPU: torch has no FlexAttention backward there. "
                           "Use attention_backend: auto (split SDPA on CPUs) for training.")
     return requested
+
+
+def flex_failed(err: BaseException) -> None:
+    """Record that FlexAttention failed here, so that auto falls back to split SDPA from now on; warns once."""
+    global _flex_failure
+    if _flex_failure is None:
+        message = str(err).strip().splitlines()
+        _flex_failure = f"{type(err).__name__}: {message[0] if message else ''}"[:300]
+        logger.warning("FlexAttention failed (%s); packed batches use split SDPA from now on (the same scores, "
+                       "slower on long rows). Compiling FlexAttention needs a C++ compiler on a CPU and Triton on a "
+                       "GPU; attention_backend: sdpa_split skips it.", _flex_failure)
 
 
 def unsupported_reason(backbone: torch.nn.Module) -> str | None:

@@ -33,6 +33,7 @@ from discorm.model.packed import (
     block_masks,
     block_positions,
     choose_backend,
+    flex_failed,
     sliding_windows,
     unsupported_reason,
 )
@@ -97,13 +98,7 @@ class RewardModel(nn.Module):
         pair_blocks (nblocks, 4), score_index (S,) -> S scores read at those token positions."""
         if pair_blocks is not None:
             blocks = [tuple(block) for block in pair_blocks.tolist()]
-            needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-            if choose_backend(self.attention_backend, input_ids.device, needs_grad) == "flex":
-                packing = {"discorm_block_masks": block_masks(blocks, sliding_windows(self.config), input_ids.device)}
-            else:
-                packing = {"discorm_blocks": blocks}
-            hidden = self.backbone(input_ids=input_ids, position_ids=position_ids, **packing).last_hidden_state
-            # (1, N, H)
+            hidden = self._packed_hidden(input_ids, position_ids, blocks)  # (1, N, H)
             pooled = hidden[0, score_index]  # (S, H): the head runs only where scores are read
         else:
             if attention_mask is not None and position_ids is None:
@@ -119,6 +114,22 @@ class RewardModel(nn.Module):
                 token_params = self.head(hidden.float().flatten(0, 1))
                 token_values = self.head.mean(token_params).view(hidden.shape[:2])
         return RewardModelOutput(scores=self.reward(params), head_params=params, token_values=token_values)
+
+    def _packed_hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor, blocks: list) -> torch.Tensor:
+        """The backbone's last hidden states (1, N, H) for a packed row, on the backend ``choose_backend`` picks;
+        where auto picked FlexAttention and it fails (it compiles on first use), split SDPA computes the row."""
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        backend = choose_backend(self.attention_backend, input_ids.device, needs_grad, self.training)
+        if backend == "flex":
+            try:
+                masks = block_masks(blocks, sliding_windows(self.config), input_ids.device)
+                return self.backbone(input_ids=input_ids, position_ids=position_ids,
+                                     discorm_block_masks=masks).last_hidden_state
+            except Exception as err:  # noqa: BLE001 - any compile or kernel failure: split SDPA is exact too
+                if self.attention_backend != "auto":
+                    raise
+                flex_failed(err)
+        return self.backbone(input_ids=input_ids, position_ids=position_ids, discorm_blocks=blocks).last_hidden_state
 
     def reward(self, params: torch.Tensor, mode: str | None = None, alpha: float | None = None,
                k: float | None = None) -> torch.Tensor:
