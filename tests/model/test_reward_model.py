@@ -248,6 +248,16 @@ def test_auto_falls_back_to_split_sdpa_once_flex_fails(tiny_llama, monkeypatch, 
         model.attention_backend = "flex"
         with pytest.raises(RuntimeError, match="CppCompileError"):
             model(**batch)
+        # running out of memory is not a reason to leave FlexAttention: it is raised, not recorded
+        monkeypatch.setattr(packed, "_flex_failure", None)
+        def out_of_memory(*args, **kwargs):
+            raise torch.OutOfMemoryError("out of memory")
+
+        monkeypatch.setattr(packed, "flex_attention_call", out_of_memory)
+        model.attention_backend = "auto"
+        with pytest.raises(torch.OutOfMemoryError):
+            model(**batch)
+        assert packed._flex_failure is None
 
 
 @pytest.mark.slow  # traces FlexAttention for the CPU until the compiler is missing (seconds)

@@ -126,7 +126,7 @@ class RewardModel(nn.Module):
                 return self.backbone(input_ids=input_ids, position_ids=position_ids,
                                      discorm_block_masks=masks).last_hidden_state
             except Exception as err:  # noqa: BLE001 - any compile or kernel failure: split SDPA is exact too
-                if self.attention_backend != "auto":
+                if self.attention_backend != "auto" or isinstance(err, torch.OutOfMemoryError):
                     raise
                 flex_failed(err)
         return self.backbone(input_ids=input_ids, position_ids=position_ids, discorm_blocks=blocks).last_hidden_state
