@@ -223,9 +223,9 @@ def flex_failed(err: BaseException) -> None:
     if _flex_failure is None:
         message = str(err).strip().splitlines()
         _flex_failure = f"{type(err).__name__}: {message[0] if message else ''}"[:300]
-        logger.warning("FlexAttention failed (%s); packed batches use split SDPA from now on (the same scores, "
-                       "slower on long rows). Compiling FlexAttention needs a C++ compiler on a CPU and Triton on a "
-                       "GPU; attention_backend: sdpa_split skips it.", _flex_failure)
+        logger.warning("FlexAttention failed (%s); packed batches use split SDPA from now on (the same scores). "
+                       "Compiling FlexAttention needs a C++ compiler on a CPU and Triton on a GPU; "
+                       "attention_backend: sdpa_split skips it.", _flex_failure)
 
 
 def unsupported_reason(backbone: torch.nn.Module) -> str | None:
