@@ -4,8 +4,9 @@ no gradient), next to padded batches. This decides `attention_backend: auto` for
     python benchmarks/bench_attention.py [--pairs 64] [--cutoff 512] [--batch 8] [--rounds 3] [--sweep 1,2,4,16]
 
 The default model on the first pairs of the shared HH file; every backend scores the same pairs in the same
-length-sorted batches (`discorm.serve.scoring.score_pairs`); backends alternate, the first pass of each is a
-warm-up (FlexAttention compiles there), and the table shows the median pairs/s of the timed passes next to the first pass.
+length-sorted batches (`discorm.model.inference.score_pairs`); backends alternate, the first pass of each is a
+warm-up (FlexAttention compiles there), and the table shows the median pairs/s of the timed passes next to the
+first pass.
 `--sweep` adds a table of split SDPA vs FlexAttention at other batch sizes, by the mean packed row length. The
 faster path sets `CPU_EVAL_BACKEND` (`discorm/model/packed.py`), what `attention_backend: auto` uses for
 evaluation and scoring on a CPU.
@@ -41,15 +42,14 @@ def main() -> None:
 
     from discorm.config import DataArguments, ModelArguments
     from discorm.data.collator import pad_sequences
-    from discorm.data.loader import build_datasets
+    from discorm.model.inference import score_pairs
     from discorm.model.reward_model import RewardModel
-    from discorm.serve.scoring import score_pairs
+    from discorm.train.workflow import setup_data
 
     folder = Path(tempfile.mkdtemp())
     (folder / "pairs.jsonl").write_text("\n".join(HH_FILE.read_text().splitlines()[: opts.pairs]) + "\n")
     model = RewardModel.from_pretrained(ModelArguments().model_name_or_path).eval()
-    data, _, _ = build_datasets(DataArguments(dataset=str(folder / "pairs.jsonl"), cutoff_len=opts.cutoff),
-                                model.tokenizer)
+    data = setup_data(DataArguments(dataset=str(folder / "pairs.jsonl"), cutoff_len=opts.cutoff), model.tokenizer).train
     examples = list(data)
     assert model.check_packing()
 
@@ -89,7 +89,8 @@ def main() -> None:
             print(f"round {round_index}: {name} {time.perf_counter() - start:.1f} s", flush=True)
 
     tokens = sum(len(e["prompt_ids"]) + len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples)
-    print(f"fp32 matmul peak (2048x2048, {torch.get_num_threads()} threads): {matmul_peak(torch.get_num_threads()):.0f} GFLOP/s")
+    threads = torch.get_num_threads()
+    print(f"fp32 matmul peak (2048x2048, {threads} threads): {matmul_peak(threads):.0f} GFLOP/s")
     print(f"{len(examples)} HH pairs, cutoff {opts.cutoff}, {opts.batch} pairs per batch, {tokens} packed tokens; "
           f"FlexAttention vs split SDPA scores differ by at most {difference:.1e}\n")
     print("| evaluation forward | pairs/s (median) | × split SDPA | first pass (s, incl. compilation) |")

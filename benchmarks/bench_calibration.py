@@ -13,6 +13,7 @@ Scalar + temperature scaling fits T on a separate validation split; every number
 
     python benchmarks/bench_calibration.py            # all settings, 2 seeds
     python benchmarks/bench_calibration.py --settings A --seeds 1
+    python benchmarks/bench_calibration.py --settings A --seeds 1 --epochs 1 --train 640 --val 200 --test 300  # quick
 """
 
 from __future__ import annotations
@@ -21,14 +22,20 @@ import argparse
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import statistics
+import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.stats import norm, spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `benchmarks.uncertainty`
 
 MU = [0.5 * a for a in range(8)]
 SIGMA = [0.2, 0.5, 1.0, 2.0, 3.0]
@@ -103,16 +110,19 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def train(model_dir: Path, data: Path, val: Path, head: str, out: Path, seed: int, epochs: int, lr: float):
+def train(model_dir: Path, data: Path, head: str, out: Path, seed: int, epochs: int, lr: float):
+    """One model through ``run_rm``. Nothing is passed that the benchmark never reads: no eval_dataset (the
+    temperature and every reported number come from ``predict`` on the validation and test rows, so run_rm's own
+    held-out evaluation, its report and its files would only cost time), no checkpoints, no loggers."""
     from discorm.config import load_args
     from discorm.train.workflow import run_rm
 
-    config = {"model_name_or_path": str(model_dir), "dataset": str(data), "eval_dataset": str(val),
-              "output_dir": str(out), "do_train": True, "finetuning_type": "full", "head": head,
-              "cutoff_len": 64, "per_device_train_batch_size": 32, "per_device_eval_batch_size": 256,
-              "learning_rate": lr, "num_train_epochs": epochs, "lr_scheduler_type": "constant_with_warmup",
-              "warmup_steps": 20, "weight_decay": 0.0, "save_strategy": "no", "logging_steps": 50,
-              "disable_tqdm": True, "seed": seed, "use_cpu": True, "noise_column": "noise"}
+    config = {"model_name_or_path": str(model_dir), "dataset": str(data), "output_dir": str(out),
+              "finetuning_type": "full", "head": head, "cutoff_len": 64, "per_device_train_batch_size": 32,
+              "per_device_eval_batch_size": 256, "learning_rate": lr, "num_train_epochs": epochs,
+              "lr_scheduler_type": "constant_with_warmup", "warmup_steps": 20, "weight_decay": 0.0,
+              "save_strategy": "no", "logging_steps": 50, "report_to": "none", "disable_tqdm": True, "seed": seed,
+              "use_cpu": True, "noise_column": "noise"}
     run_rm(*load_args(config))
 
 
@@ -120,8 +130,8 @@ def predict(run: Path, rows: list[dict]):
     """-> P(chosen > rejected) (N,), scalar score difference (N,), per-response sigma (N, 2)."""
     from discorm.data.formats import Pair
     from discorm.data.tokenize import Encoder
+    from discorm.model.inference import score_pairs
     from discorm.model.reward_model import RewardModel
-    from discorm.serve.scoring import score_pairs
 
     model = RewardModel.from_pretrained(run).eval()
     encoder = Encoder.for_model(model)
@@ -142,7 +152,8 @@ def predict(run: Path, rows: list[dict]):
 
 
 def metrics(setting: str, rows: list[dict], prob: np.ndarray, sigma: np.ndarray | None) -> dict:
-    from discorm.train.metrics import auroc, expected_calibration_error
+    from benchmarks.uncertainty import auroc
+    from discorm.metrics import expected_calibration_error
 
     prob = np.clip(prob, 1e-6, 1 - 1e-6)
     p_star = np.array([r["p_star"] for r in rows])
@@ -171,20 +182,20 @@ def metrics(setting: str, rows: list[dict], prob: np.ndarray, sigma: np.ndarray 
 
 
 def run_setting(setting: str, seed: int, work: Path, epochs: int, lr: float, sizes: tuple[int, int, int]) -> dict:
-    rng = random.Random(1000 * seed + hash(setting) % 997)
+    rng = random.Random(1000 * seed + zlib.crc32(setting.encode()) % 997)  # not hash(): salted per process
     folder = work / f"{setting}-{seed}"
     folder.mkdir(parents=True)
     model_dir = make_model(folder / "model", seed)
     train_rows, val_rows, test_rows = (generate(setting, n, rng) for n in sizes)
-    data, val = write_jsonl(folder / "train.jsonl", train_rows), write_jsonl(folder / "val.jsonl", val_rows)
+    data = write_jsonl(folder / "train.jsonl", train_rows)
     results = {}
     for head in ("scalar", "gaussian", "categorical"):
         run = folder / head
-        train(model_dir, data, val, head, run, seed, epochs, lr)
+        train(model_dir, data, head, run, seed, epochs, lr)
         prob, diff, sigma = predict(run, test_rows)
         results[head] = metrics(setting, test_rows, prob, None if head == "scalar" else sigma)
         if head == "scalar":
-            from discorm.train.metrics import fit_temperature
+            from discorm.metrics import fit_temperature
 
             _, val_diff, _ = predict(run, val_rows)
             temperature = fit_temperature(val_diff, np.ones_like(val_diff))
@@ -203,6 +214,15 @@ TITLES = {"A": "(A) per-item noise, varying", "A-const": "(A) constant-noise con
           "B": "(B) hidden annotator groups"}
 
 
+def set_threads(requested: int | None) -> None:
+    """Every core on an idle machine, one while anything else runs (tiny models: a contended second thread makes
+    each step 10x or more slower)."""
+    load = os.getloadavg()[0]
+    threads = requested or (os.cpu_count() if load < 0.5 else 1)
+    torch.set_num_threads(threads)
+    print(f"torch threads: {threads} (load average {load:.1f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", default=["A", "A-const", "B"], choices=list(COLUMNS))
@@ -212,13 +232,18 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=12000)
     parser.add_argument("--val", type=int, default=1000)
     parser.add_argument("--test", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="PyTorch threads (default: every core on an idle machine, 1 when the load average is "
+                             "above 0.5: while anything else uses the CPU a second thread makes every step of these "
+                             "tiny models 10x or more slower; the numbers do not depend on it)")
     opts = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     import transformers
 
     transformers.logging.set_verbosity_error()
-    torch.set_num_threads(2)
+    set_threads(opts.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_calibration_"))
+    os.environ["DISCORM_HOME"] = str(work / "discorm_home")  # the tokenized synthetic data: used by this run only
     for setting in opts.settings:
         runs = [run_setting(setting, seed, work, opts.epochs, opts.lr, (opts.train, opts.val, opts.test))
                 for seed in range(opts.seeds)]
@@ -238,6 +263,7 @@ def main() -> None:
                 spread = (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
                 cells.append(f"{statistics.mean(values):.3f}" + (f" ± {spread:.3f}" if spread else ""))
             print(f"| {head} | " + " | ".join(cells) + " |", flush=True)
+    shutil.rmtree(work)  # the models, runs and data of this run: everything the benchmark reads is printed
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from bench_throughput import StepTimer, matmul_peak, tokenized_pairs  # noqa: E4
 
 
 def eval_rate(model, train, batch: int, packed: bool) -> tuple[float, object]:
-    from discorm.serve.scoring import score_ids, score_pairs
+    from discorm.model.inference import score_ids, score_pairs
 
     start = time.perf_counter()
     if packed:
@@ -37,11 +37,11 @@ def eval_rate(model, train, batch: int, packed: bool) -> tuple[float, object]:
 def train_rate(model_dir: str, tokenizer, train, batch: int, layers: int) -> float:
     from discorm.config import FinetuningArguments, ModelArguments, TrainingArguments
     from discorm.data.collator import PackedPairCollator
-    from discorm.model.reward_model import RewardModel
     from discorm.train.trainer import PairwiseTrainer
+    from discorm.train.workflow import setup_model
 
     ft = FinetuningArguments(finetuning_type="freeze", freeze_trainable_layers=layers)
-    model = RewardModel.for_training(ModelArguments(model_name_or_path=model_dir), ft, tokenizer)
+    model = setup_model(ModelArguments(model_name_or_path=model_dir), ft, tokenizer)
     times: list = []
     steps = len(train) // batch
     args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_steps=steps,
@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     opts = parser.parse_args()
+    if opts.pairs // opts.batch < 2:
+        parser.error("--pairs must be at least twice --batch: the first train step is not timed")
 
     import torch
 

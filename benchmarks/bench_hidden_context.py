@@ -18,7 +18,7 @@ and writes ``sigma_curves.png``: the mean predicted sigma on held-out probe pair
 annotators disagree on and pairs they agree on.
 
 Freeze tuning never changes the embeddings and the lower blocks, so their output is computed once for every pair
-and the trainable top blocks train on it (``discorm.model.frozen_cache``: exact, tested); everything else is the
+and the trainable top blocks train on it (``benchmarks/frozen_cache.py``: exact, tested); everything else is the
 package's own training path (PairwiseTrainer, PairwiseLoss, packed prefix-shared batches, score_pairs).
 
     python benchmarks/bench_hidden_context.py --cache-file /tmp/hh_states.pt     # 3 heads, 2 seeds
@@ -95,7 +95,7 @@ def load_pairs(path: Path, model, cutoff_len: int):
 
 def frozen_states(model, examples: list[dict], cache_file: str | None, key: dict):
     """The frozen blocks' output for every pair, computed once (or read from `cache_file` made with `key`)."""
-    from discorm.model.frozen_cache import cache_frozen_states
+    from benchmarks.frozen_cache import cache_frozen_states
 
     if cache_file and Path(cache_file).is_file():
         saved = torch.load(cache_file)
@@ -134,7 +134,7 @@ class SigmaCurve(TrainerCallback):
         self.probe, self.disagree, self.every, self.points = probe, disagree, every, []
 
     def record(self, model, step: int) -> None:
-        from discorm.serve.scoring import score_pairs
+        from discorm.model.inference import score_pairs
 
         was_training = model.training
         model.eval()
@@ -155,21 +155,22 @@ def train(opts, states, check_with: dict, rows: list[dict], head: str, seed: int
     """One freeze-tuned reward model trained on `rows` (cached pairs) -> (its cached-input twin, seconds)."""
     import datasets
 
+    from benchmarks.frozen_cache import trainable_part
     from discorm.config import load_args
     from discorm.data.collator import PackedPairCollator
-    from discorm.model.frozen_cache import trainable_part
-    from discorm.model.reward_model import RewardModel
     from discorm.train.trainer import PairwiseTrainer
+    from discorm.train.workflow import setup_model
 
     config = {"model_name_or_path": opts.model, "finetuning_type": "freeze", "head": head,
               "freeze_trainable_layers": opts.trainable_blocks, "learning_rate": opts.lr,
               "head_learning_rate": opts.head_lr, "num_train_epochs": opts.epochs,
               "per_device_train_batch_size": opts.batch_size, "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
               "weight_decay": 0.0, "save_strategy": "no", "logging_steps": 10, "disable_tqdm": True,
-              "report_to": "none", "seed": seed, "use_cpu": True, "output_dir": tempfile.mkdtemp(), **extra_keys(opts.set, head)}
+              "report_to": "none", "seed": seed, "use_cpu": True, "output_dir": tempfile.mkdtemp(),
+              **extra_keys(opts.set, head)}
     model_args, _, training_args, finetuning_args = load_args(config)
     set_seed(seed)
-    model = RewardModel.for_training(model_args, finetuning_args)
+    model = setup_model(model_args, finetuning_args)
     reduced = trainable_part(model, states, check_with=check_with)
     trainer = PairwiseTrainer(model=reduced, args=training_args, train_dataset=datasets.Dataset.from_list(rows),
                               data_collator=PackedPairCollator(), finetuning_args=finetuning_args,
@@ -182,8 +183,9 @@ def train(opts, states, check_with: dict, rows: list[dict], head: str, seed: int
 
 # ----------------------------------------------------------------------------- evaluation
 def evaluate(model, test: list[dict], labels: Labels) -> dict:
-    from discorm.serve.scoring import score_pairs
-    from discorm.train.metrics import accuracy, auroc, expected_calibration_error, r_squared
+    from benchmarks.uncertainty import auroc, r_squared
+    from discorm.metrics import accuracy, expected_calibration_error
+    from discorm.model.inference import score_pairs
 
     head = model.head
     params = score_pairs(model, test, batch_size=16)
@@ -216,7 +218,7 @@ def evaluate(model, test: list[dict], labels: Labels) -> dict:
 def worked_example(model, test: list[dict], original: list[dict], labels: Labels, tokenizer, alpha: float) -> dict:
     """A held-out pair the annotators disagree on whose ranking flips from the unsafe answer under the mean to
     the safe one under the alpha lower quantile (the most decided one), with its mu and sigma."""
-    from discorm.serve.scoring import score_pairs
+    from discorm.model.inference import score_pairs
 
     head = model.head
     params = score_pairs(model, test, batch_size=16)
@@ -313,7 +315,7 @@ def main() -> None:
     import transformers
 
     from discorm.config import load_args
-    from discorm.model.reward_model import RewardModel
+    from discorm.train.workflow import setup_model
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(2)
@@ -322,7 +324,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     model_args, _, _, finetuning_args = load_args({"model_name_or_path": opts.model, "finetuning_type": "freeze",
                                                    "freeze_trainable_layers": opts.trainable_blocks})
-    base = RewardModel.for_training(model_args, finetuning_args)
+    base = setup_model(model_args, finetuning_args)
     examples, helpful, counts, stats = load_pairs(Path(opts.data), base, opts.cutoff_len)
     print(stats.summary(Path(opts.data).name))
     print(f"annotators: {counts['pairs']} pairs; refusal/deflection rule fires on {counts['chosen_refusals']} "

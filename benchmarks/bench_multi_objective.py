@@ -25,18 +25,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_calibration import make_word_model  # noqa: E402
+from bench_calibration import make_word_model, set_threads  # noqa: E402
 
 ATTRIBUTES = ("helpfulness", "correctness", "verbosity")
 TRUE_WEIGHTS = (0.6, 0.3, 0.1)
@@ -100,12 +101,12 @@ def train(model_dir: Path, dataset: str, out: Path, seed: int, epochs: int, lr: 
     from discorm.config import load_args
     from discorm.train.workflow import run_rm
 
-    config = {"model_name_or_path": str(model_dir), "dataset": dataset, "output_dir": str(out), "do_train": True,
+    config = {"model_name_or_path": str(model_dir), "dataset": dataset, "output_dir": str(out),
               "finetuning_type": "full", "cutoff_len": 64, "per_device_train_batch_size": 32,
               "per_device_eval_batch_size": 256, "learning_rate": lr, "num_train_epochs": epochs,
               "lr_scheduler_type": "constant_with_warmup", "warmup_steps": 20, "weight_decay": 0.0,
-              "save_strategy": "no", "logging_steps": 50, "disable_tqdm": True, "seed": seed, "use_cpu": True,
-              **head}
+              "save_strategy": "no", "logging_steps": 50, "report_to": "none", "disable_tqdm": True, "seed": seed,
+              "use_cpu": True, **head}
     run_rm(*load_args(config))
     return out
 
@@ -165,13 +166,18 @@ def main() -> None:
     parser.add_argument("--test-prompts", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="PyTorch threads (default: every core on an idle machine, 1 when the load average is "
+                             "above 0.5: while anything else uses the CPU a second thread makes every step of these "
+                             "tiny models 10x or more slower; the numbers do not depend on it)")
     opts = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     import transformers
 
     transformers.logging.set_verbosity_error()
-    torch.set_num_threads(2)
+    set_threads(opts.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_multi_objective_"))
+    os.environ["DISCORM_HOME"] = str(work / "discorm_home")  # the tokenized synthetic data: used by this run only
     runs = [run_seed(seed, work, opts.prompts, opts.test_prompts, opts.epochs, opts.lr) for seed in range(opts.seeds)]
     cols = [f"spearman_{name}" for name in ATTRIBUTES] + ["spearman_U", "pair_accuracy"]
     print(f"\n{opts.prompts} training prompts x 2 rated responses ({statistics.mean(r['_pairs'] for r in runs):.0f} "
@@ -186,6 +192,7 @@ def main() -> None:
             spread = (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.3f}" + (f" ± {spread:.3f}" if spread else ""))
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
+    shutil.rmtree(work)  # the models, runs and data of this run: everything the benchmark reads is printed
 
 
 if __name__ == "__main__":

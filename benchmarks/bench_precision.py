@@ -42,18 +42,17 @@ def main() -> None:
     import tempfile
 
     from discorm.config import DataArguments, FinetuningArguments, ModelArguments
-    from discorm.data.collator import PackedPairCollator
-    from discorm.data.loader import build_datasets
+    from discorm.data.collator import PackedPairCollator, model_inputs
     from discorm.model.loading import load_tokenizer
-    from discorm.model.reward_model import RewardModel
+    from discorm.train.workflow import setup_data, setup_model
 
     folder = Path(tempfile.mkdtemp())
     (folder / "pairs.jsonl").write_text("\n".join(HH_FILE.read_text().splitlines()[: opts.pairs]) + "\n")
     model_args = ModelArguments()
-    tokenizer = load_tokenizer(model_args)
-    train, _, _ = build_datasets(DataArguments(dataset=str(folder / "pairs.jsonl"), cutoff_len=opts.cutoff), tokenizer)
+    tokenizer = load_tokenizer(model_args.tokenizer_path)
+    train = setup_data(DataArguments(dataset=str(folder / "pairs.jsonl"), cutoff_len=opts.cutoff), tokenizer).train
     batches = [PackedPairCollator()(list(train)[i : i + opts.batch]) for i in range(0, len(train), opts.batch)]
-    model = RewardModel.for_training(model_args, FinetuningArguments(finetuning_type="full"), tokenizer)
+    model = setup_model(model_args, FinetuningArguments(finetuning_type="full"), tokenizer)
     fp32_backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
 
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
@@ -64,16 +63,17 @@ def main() -> None:
             for index, batch in enumerate([batches[0], *batches]):  # the first is warm-up
                 start = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                    params = model(**batch).head_params
+                    params = model(**model_inputs(batch)).head_params
                 params.float().sum().backward()
                 model.zero_grad(set_to_none=True)
                 if index:
                     times[mode].append(time.perf_counter() - start)
             print(f"{mode}: {statistics.median(times[mode]):.3f} s / step so far", flush=True)
-    print(f"fp32 matmul peak (2048x2048, {torch.get_num_threads()} threads): {matmul_peak(torch.get_num_threads()):.0f} GFLOP/s; "
+    threads = torch.get_num_threads()
+    print(f"fp32 matmul peak (2048x2048, {threads} threads): {matmul_peak(threads):.0f} GFLOP/s; "
           f"kernels {torch.backends.cpu.get_cpu_capability()}, oneDNN ISA limit "
-          f"{os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}; CPU has AVX512-BF16 {torch.cpu._is_avx512_bf16_supported()}, "
-          f"AMX {torch.cpu._is_amx_tile_supported()}\n")
+          f"{os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}; CPU has AVX512-BF16 "
+          f"{torch.cpu._is_avx512_bf16_supported()}, AMX {torch.cpu._is_amx_tile_supported()}\n")
     base = statistics.median(times["float32"])
     print("| precision | s / step (median) | × float32 time |")
     print("| --- | --- | --- |")

@@ -1,12 +1,13 @@
 """Load check of `discorm serve`, without and with a mix of faulty clients, on loopback, bounded in time.
 
-Starts the server in-process on a free 127.0.0.1 port with a model (a run directory, or a tiny random model
-built on the spot). Phase 1: N good clients send /score requests back to back for --seconds. Phase 2: the same
-good clients, interleaved with faulty ones for another --seconds: malformed JSON, oversized bodies, empty inputs,
-slow clients (a body trickling in, a byte at a time) and clients that disconnect mid-request, one of each kind
-in a separate process (so that their own work does not hold the server's interpreter lock). Prints good-request
-throughput and p50/p99 latency for both phases, what the faulty requests got, and the number of good requests
-that failed, which must be 0.
+Starts the server in-process on a free 127.0.0.1 port, with an API key, and a model (a run directory, or a tiny
+random model built on the spot). Phase 1: N good clients send /score requests back to back for --seconds.
+Phase 2: the same good clients, interleaved with faulty ones for another --seconds: malformed JSON, oversized
+bodies, bad items, unknown keys, bad reward options, a wrong API key, slow clients (a body trickling in, a byte at
+a time) and clients that disconnect mid-request, one of each kind, all in a separate process (so that their own
+work does not hold the server's interpreter lock). Prints good-request throughput and p50/p99 latency for both
+phases, what the faulty requests got, and the number of good requests that failed and of faulty requests answered
+otherwise than expected, which must both be 0.
 
     python benchmarks/bench_serve.py                       # tiny model, 8 good clients, 3 rounds of 2 x 10 s
     python benchmarks/bench_serve.py --model saves/quickstart --clients 4 --seconds 20 --rounds 2
@@ -37,6 +38,19 @@ REQUEST = [
 ]
 MAX_BODY = 1_000_000
 TIMEOUT_S = 5.0
+API_KEY = "bench-key"
+KEY = {"X-API-Key": API_KEY}
+JSON = {**KEY, "content-type": "application/json"}
+FAULTS = {  # kind -> (route, httpx request arguments, the status it must get)
+    "malformed": ("/score", {"content": b'{"inputs": [', "headers": JSON}, 400),
+    "oversized": ("/score", {"content": json.dumps([{"prompt": "x" * MAX_BODY, "response": "y"}]).encode(),
+                             "headers": JSON}, 413),
+    "bad-items": ("/get_reward", {"json": {"query": ["fine", ""]}, "headers": KEY}, 422),
+    "unknown-key": ("/score", {"json": {"inputs": REQUEST, "reward_mod": "mean"}, "headers": KEY}, 422),
+    "bad-options": ("/score", {"json": {"inputs": REQUEST, "reward_alpha": 1.5}, "headers": KEY}, 422),
+    "wrong-key": ("/score", {"json": REQUEST, "headers": {"X-API-Key": "guess"}}, 401),
+}
+RAW_FAULTS = {"slow": 408, "disconnecting": "disconnected"}  # on a raw socket
 
 
 def start_server(model_dir: str, batch_size: int):
@@ -49,7 +63,7 @@ def start_server(model_dir: str, batch_size: int):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(model, batch_size, max_body_bytes=MAX_BODY, request_timeout_s=TIMEOUT_S)
+    app = create_app(model, batch_size, max_body_bytes=MAX_BODY, request_timeout_s=TIMEOUT_S, api_key=API_KEY)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
@@ -58,7 +72,7 @@ def start_server(model_dir: str, batch_size: int):
 
 
 def good_client(url: str, deadline: float, latencies: list, failures: list, expected: list) -> None:
-    with httpx.Client(base_url=url, timeout=60) as session:
+    with httpx.Client(base_url=url, timeout=60, headers=KEY) as session:
         while time.perf_counter() < deadline:
             start = time.perf_counter()
             try:
@@ -99,7 +113,7 @@ def _readable(sock: socket.socket) -> bool:
 
 
 def _post(body: bytes, length: int | None = None) -> bytes:
-    return (f"POST /score HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+    return (f"POST /score HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nX-API-Key: {API_KEY}\r\n"
             f"Content-Length: {len(body) if length is None else length}\r\n\r\n").encode()
 
 
@@ -108,14 +122,9 @@ def fault_client(kind: str, url: str, port: int, deadline: float, outcomes: Coun
     with httpx.Client(base_url=url, timeout=60) as session:
         while time.perf_counter() < deadline:
             try:
-                if kind == "malformed":
-                    result = session.post("/score", content=b'{"inputs": [', headers={
-                        "content-type": "application/json"}).status_code
-                elif kind == "oversized":
-                    oversized = [{"prompt": "x" * (MAX_BODY + 10), "response": "y"}]
-                    result = session.post("/score", json=oversized).status_code
-                elif kind == "empty":
-                    result = session.post("/get_reward", json={"query": [""]}).status_code
+                if kind in FAULTS:
+                    route, request, _ = FAULTS[kind]
+                    result = session.post(route, **request).status_code
                 elif kind == "slow":  # a body that never finishes arriving in time
                     result = _raw(port, _post(good), good, trickle_s=0.5)
                 else:  # disconnecting: half a body, then gone; and a whole request, gone before the answer
@@ -131,7 +140,7 @@ def fault_clients(url: str, port: int, seconds: float, results) -> None:
     """One faulty client of each kind, in their own process (their own work does not hold the server's GIL)."""
     outcomes, deadline = Counter(), time.perf_counter() + seconds
     threads = [threading.Thread(target=fault_client, args=(kind, url, port, deadline, outcomes))
-               for kind in ("malformed", "oversized", "empty", "slow", "disconnecting")]
+               for kind in (*FAULTS, *RAW_FAULTS)]
     for t in threads:
         t.start()
     for t in threads:
@@ -186,7 +195,7 @@ def main() -> None:
     print(f"fp32 matmul peak (2048x2048, {threads} threads): {matmul_peak(threads):.0f} GFLOP/s")
     server, port = start_server(model_dir, opts.batch_size)
     url = f"http://127.0.0.1:{port}"
-    expected = httpx.post(f"{url}/score", json=REQUEST, timeout=60).json()["rewards"]
+    expected = httpx.post(f"{url}/score", json=REQUEST, headers=KEY, timeout=60).json()["rewards"]
     print(f"model {model_dir}: {opts.clients} good clients, {opts.seconds:.0f} s per phase, {len(REQUEST)} items "
           f"per request, {opts.rounds} rounds")
     runs = {"good clients only": [], "with the fault mix": []}
@@ -204,16 +213,19 @@ def main() -> None:
         print(f"| {name} | {med['rps']:.1f} | {med['p50']:.1f} ms | {med['p99']:.1f} ms | "
               f"{sum(r['good'] for r in rs)} | {sum(len(r['failed']) for r in rs)} |")
     outcomes = sum((r["outcomes"] for r in runs["with the fault mix"]), Counter())
+    must_get = {**{kind: status for kind, (_, _, status) in FAULTS.items()}, **RAW_FAULTS}
     print("\nfaulty requests, all rounds (kind -> answer: count):")
     for outcome, count in sorted(outcomes.items()):
         print(f"  {outcome}: {count}")
+    unexpected = [o for o in outcomes if o.split(" -> ")[1] != str(must_get[o.split(" -> ")[0]])]
     failures = [f for rs in runs.values() for r in rs for f in r["failed"]]
     health = httpx.get(f"{url}/health", timeout=10).json()
-    print(f"\ngood requests that failed: {len(failures)}; queue depth after the run: {health['queue_depth']}")
+    print(f"\ngood requests that failed: {len(failures)}; faulty requests answered otherwise than expected: "
+          f"{sum(outcomes[o] for o in unexpected)} {unexpected}; queue depth after the run: {health['queue_depth']}")
     for failure in failures[:5]:
         print("  ", failure)
     server.should_exit = True
-    sys.exit(1 if failures else 0)
+    sys.exit(1 if failures or unexpected else 0)
 
 
 if __name__ == "__main__":

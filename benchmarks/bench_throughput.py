@@ -42,7 +42,7 @@ def random_llama(size: str) -> str:
     from tokenizers import Tokenizer, models
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from discorm.model.loading import cache_root
+    from discorm.files import cache_root
 
     target = cache_root() / "models" / size
     if target.is_dir():
@@ -81,13 +81,13 @@ def tokenized_pairs(model_dir: str, pairs: int, cutoff: int):
     from transformers import AutoTokenizer
 
     from discorm.config import DataArguments
-    from discorm.data.loader import build_datasets
+    from discorm.train.workflow import setup_data
 
     lines = HH_FILE.read_text().splitlines()[:pairs]
     folder = Path(tempfile.mkdtemp())
     (folder / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    train, _, _ = build_datasets(DataArguments(dataset=str(folder / "pairs.jsonl"), cutoff_len=cutoff), tokenizer)
+    train = setup_data(DataArguments(dataset=str(folder / "pairs.jsonl"), cutoff_len=cutoff), tokenizer).train
     return tokenizer, train
 
 
@@ -152,14 +152,14 @@ def worker(opts) -> dict:
     else:
         from discorm.config import FinetuningArguments, ModelArguments, TrainingArguments
         from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding
-        from discorm.model.reward_model import RewardModel
         from discorm.train.trainer import PairwiseTrainer
+        from discorm.train.workflow import setup_model
 
         ft = FinetuningArguments(finetuning_type=opts.finetuning, lora_rank=16, lora_alpha=32, lora_target="all")
         backend = "flex" if opts.mode == "flex" else "sdpa_split"
         model_args = ModelArguments(model_name_or_path=model_dir, dtype="bfloat16" if bf16 else "float32",
                                     attention_backend=backend)
-        model = RewardModel.for_training(model_args, ft, tokenizer)
+        model = setup_model(model_args, ft, tokenizer)
         if opts.mode in ("optimised", "flex"):
             assert model.check_packing()
             collator = PackedPairCollator(prefix_sharing=True)

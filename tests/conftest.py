@@ -146,15 +146,15 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 def build_model(path, finetuning_type="full", head="scalar", pooling="last", **extra):
     from discorm.config import FinetuningArguments, ModelArguments
-    from discorm.model.reward_model import RewardModel
+    from discorm.train.workflow import setup_model
 
     model_args = ModelArguments(model_name_or_path=str(path))
     ft = FinetuningArguments(finetuning_type=finetuning_type, head=head, pooling=pooling, **extra)
-    return RewardModel.for_training(model_args, ft)
+    return setup_model(model_args, ft)
 
 
 def default_model_dir() -> Path:
-    from discorm.model.loading import pull_builtin_model
+    from discorm.model.builtin import pull_builtin_model
 
     return pull_builtin_model()
 
@@ -166,3 +166,11 @@ def user_error(stderr: str) -> str:
     assert lines and lines[-1].startswith("discorm: "), stderr[-3000:]
     assert sum(line.startswith("discorm: ") for line in lines) == 1, stderr[-3000:]
     return lines[-1]
+
+
+def build_datasets(data_args, tokenizer, seed: int = 42, attributes: tuple = ()):
+    """(train, eval, summary lines) of a run's data, as the recipe sets it up."""
+    from discorm.train.workflow import setup_data
+
+    data = setup_data(data_args, tokenizer, seed, attributes)
+    return data.train, data.evaluation, data.summaries

@@ -96,7 +96,8 @@ EXPLICIT_BOT = [{"prompt": [{"role": "bot", "content": "hi"}], "chosen": "a", "r
 COMMAND_CASES = [
     # config keys and training arguments: checked before any data or model is loaded
     Case("unknown-key", lambda c: c.train("learning_rat=1e-4"), ["unknown config key", "did you mean 'learning_rate'"]),
-    Case("batch-size-0", lambda c: c.train("per_device_train_batch_size=0"), ["per_device_train_batch_size=0", "[1, inf]"]),
+    Case("batch-size-0", lambda c: c.train("per_device_train_batch_size=0"),
+         ["per_device_train_batch_size=0", "[1, inf]"]),
     Case("negative-epochs", lambda c: c.train("num_train_epochs=-1"), ["num_train_epochs=-1", "out of range"]),
     Case("zero-epochs", lambda c: c.train("num_train_epochs=0", "max_steps=-1"), ["num_train_epochs=0 trains nothing"]),
     Case("not-a-number", lambda c: c.train("learning_rate=fast"), ["learning_rate='fast'", "not a valid float"]),
@@ -182,7 +183,8 @@ COMMAND_CASES = [
     Case("message-content-not-text", lambda c: c.data("r.jsonl", [{"prompt": "q", "chosen": [
         {"role": "assistant", "content": ["a"]}], "rejected": "b"}]), ["should be str"]),
     Case("template-rejects-conversation", _raising_template,
-         ["sys.jsonl:1", "chat template", "rejects this conversation", "System role not supported", "template: chatml"]),
+         ["sys.jsonl:1", "chat template", "rejects this conversation", "System role not supported",
+          "template: chatml"]),
     # model paths
     Case("model-path-relative", lambda c: c.train("model_name_or_path=./missing/model"),
          ["model path './missing/model' does not exist"]),
@@ -268,6 +270,9 @@ HTTP_CASES = [
     ("nan-alpha", "/score", {"content": b'{"inputs": ["hi"], "reward_alpha": NaN}'}, 422, ["finite number"]),
     ("query-not-strings", "/get_reward", {"json": {"query": ["ok", {"a": 1}]}}, 422, ["list of strings", "item 1"]),
     ("query-missing", "/get_reward", {"json": {"queries": ["x"]}}, 422, ['expected {"query"']),
+    ("query-not-a-list", "/get_reward", {"json": {"query": "text"}}, 422, ['"query" must be a non-empty list', "str"]),
+    ("key-not-unicode", "/score", {"content": b'{"inputs": ["hi"], "k\\ud800": 1}'}, 422,
+     ["key 'k\\ud800'", "not valid Unicode"]),
     ("bad-content-length", "/score", {"content": b"[]", "headers": {"content-length": "lots"}}, 400,
      ["Content-Length"]),
     ("wrong-api-key", "/score", {"json": CHATS, "headers": {"X-API-Key": "guess"}}, 401, ["API key"]),

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from discorm.config import DataArguments, load_args
-from discorm.data.loader import build_datasets
 from discorm.model.reward_model import RewardModel
 from discorm.train.workflow import run_rm
-from tests.conftest import HH_FILE, REPO, default_model_dir
+from tests.conftest import HH_FILE, REPO, build_datasets, default_model_dir
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +38,7 @@ def test_gguf_conversion_matches_the_gguf_model(tmp_path, monkeypatch):
     """The converted safetensors model computes what transformers' GGUF loader computes."""
     from transformers import AutoModel
 
-    from discorm.model.loading import BUILTIN_MODELS, pull_builtin_model
+    from discorm.model.builtin import BUILTIN_MODELS, pull_builtin_model
 
     home = tmp_path / "home"
     monkeypatch.setenv("DISCORM_HOME", str(home))
@@ -68,10 +67,9 @@ def test_hh_file_loads_with_the_chat_template(smol_dir):
     tokenizer = AutoTokenizer.from_pretrained(smol_dir)
     args = DataArguments(dataset=str(HH_FILE), cutoff_len=512)
     train, _, summaries = build_datasets(args, tokenizer)
-    from discorm.data.loader import tokenized_dataset
-    from discorm.data.templates import Renderer
+    from discorm.train.workflow import tokenize
 
-    _, stats = tokenized_dataset(str(HH_FILE), args, tokenizer, Renderer(tokenizer))
+    _, stats = tokenize(str(HH_FILE), args, tokenizer)
     assert stats.read == 1500 and stats.kept == len(train) > 1400
     assert stats.kept + sum(stats.dropped.values()) == 1500
     assert "1500 pairs read" in summaries[0]
@@ -100,8 +98,8 @@ def test_hh_lora_train_eval_reload(smol_dir, hh_slices, tmp_path, head):
               "disable_tqdm": True}
     results = run_rm(*load_args(config))
     assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["eval_nll"] > 0
-    assert (out / "adapter_model.safetensors").is_file() and (out / "calibration.png").is_file()
-    predictions = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert (out / "adapter_model.safetensors").is_file() and (out / "eval" / "calibration.png").is_file()
+    predictions = [json.loads(x) for x in (out / "eval" / "predictions" / "heldout.jsonl").read_text().splitlines()]
     model = RewardModel.from_pretrained(out).eval()
     assert model.head.kind == head and model.is_lora
     from discorm.data.collator import PairwiseDataCollatorWithPadding
@@ -126,4 +124,5 @@ def test_quickstart_reaches_target_accuracy(smol_dir, tmp_path, example):
     )
     results = run_rm(model_args, data_args, training_args, ft)
     assert results["eval_accuracy"] >= 0.80
-    assert (tmp_path / "qs" / "calibration.png").is_file() and (tmp_path / "qs" / "training_loss.png").is_file()
+    assert (tmp_path / "qs" / "eval" / "calibration.png").is_file()
+    assert (tmp_path / "qs" / "training_loss.png").is_file()

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from discorm.config import FORMATTINGS, DataArguments
-from discorm.data.loader import load_pairs, tokenize_pairs
+from discorm.data.loader import tokenized_dataset
 from discorm.data.templates import Renderer
-from discorm.data.tokenize import DataStats, Encoder, PairTokenizer
+from discorm.data.tokenize import Encoder
 from discorm.errors import DiscoRMError
 from discorm.model.heads.base import Attribute
 from tests.serve.server_helpers import served_model
@@ -67,7 +67,8 @@ def tokenizer(tiny_llama):
 
 
 @SETTINGS
-@given(rows=st.lists(ROW, min_size=1, max_size=3), formatting=st.one_of(*[st.just("auto")] * 4, st.sampled_from(FORMATTINGS)),
+@given(rows=st.lists(ROW, min_size=1, max_size=3),
+       formatting=st.one_of(*[st.just("auto")] * 4, st.sampled_from(FORMATTINGS)),
        attributes=ATTRIBUTES)
 def test_random_rows_reach_the_model_or_a_discorm_error(tokenizer, rows, formatting, attributes):
     _load_and_check(tokenizer, rows, formatting, attributes)
@@ -90,17 +91,17 @@ def _load_and_check(tokenizer, rows: list[dict], formatting: str, attributes: tu
         path = Path(folder, "rows.jsonl")
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
         args = DataArguments(dataset=str(path), formatting=formatting, cutoff_len=48, dataset_dir=folder)
-        stats = DataStats()
         try:
-            pairs = load_pairs(str(path), args, stats, attributes=attributes)
-            examples = tokenize_pairs(pairs, PairTokenizer(tokenizer, Renderer(tokenizer), 48), stats, None)
+            dataset, _ = tokenized_dataset(str(path), tokenizer, Renderer(tokenizer), 48, args.read_options(),
+                                           attributes=attributes)
+            examples = list(dataset)
         except DiscoRMError as err:
             assert str(err) and "\n" not in str(err)
             event(f"error: {type(err).__name__}")
             return
     event(f"{len(examples)} examples tokenized")
     for example in examples:  # what comes through is well-formed
-        if "response_ids" in example:  # a rated response: its ratings in range, NaN where not rated
+        if example.get("response_ids") is not None:  # a rated response: its ratings in range, NaN where not rated
             event("rated response tokenized")
             assert example["response_ids"] and len(example["prompt_ids"]) + len(example["response_ids"]) <= 48
             assert len(example["scores"]) == len(attributes) and not all(map(math.isnan, example["scores"]))
@@ -109,7 +110,7 @@ def _load_and_check(tokenizer, rows: list[dict], formatting: str, attributes: tu
         assert example["chosen_ids"] and example["rejected_ids"]
         assert len(example["prompt_ids"]) + max(len(example["chosen_ids"]), len(example["rejected_ids"])) <= 48
         for key in ("margin", "soft_label", "noise"):
-            assert key not in example or math.isfinite(example[key])
+            assert example.get(key) is None or math.isfinite(example[key])
 
 
 @SETTINGS

@@ -10,7 +10,7 @@ import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from discorm.config import DataArguments, load_args
-from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding
+from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding, model_inputs
 from discorm.data.formats import Pair
 from discorm.data.templates import Renderer
 from discorm.data.tokenize import DataStats, PairTokenizer
@@ -18,7 +18,7 @@ from discorm.model.heads import CategoricalHead
 from discorm.model.reward_model import RewardModel
 from discorm.model.rm_config import VERSION
 from discorm.train.trainer import PairwiseTrainer
-from discorm.train.workflow import make_collator, run_rm
+from discorm.train.workflow import make_collator, metrics_fn, run_rm, setup_model
 from tests.conftest import REPO, build_model
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -121,21 +121,27 @@ def test_mean_and_first_pooling_choose_padded_batches_with_the_real_reason(tiny_
     assert not model._packing_checked  # no self-check was needed to decide
 
 
-def test_group_by_length_applies_to_training_and_keeps_evaluation_order(tiny_llama, tmp_path):
-    rows = [{"prompt": "q", "chosen": "yes " * (i % 7 + 1), "rejected": "no"} for i in range(16)]
+def test_group_by_length_applies_to_training_and_evaluation_does_not_depend_on_order(tiny_llama, tmp_path):
+    rows = [{"prompt": "q", "chosen": "yes " * (i % 7 + 1), "rejected": "no", "noise": float(i % 5)}
+            for i in range(16)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = load_args({"model_name_or_path": str(tiny_llama), "dataset": str(tmp_path / "d.jsonl"),
                       "group_by_length": True, "output_dir": str(tmp_path / "o"), "use_cpu": True})
-    from discorm.data.loader import build_datasets
+    from tests.conftest import build_datasets
 
-    model = build_model(tiny_llama)
+    model = build_model(tiny_llama, head="gaussian")
     train, _, _ = build_datasets(args[1], model.tokenizer)
-    training_args = copy.deepcopy(args[2])
-    training_args.train_sampling_strategy = "group_by_length"
-    trainer = PairwiseTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=train,
-                              data_collator=PackedPairCollator())
-    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
-    assert list(trainer._get_eval_sampler(train)) == list(range(16))
+    metrics = []
+    for strategy in ("group_by_length", "random"):
+        training_args = copy.deepcopy(args[2])
+        training_args.train_sampling_strategy = strategy
+        trainer = PairwiseTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=train,
+                                  data_collator=PackedPairCollator(), compute_metrics=metrics_fn(model))
+        assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler) == (strategy == "group_by_length")
+        metrics.append(trainer.evaluate())  # grouped by length, or in data order
+    assert metrics[0]["eval_accuracy"] == metrics[1]["eval_accuracy"]
+    for key in ("eval_nll", "eval_ece", "eval_margin", "eval_sigma_noise_corr"):  # labels travel with their pairs
+        assert metrics[0][key] == pytest.approx(metrics[1][key], abs=1e-6)
 
 
 def test_run_rm_leaves_its_arguments_unchanged(tiny_llama, tmp_path):
@@ -158,13 +164,13 @@ def test_continuing_a_run_uses_the_current_loss_options(tiny_llama, tmp_path):
                                          "variance_penalty": 2.5, "finetuning_type": "full"})
     from discorm.config import ModelArguments
 
-    model = RewardModel.for_training(ModelArguments(model_name_or_path=str(tmp_path / "run")), ft).eval()
+    model = setup_model(ModelArguments(model_name_or_path=str(tmp_path / "run")), ft).eval()
     trainer = PairwiseTrainer(model=model, args=training_args, finetuning_args=ft,
                               data_collator=PairwiseDataCollatorWithPadding(0))
     assert trainer.loss_fn.loss_options == {"variance_penalty": 2.5}
     batch = PairwiseDataCollatorWithPadding(0)([{"prompt_ids": [5, 6], "chosen_ids": [7, 8], "rejected_ids": [9]}])
     with torch.no_grad():
-        params = model(**batch).head_params
+        params = model(**model_inputs(batch)).head_params
         loss = trainer.compute_loss(model, batch)
     expected = model.head.pair_loss(params[:1], params[1:]).mean() + 2.5 * (params[0, 1] + params[1, 1])
     torch.testing.assert_close(loss, expected)
@@ -196,3 +202,147 @@ def test_score_with_a_reward_mode_leaves_the_model_unchanged(tiny_llama):
     assert risk["reward_mode"] == "lower_quantile" and risk["reward"] < mean["reward"]
     assert risk["reward"] == pytest.approx(mean["mean"] - 1.6448536 * mean["sigma"], abs=1e-4)
     assert model.rm_config == config and model.score(chats)[0] == mean
+
+
+# ----------------------------------------------------------------------------- layers
+LOWER_LAYERS = ("discorm.model", "discorm.data")
+UPPER = ("discorm.train", "discorm.eval", "discorm.serve", "discorm.config", "discorm.cli")
+
+
+def _import_graph() -> tuple[dict[str, set[str]], dict[str, list[str]]]:
+    """Module -> the discorm modules it imports, counting imports inside functions; and the function-local ones."""
+    import ast
+
+    root = REPO / "src"
+    files = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (root / "discorm").rglob("*.py")}
+    graph, local = {name: set() for name in files}, {}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text())
+        top = set(map(id, tree.body))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            for target in (t for t in targets if t.split(".")[0] == "discorm"):
+                while target not in files and "." in target:
+                    target = target.rpartition(".")[0]
+                if target in files and target != name:
+                    graph[name].add(target)
+                    if id(node) not in top:
+                        local.setdefault(name, []).append(target)
+    return graph, local
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan)."""
+    index, low, stack, found, counter = {}, {}, [], [], [0]
+
+    def visit(node):
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def _package(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_import_circles_at_module_or_package_level():
+    graph, _ = _import_graph()
+    assert _cycles(graph) == []
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        outside = {_package(t) for t in targets} - {_package(module)}
+        packages.setdefault(_package(module), set()).update(outside)
+    assert _cycles(packages) == []
+
+
+def test_model_and_data_import_nothing_above_them():
+    graph, _ = _import_graph()
+    upward = {module: sorted(t for t in targets if _package(t) in UPPER)
+              for module, targets in graph.items() if _package(module) in LOWER_LAYERS}
+    assert {module: targets for module, targets in upward.items() if targets} == {}
+
+
+def test_function_local_discorm_imports_only_in_the_cli():
+    _, local = _import_graph()
+    assert set(local) <= {"discorm.cli"}, local
+
+
+# ----------------------------------------------------------------------------- one evaluation path
+def test_training_evaluates_its_run_with_the_code_of_discorm_eval(tiny_llama, tmp_path, capsys):
+    """eval/ in a trained run is what `discorm eval RUN --data heldout=FILE` writes: the same bytes, but for the
+    time scoring took (timing.json) and the report's time stamp and speed column."""
+    import re
+
+    import yaml
+
+    from discorm.cli import main
+
+    rows = [{"prompt": f"q {i}", "chosen": f"yes {i % 5}", "rejected": f"no {i % 3}"} for i in range(24)]
+    data, heldout = tmp_path / "train.jsonl", tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
+    heldout.write_text("".join(json.dumps(r) + "\n" for r in rows[16:]))
+    run = tmp_path / "run"
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model_name_or_path": str(tiny_llama), "dataset": str(data),
+                                      "eval_dataset": str(heldout), "output_dir": str(run), "max_steps": 2,
+                                      "finetuning_type": "full", "head": "gaussian", "use_cpu": True,
+                                      "save_strategy": "no", "report_to": "none", "disable_tqdm": True}))
+    assert main(["train", str(config)]) == 0
+    assert main(["eval", str(run), "--data", f"heldout={heldout}", "--out", str(tmp_path / "again")]) == 0
+    capsys.readouterr()
+    trained = sorted(p.relative_to(run / "eval") for p in (run / "eval").rglob("*") if p.is_file())
+    again = sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*") if p.is_file())
+    assert trained == again and {str(p) for p in trained} >= {
+        "eval_results.json", "predictions/heldout.jsonl", "calibration.png", "report.html", "timing.json"}
+    for name in trained:
+        first, second = (run / "eval" / name).read_bytes(), (tmp_path / "again" / name).read_bytes()
+        if str(name) == "report.html":  # its time stamp and the items/s it measured differ
+            first, second = (re.sub(rb"\d{4}-\d\d-\d\d \d\d:\d\d UTC|<td>[\d.]+</td>", b"", f) for f in (first, second))
+        if str(name) != "timing.json":
+            assert first == second, name
+
+
+def test_compare_reads_an_older_runs_metrics_file_and_a_discorm_eval_output(tiny_llama, tmp_path):
+    """An older training run wrote flat metrics to RUN/eval_results.json: --compare evaluates that run itself; a
+    `discorm eval` output (file or folder) is read as it is."""
+    from discorm.eval.runner import EvalOptions, run_evaluation
+
+    rows = [{"prompt": f"q {i}", "chosen": f"yes {i}", "rejected": f"no {i}"} for i in range(6)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("old", "new"):
+        build_model(tiny_llama).save_pretrained(tmp_path / name)
+    (tmp_path / "old" / "eval_results.json").write_text(json.dumps({"eval_accuracy": 0.5, "eval_nll": 0.7}))
+    options = EvalOptions(show_progress=False, resamples=200)
+    first = run_evaluation(str(tmp_path / "new"), {"p": str(data)}, tmp_path / "a", options, report=False,
+                           compare=str(tmp_path / "old" / "eval_results.json"))
+    assert first["compare"]["sets"]["p"]["paired_items"] == 6
+    second = run_evaluation(str(tmp_path / "new"), {"p": str(data)}, tmp_path / "b", options, report=False,
+                            compare=str(tmp_path / "a"))  # an earlier discorm eval output: read, not re-run
+    assert second["compare"]["sets"]["p"]["other_accuracy"] == first["sets"]["p"]["accuracy"]

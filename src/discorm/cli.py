@@ -19,7 +19,7 @@ def _cmd_train(args) -> None:
     from discorm.config import load_args
     from discorm.train.workflow import run_rm
 
-    results = run_rm(*load_args(args.config, args.overrides, defaults={"do_train": True}))
+    results = run_rm(*load_args(args.config, args.overrides))
     if "eval_accuracy" in results:
         print(f"held-out accuracy: {results['eval_accuracy']:.4f}")
     _print_rated(results)
@@ -42,14 +42,14 @@ def _cmd_eval(args) -> None:
 
 def _cmd_preview(args) -> None:
     from discorm.config import load_args
-    from discorm.data.preview import preview
+    from discorm.train.workflow import preview_data
 
     model_args, data_args, training_args, finetuning_args = load_args(args.config, args.overrides)
-    print(preview(model_args, data_args, args.n, training_args.seed, finetuning_args))
+    print(preview_data(model_args, data_args, finetuning_args, args.n, training_args.seed))
 
 
 def _cmd_pull(args) -> None:
-    from discorm.model.loading import pull_builtin_model
+    from discorm.model.builtin import pull_builtin_model
 
     print(pull_builtin_model(args.name, force=args.force))
 
@@ -90,7 +90,7 @@ def _cmd_export(args) -> None:
     from discorm.serve.export import export_sequence_classification
 
     out = export_sequence_classification(args.run_dir, args.out, merge_lora=args.merge_lora, dtype=args.dtype,
-                                         num_labels=args.num_labels)
+                                         num_labels=args.num_labels, force=args.force)
     print(f"exported to {out}")
 
 
@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir")
     export.add_argument("--out", required=True)
     export.add_argument("--merge-lora", action="store_true", help="merge LoRA adapters into the weights")
+    export.add_argument("--force", action="store_true", help="replace the files of a non-empty --out folder")
     export.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     export.add_argument("--num-labels", type=int, default=1,
                         help="gaussian heads: 2 also exports the log-variance as a second label; "
@@ -211,8 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="required on scoring routes and /metrics (default: $DISCORM_API_KEY); needed unless the "
                             "host is a loopback address")
     serve.add_argument("--max-items", type=_positive(int), default=256, help="most inputs per request (413 beyond)")
-    serve.add_argument("--max-queue", type=_positive(int), default=1024, help="most items waiting (503 + Retry-After beyond)")
-    serve.add_argument("--timeout", type=_positive(float), default=30.0, help="seconds a request may take (408 / 503 beyond)")
+    serve.add_argument("--max-queue", type=_positive(int), default=1024,
+                       help="most items waiting (503 + Retry-After beyond)")
+    serve.add_argument("--timeout", type=_positive(float), default=30.0,
+                       help="seconds a request may take (408 / 503 beyond)")
     serve.set_defaults(func=_cmd_serve)
     return parser
 

@@ -18,14 +18,15 @@ import torch
 import transformers
 import yaml
 
+from discorm.data.loader import ReadOptions
 from discorm.data.tokenize import DEFAULT_CUTOFF_LEN
-from discorm.errors import ConfigError
+from discorm.errors import ConfigError, check_choice, check_range
+from discorm.files import read_utf8
+from discorm.model.builtin import DEFAULT_MODEL
 from discorm.model.heads import HEADS
+from discorm.model.loading import QUANTIZATION_KEYS, Finetuning, LoadOptions
 from discorm.model.packed import ATTENTION_BACKENDS
-from discorm.model.rm_config import REWARD_MODES
-from discorm.textfile import read_utf8
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from discorm.model.rm_config import check_reward_options
 
 FINETUNING_TYPES = ("full", "lora", "freeze")
 POOLINGS = ("last", "first", "mean")
@@ -37,20 +38,6 @@ COMBINATIONS = ("fixed", "learned")
 def _arg(default: Any, help: str, **kwargs):
     """A dataclass field with its help text (read by HfArgumentParser and `discorm keys`)."""
     return field(default=default, metadata={"help": help}, **kwargs)
-
-
-def check_choice(key: str, value: Any, allowed: tuple) -> None:
-    """Raise a ConfigError naming the key, the bad value and the allowed values."""
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not valid; allowed values: {', '.join(map(str, allowed))}.")
-
-
-def check_range(key: str, value: float | None, low: float | None = None, high: float | None = None) -> None:
-    if value is None:
-        return
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-        raise ConfigError(f"{key}={value!r} is out of range; it must lie in {bounds}.")
 
 
 @dataclass
@@ -72,9 +59,8 @@ class ModelArguments:
         None, "Attention kernel (sdpa, eager, flash_attention_2, ...); default: sdpa when available.")
     cache_dir: str | None = _arg(None, "Where Hub downloads are cached.")
     attention_backend: str = _arg(
-        "auto", "Packed batches: auto (FlexAttention on GPUs, split SDPA on CPUs, where it scores as fast and trains; "
-        "split SDPA wherever FlexAttention fails to compile), sdpa_split, flex (one compiled FlexAttention call per "
-        "layer; no CPU training).")
+        "auto", "Packed batches: auto (FlexAttention on GPUs, split SDPA on CPUs and wherever FlexAttention fails "
+        "to compile), sdpa_split, flex (one compiled FlexAttention call per layer; no CPU training).")
     quantization_bit: int | None = _arg(
         None, "Quantize the base with bitsandbytes to 4 or 8 bits and train LoRA adapters on it (QLoRA).")
     quantization_type: str = _arg("nf4", "4-bit quantization data type: nf4 or fp4.")
@@ -85,6 +71,15 @@ class ModelArguments:
         check_choice("quantization_bit", self.quantization_bit, (None, 4, 8))
         check_choice("quantization_type", self.quantization_type, ("nf4", "fp4"))
         check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.tokenizer_name_or_path or self.model_name_or_path
+
+    def load_options(self) -> LoadOptions:
+        quantization = {key: getattr(self, key) for key in QUANTIZATION_KEYS} if self.quantization_bit else None
+        return LoadOptions(self.dtype, self.trust_remote_code, self.cache_dir, self.attn_implementation,
+                           self.attention_backend, quantization)
 
 
 @dataclass
@@ -156,6 +151,11 @@ class DataArguments:
         check_range("calibration_size", self.calibration_size, low=0)
         check_range("max_samples", self.max_samples, low=1)
 
+    def read_options(self) -> ReadOptions:
+        rated_heads = tuple(kind for kind, head in HEADS.items() if head.learns_ratings)
+        return ReadOptions(self.dataset_dir, self.formatting, self.margin_column, self.soft_label_column,
+                           self.noise_column, self.max_samples, self.strict_data, rated_heads)
+
 
 @dataclass
 class FinetuningArguments:
@@ -225,14 +225,17 @@ class FinetuningArguments:
                               f"{', '.join(k for k, h in HEADS.items() if h.learns_combination)}).")
         check_range("rated_loss_weight", self.rated_loss_weight, low=0)
         check_choice("pooling", self.pooling, POOLINGS)
-        check_choice("reward_mode", self.reward_mode, REWARD_MODES)
+        check_reward_options(self.reward_mode, self.reward_alpha, self.reward_k, HEADS[self.head])
         check_range("lora_rank", self.lora_rank, low=1)
         check_range("lora_dropout", self.lora_dropout, low=0, high=1)
         check_range("freeze_trainable_layers", self.freeze_trainable_layers, low=0)
-        check_range("reward_alpha", self.reward_alpha, low=1e-6, high=1 - 1e-6)
         check_range("head_learning_rate", self.head_learning_rate, low=0)
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_rank
+
+    def finetuning(self) -> Finetuning:
+        return Finetuning(self.finetuning_type, self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_target,
+                          self.freeze_trainable_layers)
 
 
 @dataclass
@@ -240,6 +243,9 @@ class TrainingArguments(transformers.TrainingArguments):
     """``transformers.TrainingArguments`` with defaults that suit reward models."""
 
     output_dir: str | None = _arg("saves/discorm", "Where checkpoints and logs go.")
+    overwrite_output_dir: bool = _arg(
+        False, "Train into an output_dir that already holds a trained model or checkpoints, replacing them (without "
+        "it such a folder is refused; resume_from_checkpoint continues it instead).")
     remove_unused_columns: bool = _arg(
         False, "Kept False: the pairwise collator needs every tokenized column.")
     logging_steps: float = _arg(10, "Log every N steps.")
@@ -251,6 +257,8 @@ class TrainingArguments(transformers.TrainingArguments):
         False,
         "A batch whose loss is nan/inf is skipped (no gradient) and counted; false: training stops with an error "
         "naming the step and the batch's data rows.")
+
+    do_train: bool = _arg(True, "Train (run_rm always trains; evaluate a trained model with `discorm eval`).")
 
     def __post_init__(self):
         # Checked before any data or model is loaded, with the key named (transformers would fail much later).
@@ -273,6 +281,52 @@ class TrainingArguments(transformers.TrainingArguments):
         if not torch.accelerator.is_available():
             self.dataloader_pin_memory = False  # pinning needs an accelerator (torch warns on every epoch)
         super().__post_init__()
+
+
+def check_output_dir(args: TrainingArguments) -> None:
+    """Refuse a run that would not train (``do_train: false``), and one that would train into a folder holding a
+    trained model or checkpoints, unless asked to replace them (``overwrite_output_dir``) or to continue them
+    (``resume_from_checkpoint``)."""
+    if not args.do_train:
+        raise ConfigError("do_train: false asks only to evaluate; evaluate a trained model with `discorm eval "
+                          "MODEL --data NAME=PATH` (Python: discorm.eval.runner.run_evaluation), or remove do_train.")
+    out = Path(args.output_dir)
+    if args.overwrite_output_dir or args.resume_from_checkpoint or not out.is_dir():
+        return
+    found = sorted(p.name for p in out.iterdir() if p.name in RUN_FILES or (
+        p.is_dir() and p.name.startswith("checkpoint-")))
+    if found:
+        raise ConfigError(
+            f"output_dir={str(out)!r} already holds a trained run ({', '.join(found[:4])}"
+            f"{', ...' if len(found) > 4 else ''}), which training would replace. Choose another output_dir, set "
+            "overwrite_output_dir: true to replace it, or resume_from_checkpoint: latest to continue it.")
+
+
+RUN_FILES = ("discorm_config.json", "model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+             "value_head.safetensors")
+
+
+def validate(data_args: DataArguments, finetuning_args: FinetuningArguments, head, train, evaluation) -> None:
+    """The checks that need the data and the model together (each section checks its own keys): the attributes of
+    a run being continued, the two kinds of data a learned combination needs, margins the head must honour."""
+    declared = HEADS[finetuning_args.head].attributes_from(finetuning_args.head_options)
+    if head.attributes != declared:
+        raise ConfigError(f"the model being continued predicts {[a.name for a in head.attributes]}, the config "
+                          f"declares {[a.name for a in declared]}; make `attributes` and `score_range` match the "
+                          "run, or train a new head.")
+    if finetuning_args.combination == "learned":
+        kinds = {"pairs": "chosen_ids", "rated rows": "response_ids"}
+        missing = [kind for kind, column in kinds.items()
+                   if column not in train.column_names or all(v is None for v in train[column])]
+        if missing:
+            raise ConfigError(f"combination: learned trains the attributes on rated rows, then fits the weights "
+                              f"that combine them on pairs, and {data_args.dataset} has no {missing[0]}; add a "
+                              f"{'rated' if missing[0] == 'rated rows' else 'preference'} data set to `dataset` "
+                              "(e.g. dataset: ratings.jsonl,pairs.jsonl), or set combination: fixed with "
+                              "attribute_weights.")
+    if not head.supports_margin and any(d is not None and "margin" in d.column_names for d in (train, evaluation)):
+        raise ConfigError(f"the data has a `{data_args.margin_column}` column, which the {head.kind} head cannot "
+                          "use; drop the column or set margin_column to a name the data lacks.")
 
 
 def launched_processes() -> int:
@@ -409,9 +463,11 @@ def reference_markdown() -> str:
             help_text = f.metadata.get("help", "").replace("|", "\\|").replace("\n", " ")
             lines.append(f"| `{f.name}` | `{default!r}` | {help_text} |")
         if cls is TrainingArguments:
-            lines.append("| ... | | every other `transformers.TrainingArguments` key (learning_rate, num_train_epochs, ...) |")
+            lines.append("| ... | | every other `transformers.TrainingArguments` key (learning_rate, "
+                         "num_train_epochs, ...) |")
         lines.append("")
-    lines += ["### Head options", "", "Top-level keys that apply to one head; saved ones are part of the trained model, "
+    lines += ["### Head options", "",
+              "Top-level keys that apply to one head; saved ones are part of the trained model, "
               "the others are loss coefficients read from the current config.", "",
               "| key | head | default | saved | meaning |", "| --- | --- | --- | --- | --- |"]
     for kind, head in HEADS.items():

@@ -4,6 +4,8 @@ Every error a user can fix is a :class:`DiscoRMError` whose message says what ha
 row) and how to fix it. ``cli.py`` catches them once and prints the message without a traceback.
 """
 
+from __future__ import annotations
+
 
 class DiscoRMError(Exception):
     """A problem the user can fix; the message is shown as is."""
@@ -32,3 +34,18 @@ class TrainingInterrupted(DiscoRMError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+def check_choice(key: str, value, allowed: tuple) -> None:
+    """Raise a ConfigError naming the key, the bad value and the allowed values."""
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not valid; allowed values: {', '.join(map(str, allowed))}.")
+
+
+def check_range(key: str, value: float | None, low: float | None = None, high: float | None = None) -> None:
+    """Raise a ConfigError unless ``value`` (None: unset) lies in [low, high]."""
+    if value is None:
+        return
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ConfigError(f"{key}={value!r} is out of range; it must lie in {bounds}.")

@@ -9,10 +9,10 @@ from transformers import AutoTokenizer
 from discorm.config import DataArguments
 from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding
 from discorm.data.formats import Pair
-from discorm.data.loader import build_datasets
 from discorm.data.templates import Renderer
 from discorm.data.tokenize import DataStats, PairTokenizer
 from discorm.errors import ConfigError, DataError
+from tests.conftest import build_datasets
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,8 @@ def test_llamafactory_folder(tokenizer, llamafactory_dir):
         ('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": "a",\n',
          r"bad.jsonl:2: malformed JSON"),
         ("", r"bad.jsonl: the file is empty"),
-        ('{"question": "q", "answer": "a"}\n', r"cannot tell the data format from the columns \['answer', 'question'\]"),
+        ('{"question": "q", "answer": "a"}\n',
+         r"cannot tell the data format from the columns \['answer', 'question'\]"),
         ('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": ["x"], "rejected": "b"}\n',
          r"bad.jsonl:2: column 'chosen' should be dict, found str"),
         ('[1, 2]\n', r"bad.jsonl:1: expected a JSON object, found list"),

@@ -9,11 +9,11 @@ import torch
 from transformers import AutoTokenizer
 
 from discorm.config import DataArguments
-from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding
-from discorm.data.loader import build_datasets, split_kinds
+from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding, model_inputs
+from discorm.data.loader import split_kinds
 from discorm.errors import DataError
 from discorm.model.heads import Attribute, RegressionHead
-from tests.conftest import build_model
+from tests.conftest import build_datasets, build_model
 
 ATTRIBUTES = (Attribute("helpfulness", 0, 4), Attribute("correctness", 0, 4))
 MULTI = [
@@ -193,7 +193,7 @@ def test_mixed_batches_packed_match_padded(tiny_llama, output, prefix_sharing):
         model.zero_grad()
         batch = dict(batch)
         scores, mask = batch.pop("scores"), batch.pop("score_mask")
-        params = model(**batch).head_params
+        params = model(**model_inputs(batch)).head_params
         pc, pr, rated = split_batch(params, scores.shape[0])
         loss = loss_fn(pc, pr, batch.get("margin"), None, rated, scores, mask)
         loss.backward()

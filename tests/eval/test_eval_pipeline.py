@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from discorm.config import DataArguments
-from discorm.data.loader import build_datasets
+from discorm.data.loader import ReadOptions
 from discorm.data.tokenize import Encoder
 from discorm.eval.runner import EvalOptions, run_evaluation
 from discorm.eval.scoring import score_items
 from discorm.eval.sets import load_eval_set, parse_set_specs
+from discorm.model.inference import score_ids
 from discorm.model.reward_model import RewardModel
-from discorm.serve.scoring import score_ids
+from tests.conftest import build_datasets
 from tests.eval.helpers import run_dir, write_jsonl
 
 WORDS = ["fox", "dog", "moon", "bees", "tea", "chess", "owls", "bread"]
@@ -34,7 +35,7 @@ def _bon_rows(n=5):
 def test_eval_items_are_the_tokens_training_sees(tiny_llama, tmp_path):
     model = RewardModel.from_pretrained(run_dir(tiny_llama, tmp_path))
     data = write_jsonl(tmp_path / "p.jsonl", _pairs())
-    items = load_eval_set("p", data, Encoder.for_model(model, 48), DataArguments()).items
+    items = load_eval_set("p", data, Encoder.for_model(model, 48), ReadOptions()).items
     train, _, _ = build_datasets(DataArguments(dataset=data, cutoff_len=48), model.tokenizer)
     assert len(items) == len(train) == 12
     for item, example in zip(items, train):
@@ -47,7 +48,7 @@ def test_packed_scoring_of_pairs_and_best_of_n_equals_plain_scoring(tiny_llama, 
     model = RewardModel.from_pretrained(run_dir(tiny_llama, tmp_path, head="gaussian")).eval()
     encoder = Encoder.for_model(model)
     for rows in (_pairs(), _bon_rows()):
-        eval_set = load_eval_set("s", write_jsonl(tmp_path / "s.jsonl", rows), encoder, DataArguments())
+        eval_set = load_eval_set("s", write_jsonl(tmp_path / "s.jsonl", rows), encoder, ReadOptions())
         params, _ = score_items(model, eval_set, batch_size=3, show_progress=False)
         for item, got in zip(eval_set.items, params):
             plain = score_ids(model, [item.prompt_ids + r for r in item.response_ids], batch_size=1)
@@ -116,7 +117,7 @@ def test_reward_mode_applies_to_one_run_and_leaves_the_model_unchanged(tiny_llam
     assert results["model"]["reward_mode"] == "lower_quantile" and results["model"]["reward_alpha"] == 0.05
     assert (run / "discorm_config.json").read_text() == saved
     model = RewardModel.from_pretrained(run).eval()
-    eval_set = load_eval_set("p", data, Encoder.for_model(model), DataArguments())
+    eval_set = load_eval_set("p", data, Encoder.for_model(model), ReadOptions())
     params, _ = score_items(model, eval_set, show_progress=False)
     records = [json.loads(x) for x in (tmp_path / "q" / "predictions" / "p.jsonl").read_text().splitlines()]
     for record, p in zip(records, params):
@@ -159,7 +160,7 @@ def test_exported_and_foreign_sequence_classifiers_are_evaluated_like_the_run(ti
     results = run_evaluation(str(foreign), {"p": data}, tmp_path / "c", options, report=False)
     assert results["model"]["template"] == "tokenizer" and results["sets"]["p"]["items"] == 12
     model = RewardModel.from_pretrained(foreign)
-    item = load_eval_set("p", data, Encoder.for_model(model), DataArguments()).items[0]
+    item = load_eval_set("p", data, Encoder.for_model(model), ReadOptions()).items[0]
     assert "[assistant]" in model.tokenizer.decode(item.prompt_ids)
 
 

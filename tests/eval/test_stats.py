@@ -5,7 +5,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from discorm.eval.bias import length_diagnostics
-from discorm.eval.stats import bootstrap_interval, paired_bootstrap, spearman
+from discorm.eval.stats import bootstrap_interval, paired_bootstrap
+from discorm.metrics import correlation
 
 
 def test_bootstrap_interval_covers_the_truth_with_the_normal_width_and_is_deterministic():
@@ -57,8 +58,8 @@ def test_spearman_matches_scipy_with_ties():
     rng = np.random.default_rng(6)
     x = rng.integers(0, 8, 60).astype(float)
     y = x + rng.normal(0, 3, 60)
-    assert spearman(x, y) == pytest.approx(scipy_stats.spearmanr(x, y).statistic, abs=1e-12)
-    assert spearman([1, 1, 1, 1], [1, 2, 3, 4]) is None
+    assert correlation(x, y, rank=True) == pytest.approx(scipy_stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert correlation([1, 1, 1, 1], [1, 2, 3, 4], rank=True) is None
 
 
 def test_length_diagnostics_by_hand():

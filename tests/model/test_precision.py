@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from discorm.config import ModelArguments, load_args
-from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding
+from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding, model_inputs
 from discorm.errors import ConfigError
 from discorm.model.reward_model import RewardModel
-from discorm.train.workflow import run_rm
+from discorm.train.workflow import run_rm, setup_model
 from tests.conftest import build_model
 
 PAIRS = [
@@ -34,7 +34,7 @@ def _config(model_dir, data, out, **extra):
 
 def test_bf16_backbone_scores_match_float32_and_training_steps_are_finite(tiny_llama, tmp_path):
     fp32 = build_model(tiny_llama, "full", head="gaussian").eval()
-    bf16 = RewardModel.for_training(
+    bf16 = setup_model(
         ModelArguments(model_name_or_path=str(tiny_llama), dtype="bfloat16"),
         load_args({"head": "gaussian", "finetuning_type": "full"})[3]).eval()
     bf16.head.load_state_dict(fp32.head.state_dict())
@@ -42,8 +42,8 @@ def test_bf16_backbone_scores_match_float32_and_training_steps_are_finite(tiny_l
     assert all(p.dtype == torch.float32 for p in bf16.head.parameters())
     with torch.no_grad():
         for collate in (PairwiseDataCollatorWithPadding(0), PackedPairCollator()):
-            want = fp32(**collate(PAIRS)).head_params
-            got = bf16(**collate(PAIRS)).head_params
+            want = fp32(**model_inputs(collate(PAIRS))).head_params
+            got = bf16(**model_inputs(collate(PAIRS))).head_params
             assert got.dtype == torch.float32
             torch.testing.assert_close(got, want, atol=0.05 * want.abs().max().item(), rtol=0.02)
 
@@ -75,8 +75,8 @@ def test_qlora_trains_saves_and_reloads_on_its_quantized_base(tiny_llama, tmp_pa
     assert all(p.dtype == torch.float32 for p in model.head.parameters())
     fresh = RewardModel.from_pretrained(out).eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(**PackedPairCollator()(PAIRS)).head_params,
-                                   fresh(**PackedPairCollator()(PAIRS)).head_params)
+        torch.testing.assert_close(model(**model_inputs(PackedPairCollator()(PAIRS))).head_params,
+                                   fresh(**model_inputs(PackedPairCollator()(PAIRS))).head_params)
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert all(torch.isfinite(torch.tensor([h["loss"] for h in history if "loss" in h])))
 
@@ -87,11 +87,11 @@ def test_lora_gradients_survive_an_eval_pass_on_a_4bit_base(tiny_llama):
     still get a gradient (bitsandbytes' CPU repacking would silently drop some)."""
     from discorm.config import FinetuningArguments
 
-    model = RewardModel.for_training(ModelArguments(model_name_or_path=str(tiny_llama), quantization_bit=4),
+    model = setup_model(ModelArguments(model_name_or_path=str(tiny_llama), quantization_bit=4),
                                      FinetuningArguments(finetuning_type="lora", lora_rank=4))
     assert model.check_packing()
     model.train()
-    model(**PackedPairCollator()(PAIRS)).head_params.sum().backward()
+    model(**model_inputs(PackedPairCollator()(PAIRS))).head_params.sum().backward()
     lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
     assert lora and all(p.grad is not None for p in lora.values())  # lora_A's is zero while lora_B is
     assert all(p.grad.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n)
@@ -102,7 +102,7 @@ def test_quantized_base_needs_lora(tiny_llama):
     from discorm.config import FinetuningArguments
 
     with pytest.raises(ConfigError, match="finetuning_type='full' cannot train a quantized base"):
-        RewardModel.for_training(ModelArguments(model_name_or_path=str(tiny_llama), quantization_bit=4),
+        setup_model(ModelArguments(model_name_or_path=str(tiny_llama), quantization_bit=4),
                                  FinetuningArguments(finetuning_type="full"))
 
 

@@ -112,7 +112,8 @@ def test_options_are_checked_with_clear_errors():
                              "score_range": {"helpfulness": [0, 4]}, "output": "gaussian"})
     assert ft.head_options["attributes"] == ["helpfulness", "correctness"]
     head = build_head("multi_objective", 8, **ft.head_options)
-    assert [(a.name, a.low, a.high) for a in head.attributes] == [("helpfulness", 0.0, 4.0), ("correctness", None, None)]
+    assert [(a.name, a.low, a.high) for a in head.attributes] == [("helpfulness", 0.0, 4.0),
+                                                                   ("correctness", None, None)]
     with pytest.raises(ConfigError, match=r"needs `attributes: \[name, ...\]`"):
         load_args({"head": "multi_objective"})
     with pytest.raises(ConfigError, match=r"score_range names \['verbosity'\], which are not attributes"):

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding
+from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding, model_inputs
 from discorm.errors import ModelError
 from discorm.model.reward_model import RewardModel, pool
 from tests.conftest import build_model
@@ -35,8 +35,8 @@ def test_shapes_and_padding_side_invariance(arch, pooling, request):
     model = build_model(request.getfixturevalue(arch), pooling=pooling).eval()
     right, left = _batch("right"), _batch("left")
     with torch.no_grad():
-        out_right = model(**right, return_token_values=True)
-        out_left = model(**left)
+        out_right = model(**model_inputs(right), return_token_values=True)
+        out_left = model(**model_inputs(left))
     assert out_right.scores.shape == (6,)
     assert out_right.head_params.shape == (6, 1)
     assert out_right.token_values.shape == right["input_ids"].shape
@@ -88,13 +88,13 @@ def test_save_load_round_trip(tiny_llama, tmp_path, finetuning_type, head):
                 p.add_(torch.randn_like(p) * 0.05)
     batch = _batch("right")
     model.eval()
-    before = model(**batch).head_params
+    before = model(**model_inputs(batch)).head_params
     model.save_pretrained(tmp_path / "run")
     assert (tmp_path / "run" / "value_head.safetensors").is_file()
     assert not list((tmp_path / "run").glob("*.bin")) and not list((tmp_path / "run").glob("*.pt"))
     loaded = RewardModel.from_pretrained(tmp_path / "run")
     assert loaded.head.kind == head and loaded.rm_config.finetuning_type == finetuning_type
-    torch.testing.assert_close(loaded(**batch).head_params, before, atol=1e-6, rtol=0)
+    torch.testing.assert_close(loaded(**model_inputs(batch)).head_params, before, atol=1e-6, rtol=0)
 
 
 def test_scalar_checkpoint_seeds_gaussian_but_not_back(tiny_llama, tmp_path):
@@ -102,7 +102,8 @@ def test_scalar_checkpoint_seeds_gaussian_but_not_back(tiny_llama, tmp_path):
     scalar.save_pretrained(tmp_path / "s")
     gaussian = RewardModel.from_pretrained(tmp_path / "s", head="gaussian")
     batch = _batch("right")
-    torch.testing.assert_close(gaussian(**batch).head_params[:, 0], scalar(**batch).scores, atol=1e-6, rtol=0)
+    torch.testing.assert_close(gaussian(**model_inputs(batch)).head_params[:, 0],
+                               scalar(**model_inputs(batch)).scores, atol=1e-6, rtol=0)
     gaussian.save_pretrained(tmp_path / "g")
     with pytest.raises(ModelError, match="'gaussian' head, which cannot be loaded as a 'scalar' head"):
         RewardModel.from_pretrained(tmp_path / "g", head="scalar")
@@ -124,7 +125,7 @@ PAIRS = [
 
 def _scores_and_grads(model, batch):
     model.zero_grad()
-    out = model(**batch)
+    out = model(**model_inputs(batch))
     half = out.head_params.shape[0] // 2
     loss = model.head.pair_loss(out.head_params[:half], out.head_params[half:]).sum()
     loss = loss + out.head_params.pow(2).sum() * 0.1  # also touch every score
@@ -185,8 +186,8 @@ def test_flex_attention_forward_matches_plain(arch, request):
     model = build_model(request.getfixturevalue(arch), "full").eval()
     model.attention_backend = "flex"
     with torch.no_grad():
-        plain = model(**PairwiseDataCollatorWithPadding(0)(PAIRS)).head_params
-        packed = model(**PackedPairCollator(True)(PAIRS)).head_params
+        plain = model(**model_inputs(PairwiseDataCollatorWithPadding(0)(PAIRS))).head_params
+        packed = model(**model_inputs(PackedPairCollator(True)(PAIRS))).head_params
     torch.testing.assert_close(packed, plain, atol=1e-5, rtol=0)
 
 
@@ -196,7 +197,7 @@ def test_flex_attention_refuses_to_train_on_cpu(tiny_llama):
     model = build_model(tiny_llama, "full")
     model.attention_backend = "flex"
     with pytest.raises(ConfigError, match="no FlexAttention backward"):
-        model(**PackedPairCollator(True)(PAIRS))
+        model(**model_inputs(PackedPairCollator(True)(PAIRS)))
 
 
 def test_auto_backend_choice(monkeypatch):
@@ -235,11 +236,11 @@ def test_auto_falls_back_to_split_sdpa_once_flex_fails(tiny_llama, monkeypatch, 
     batch = PackedPairCollator(True)(PAIRS)
     with torch.no_grad():
         model.attention_backend = "sdpa_split"
-        split = model(**batch).head_params
+        split = model(**model_inputs(batch)).head_params
         model.attention_backend = "auto"
         with caplog.at_level("WARNING", logger="discorm"):
-            first = model(**batch).head_params
-            second = model(**batch).head_params
+            first = model(**model_inputs(batch)).head_params
+            second = model(**model_inputs(batch)).head_params
         assert len(calls) == 1  # the failure is remembered: auto does not try again
         torch.testing.assert_close(first, split, atol=0, rtol=0)
         torch.testing.assert_close(second, split, atol=0, rtol=0)
@@ -247,7 +248,7 @@ def test_auto_falls_back_to_split_sdpa_once_flex_fails(tiny_llama, monkeypatch, 
         assert len(warnings) == 1 and "C++ compile error" in warnings[0] and "more lines" not in warnings[0]
         model.attention_backend = "flex"
         with pytest.raises(RuntimeError, match="CppCompileError"):
-            model(**batch)
+            model(**model_inputs(batch))
         # running out of memory is not a reason to leave FlexAttention: it is raised, not recorded
         monkeypatch.setattr(packed, "_flex_failure", None)
         def out_of_memory(*args, **kwargs):
@@ -256,7 +257,7 @@ def test_auto_falls_back_to_split_sdpa_once_flex_fails(tiny_llama, monkeypatch, 
         monkeypatch.setattr(packed, "flex_attention_call", out_of_memory)
         model.attention_backend = "auto"
         with pytest.raises(torch.OutOfMemoryError):
-            model(**batch)
+            model(**model_inputs(batch))
         assert packed._flex_failure is None
 
 
@@ -270,7 +271,7 @@ def test_auto_scores_with_split_sdpa_where_inductor_has_no_compiler(tiny_llama, 
 
     script = f"""
 import json, logging, torch
-from discorm.data.collator import PackedPairCollator
+from discorm.data.collator import PackedPairCollator, model_inputs
 from discorm.model import packed
 from tests.conftest import build_model
 from tests.model.test_reward_model import PAIRS
@@ -279,9 +280,9 @@ packed.CPU_EVAL_BACKEND = "flex"  # as auto picks it on a GPU
 model = build_model({str(tiny_llama)!r}, "full").eval()
 batch = PackedPairCollator(True)(PAIRS)
 with torch.no_grad():
-    auto = model(**batch).head_params
+    auto = model(**model_inputs(batch)).head_params
     model.attention_backend = "sdpa_split"
-    split = model(**batch).head_params
+    split = model(**model_inputs(batch)).head_params
 print(json.dumps({{"difference": float((auto - split).abs().max()), "failure": packed._flex_failure}}))
 """
     env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "c"),

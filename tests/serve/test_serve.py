@@ -10,9 +10,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Llam
 
 from discorm.data.tokenize import Encoder
 from discorm.errors import ModelError
+from discorm.model.inference import score_ids
 from discorm.model.reward_model import RewardModel
 from discorm.serve.export import export_sequence_classification
-from discorm.serve.scoring import score_ids
 from tests.conftest import build_model
 from tests.serve.server_helpers import CHATS, running
 
@@ -127,7 +127,8 @@ def test_score_cli(tiny_llama, tmp_path):
     from discorm.cli import main
 
     model = _trained_run(tiny_llama, tmp_path)
-    rows = [{"prompt": "Q", "chosen": "good answer", "rejected": "bad"}, {"prompt": "R", "chosen": "x", "rejected": "y"}]
+    rows = [{"prompt": "Q", "chosen": "good answer", "rejected": "bad"},
+            {"prompt": "R", "chosen": "x", "rejected": "y"}]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["score", str(tmp_path / "run"), "--input", str(tmp_path / "pairs.jsonl"),
                  "--output", str(tmp_path / "out.jsonl")]) == 0
@@ -232,8 +233,8 @@ def test_score_pairs_takes_training_examples_as_they_are(tiny_llama, tmp_path):
     """Tokenized training examples carry where they were read (`source`); scoring them packed equals scoring each
     sequence alone."""
     from discorm.config import DataArguments
-    from discorm.data.loader import build_datasets
-    from discorm.serve.scoring import score_ids, score_pairs
+    from discorm.model.inference import score_ids, score_pairs
+    from tests.conftest import build_datasets
 
     model = build_model(tiny_llama, "full").eval()
     rows = [{"prompt": f"question {i}", "chosen": f"a good answer {i}", "rejected": "no"} for i in range(5)]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import discorm.serve.batching as batching
+import discorm.serve.server as server_module
 from discorm.errors import ConfigError
 from discorm.serve.server import create_app, serve
 from tests.serve.server_helpers import CHATS, running, served_model
@@ -61,7 +62,8 @@ def test_a_failing_micro_batch_is_retried_item_by_item(model, monkeypatch):
     assert isinstance(results[2], str) and "non-finite" in results[2]
     alone = [r["reward"] for r in model.score(["a good text", "another good one"])]
     assert [float(model.reward(results[i][None])) for i in (0, 3)] == pytest.approx(alone, abs=1e-5)
-    assert batcher.metrics.value("batch_retries") == 1 and batcher.metrics.value("item_failures") == 2
+    counted = batcher.metrics.registry.get_sample_value
+    assert counted("discorm_batch_retries_total") == 1 and counted("discorm_item_failures_total") == 2
 
 
 def test_only_the_requests_with_bad_items_fail(model, monkeypatch):
@@ -222,6 +224,30 @@ def test_health_and_prometheus_metrics(model):
     assert series["discorm_items_scored_total"] == 6 and series["discorm_queue_depth"] == 0
     assert series['discorm_request_seconds_count{route="/score"}'] == 4
     assert "# TYPE discorm_requests_total counter" in response.text
+
+
+def test_a_server_bug_is_logged_answered_500_and_counted_and_serving_goes_on(model, monkeypatch, caplog):
+    real, calls = server_module.describe, []
+
+    def broken_once(*args, **kwargs):  # a bug after scoring, on the first request only (test injection)
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("an injected bug")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server_module, "describe", broken_once)
+    with running(create_app(model)) as (url, _):
+        broken = httpx.post(f"{url}/score", json=CHATS[:1], timeout=30)  # uvicorn closes its connection afterwards
+        assert broken.status_code == 500 and broken.json() == {"error": "internal server error (logged)"}
+        with httpx.Client(base_url=url, timeout=30) as client:
+            assert client.post("/score", json=CHATS[:1]).status_code == 200
+            metrics = client.get("/metrics").text
+            openmetrics = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert "unexpected error on POST /score: RuntimeError: an injected bug" in caplog.text
+    assert 'discorm_requests_total{route="/score",status="500"} 1.0' in metrics
+    assert 'discorm_requests_total{route="/score",status="200"} 1.0' in metrics
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.endswith("# EOF\n")
 
 
 def test_scores_are_unchanged_by_the_isolation(model):

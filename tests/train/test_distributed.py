@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from discorm.data.collator import PairwiseDataCollatorWithPadding
+from discorm.data.collator import PairwiseDataCollatorWithPadding, model_inputs
 from discorm.model.reward_model import RewardModel
 from tests.conftest import REPO
 
@@ -79,7 +79,7 @@ def _train(tmp_path, name, model_dir, data, nproc, extra=None, cpu_fsdp=False):
 def _scores(run_dir):
     model = RewardModel.from_pretrained(run_dir).eval()
     with torch.no_grad():
-        return model(**PairwiseDataCollatorWithPadding(0)(PROBE)).head_params
+        return model(**model_inputs(PairwiseDataCollatorWithPadding(0)(PROBE))).head_params
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,13 @@ import yaml
 from discorm.config import load_args
 from discorm.errors import ConfigError, TrainingError
 from discorm.model.reward_model import RewardModel
-from discorm.train.checkpoints import STAGING_DIR, complete_checkpoints, resolve_resume
+from discorm.train.checkpoints import (
+    COMPLETE_MARKER,
+    checkpoint_folders,
+    complete_checkpoints,
+    is_complete,
+    resolve_resume,
+)
 from discorm.train.workflow import run_rm
 from tests.conftest import REPO, build_model, user_error
 from tests.train.test_trainer import FEATURES, _config, _scores, _synthetic_file, _trainer
@@ -77,12 +83,12 @@ def test_sigkill_during_a_checkpoint_write_then_resume_latest(tiny_llama, tmp_pa
     process = _launch(_run_config(tiny_llama, reference["data"], run), tmp_path, "kill-during-save", "16")
     _, err = process.communicate(timeout=600)
     assert process.returncode == -signal.SIGKILL, err[-2000:]
-    staged = run / STAGING_DIR / "checkpoint-16"
+    staged = run / "checkpoint-16"
     assert (staged / "model.safetensors").is_file() and (staged / "optimizer.pt").stat().st_size < 100
-    assert not (run / "checkpoint-16").exists()  # the half-written checkpoint is not visible
+    assert not is_complete(run / "checkpoint-16")  # the half-written checkpoint does not count
     assert complete_checkpoints(run) == [run / "checkpoint-8"]
     _resume_matches_reference(tiny_llama, reference, run, resumed_from=8)
-    assert not (run / STAGING_DIR).exists()  # the next save cleared what the kill left behind
+    assert all(is_complete(folder) for _, folder in checkpoint_folders(run))  # the resumed run cleared it
     assert [p.name for p in complete_checkpoints(run)] == ["checkpoint-8", "checkpoint-16", "checkpoint-24"]
 
 
@@ -133,7 +139,7 @@ def test_a_failed_save_is_a_clear_error_and_keeps_the_previous_checkpoint(tiny_l
     err = user_error(capsys.readouterr().err)
     assert "could not write" in err and "checkpoint-16" in err and "No space left on device" in err
     assert f"previous checkpoint ({run / 'checkpoint-8'}) is intact" in err
-    assert not (run / "checkpoint-16").exists() and not (run / STAGING_DIR).exists()
+    assert not (run / "checkpoint-16").exists()
     assert _digest(run / "checkpoint-8") == before["digest"]
     assert complete_checkpoints(run) == [run / "checkpoint-8"]
     RewardModel.from_pretrained(run / "checkpoint-8")
@@ -141,11 +147,13 @@ def test_a_failed_save_is_a_clear_error_and_keeps_the_previous_checkpoint(tiny_l
 
 def test_latest_is_the_newest_complete_checkpoint(tmp_path):
     run = tmp_path / "run"
-    for name in ("checkpoint-4", "checkpoint-12", f"{STAGING_DIR}/checkpoint-16", "checkpoint-x", "checkpoint-20"):
+    for name in ("checkpoint-4", "checkpoint-12", "checkpoint-16", "checkpoint-x", "checkpoint-20"):
         (run / name).mkdir(parents=True)
-    for name in ("checkpoint-4", "checkpoint-12", f"{STAGING_DIR}/checkpoint-16"):
+    for name in ("checkpoint-4", "checkpoint-12", "checkpoint-16"):
         (run / name / "trainer_state.json").write_text("{}")
-    (run / "checkpoint-20" / "model.safetensors").write_text("")  # cut short by an older, in-place writer
+    for name in ("checkpoint-4", "checkpoint-12"):
+        (run / name / COMPLETE_MARKER).write_text("")
+    (run / "checkpoint-20" / "model.safetensors").write_text("")  # cut short by a kill
     assert complete_checkpoints(run) == [run / "checkpoint-4", run / "checkpoint-12"]
     assert resolve_resume("latest", str(run)) == str(run / "checkpoint-12")
     assert resolve_resume("latest", str(tmp_path / "fresh")) is None  # nothing yet: start at step 0
@@ -163,7 +171,7 @@ def test_best_checkpoint_is_recorded_under_its_final_name(tiny_llama, tmp_path):
                               save_total_limit=1)))
     state = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())
     best = state["best_model_checkpoint"]
-    assert best in (str(run / "checkpoint-4"), str(run / "checkpoint-8")) and STAGING_DIR not in best
+    assert best in (str(run / "checkpoint-4"), str(run / "checkpoint-8")) and is_complete(best)
     assert os.path.isdir(best)
 
 
@@ -179,9 +187,11 @@ def test_a_nonfinite_loss_stops_with_the_step_and_rows(tiny_llama, tmp_path):
     model = build_model(tiny_llama).train()
     batch = PairwiseDataCollatorWithPadding(0)(_inf_margin_batch())
     trainer = _trainer(model, tmp_path)
+    trainer.state.global_step = 1
+    trainer.compute_loss(model, batch)  # noted on the device; the step's end checks it, on every process at once
     with pytest.raises(TrainingError, match=r"step 1: the training loss is inf on the batch at data rows "
                                             r"pairs.jsonl:1, pairs.jsonl:2\. .*skip_nonfinite_batches: true"):
-        trainer.compute_loss(model, batch)
+        trainer.sync.on_step_end(trainer.args, trainer.state, trainer.control)
 
 
 def test_skipped_nonfinite_batches_give_no_gradient(tiny_llama, tmp_path):
@@ -192,7 +202,7 @@ def test_skipped_nonfinite_batches_give_no_gradient(tiny_llama, tmp_path):
     trainer = _trainer(model, tmp_path, skip_nonfinite_batches=True)
     loss = trainer.compute_loss(model, batch)
     loss.backward()
-    assert torch.isinf(loss) and trainer.skipped_nonfinite == 1
+    assert torch.isinf(loss) and trainer.sync.skipped == 1
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and not g.any() for g in grads)
 
@@ -235,14 +245,14 @@ def test_ddp_sigterm_to_one_rank_stops_both_with_a_complete_checkpoint(tiny_llam
     """torchrun, 2 CPU processes: every rank writes rng_state_{rank}.pth into the staged checkpoint, the main one
     renames it once all are done; SIGTERM to rank 1 alone stops both at the same step, and the run resumes from
     that checkpoint to the losses of an uninterrupted run."""
-    from discorm.data.loader import build_datasets
     from discorm.model.loading import load_tokenizer
+    from tests.conftest import build_datasets
 
     data = _synthetic_file(tmp_path / "pairs.jsonl", n=48)
     config = _config(tiny_llama, data, tmp_path / "ddp", max_steps=12, per_device_train_batch_size=2,
                      save_strategy="steps", save_steps=4, lr_scheduler_type="linear")
     model_args, data_args, _, _ = load_args(config)
-    build_datasets(data_args, load_tokenizer(model_args))  # the tokenized cache, before two processes want it
+    build_datasets(data_args, load_tokenizer(model_args.tokenizer_path))  # the cache, before two processes want it
     reference = _torchrun({**config, "output_dir": tmp_path / "ref"}, tmp_path, "ref")
     assert reference.wait(timeout=600) == 0, reference.stdout.read()[-3000:]
 
@@ -262,7 +272,7 @@ def test_ddp_sigterm_to_one_rank_stops_both_with_a_complete_checkpoint(tiny_llam
     checkpoint = tmp_path / "ddp" / f"checkpoint-{stopped}"
     assert complete_checkpoints(tmp_path / "ddp")[-1] == checkpoint and stopped < 12
     assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt"} <= {p.name for p in checkpoint.iterdir()}
-    assert not (tmp_path / "ddp" / STAGING_DIR).exists()
+    assert all(is_complete(folder) for _, folder in checkpoint_folders(tmp_path / "ddp"))
 
     resumed = _torchrun({**config, "resume_from_checkpoint": "latest"}, tmp_path, "resume")
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read()[-3000:]

@@ -49,7 +49,8 @@ def _write(path, rows):
 
 
 def _config(model_dir, tmp_path, **extra):
-    rated, pairs = _write(tmp_path / "rated.jsonl", _rated_rows(48, 0)), _write(tmp_path / "pairs.jsonl", _pair_rows(24, 1))
+    rated = _write(tmp_path / "rated.jsonl", _rated_rows(48, 0))
+    pairs = _write(tmp_path / "pairs.jsonl", _pair_rows(24, 1))
     evaluation = _write(tmp_path / "eval.jsonl", _rated_rows(16, 2) + [])
     return {"model_name_or_path": str(model_dir), "dataset": f"{rated},{pairs}",
             "eval_dataset": f"{evaluation},{_write(tmp_path / 'eval_pairs.jsonl', _pair_rows(12, 3))}",
@@ -101,7 +102,8 @@ def test_two_stage_training_with_normalisation(trained_run):
     for key in ("eval_accuracy", "eval_rated_a_rmse", "eval_rated_a_spearman", "eval_rated_b_nll",
                 "eval_rated_a_sigma"):
         assert key in results, key
-    lines = [json.loads(x) for x in (tmp_path / "run" / "rated_predictions.jsonl").read_text().splitlines()]
+    predictions = tmp_path / "run" / "eval" / "predictions" / "heldout_eval.jsonl"
+    lines = [json.loads(x) for x in predictions.read_text().splitlines()]
     assert len(lines) == 16 and set(lines[0]["predicted"]) == {"a", "b"} and "a" in lines[0]["rated"]
     # the trainer logged stage 1 only on rated rows: 48 rows / 8 per step = 6 steps per epoch
     state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
@@ -214,15 +216,14 @@ def test_version_2_run_directory_loads_without_normalisation(tiny_llama, tmp_pat
 
 def test_mixed_batches_name_the_source_of_every_example(tiny_llama, tmp_path):
     from discorm.data.collator import PackedPairCollator
-    from discorm.data.loader import tokenized_dataset
-    from discorm.data.templates import Renderer
     from discorm.model.heads import HEADS
+    from discorm.train.workflow import tokenize
 
     config = _config(tiny_llama, tmp_path)
     _, data_args, _, ft = load_args(config)
     tokenizer = build_model(tiny_llama).tokenizer
     attributes = HEADS[ft.head].attributes_from(ft.head_options)
-    dataset, _ = tokenized_dataset(data_args.dataset, data_args, tokenizer, Renderer(tokenizer), False, attributes)
+    dataset, _ = tokenize(data_args.dataset, data_args, tokenizer, attributes=attributes)
     rated_first, pair_first = dataset[0], dataset[len(dataset) - 1]
     assert rated_first["source"] == f"{tmp_path / 'rated.jsonl'}:1"
     assert pair_first["source"] == f"{tmp_path / 'pairs.jsonl'}:24"

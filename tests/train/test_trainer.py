@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.uncertainty import auroc, r_squared
 from discorm.config import load_args
 from discorm.data.collator import PairwiseDataCollatorWithPadding
+from discorm.metrics import accuracy, expected_calibration_error, fit_temperature
 from discorm.model.reward_model import RewardModel
-from discorm.train.metrics import accuracy, auroc, expected_calibration_error, fit_temperature, r_squared
 from discorm.train.trainer import PairwiseTrainer
 from discorm.train.workflow import run_rm
 from tests.conftest import build_model
@@ -139,7 +140,7 @@ def test_training_learns_an_easy_task(tiny_llama, tmp_path):
     assert results["eval_accuracy"] >= 0.9
     log = [json.loads(line) for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()]
     assert {"step", "loss", "lr", "accuracy", "elapsed", "remaining"} <= set(log[0])
-    for name in ("training_loss.png", "eval_accuracy.png", "calibration.png", "eval_results.json"):
+    for name in ("training_loss.png", "eval_accuracy.png", "eval/calibration.png", "eval/eval_results.json"):
         assert (tmp_path / "out" / name).is_file(), name
 
 
@@ -171,10 +172,11 @@ def test_predictions_match_model_scores(tiny_llama, tmp_path):
     evaluation = _synthetic_file(tmp_path / "eval.jsonl", n=10, seed=3)
     run_rm(*load_args(_config(tiny_llama, data, tmp_path / "out", max_steps=4, eval_dataset=str(evaluation))))
     model = RewardModel.from_pretrained(tmp_path / "out").eval()
-    lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "out" / "eval" / "predictions" / "heldout.jsonl").read_text(
+    ).splitlines()]
     assert len(lines) == 10 and [x["index"] for x in lines] == list(range(10))
     from discorm.config import DataArguments
-    from discorm.data.loader import build_datasets
+    from tests.conftest import build_datasets
 
     _, eval_set, _ = build_datasets(DataArguments(dataset=str(data), eval_dataset=str(evaluation), cutoff_len=64),
                                     model.tokenizer)
@@ -183,9 +185,11 @@ def test_predictions_match_model_scores(tiny_llama, tmp_path):
     assert np.allclose([x["rejected_score"] for x in lines], rejected.numpy(), atol=1e-5)
     assert [x["correct"] for x in lines] == (chosen > rejected).tolist()
     # evaluating the run directory again gives the same accuracy
-    results = run_rm(*load_args({"model_name_or_path": str(tmp_path / "out"), "dataset": str(evaluation),
-                                 "output_dir": str(tmp_path / "eval"), "do_eval": True, "use_cpu": True}))
-    assert results["eval_accuracy"] == pytest.approx(np.mean([x["correct"] for x in lines]))
+    from discorm.eval.runner import EvalOptions, run_evaluation
+
+    results = run_evaluation(str(tmp_path / "out"), {"again": str(evaluation)}, tmp_path / "eval",
+                             EvalOptions(show_progress=False, resamples=200), report=False)
+    assert results["sets"]["again"]["accuracy"] == pytest.approx(np.mean([x["correct"] for x in lines]))
 
 
 def test_cli_errors_are_one_paragraph(tiny_llama, tmp_path, capsys):
@@ -203,8 +207,8 @@ def test_cli_errors_are_one_paragraph(tiny_llama, tmp_path, capsys):
 
 
 def test_distributional_metrics_report_sigma_and_its_noise_correlation():
+    from discorm.metrics import pairwise_metrics
     from discorm.model.heads import GaussianHead
-    from discorm.train.metrics import pairwise_metrics
 
     head = GaussianHead(4)
     noise = np.linspace(0.1, 3.0, 50)

@@ -1,29 +1,28 @@
-"""Batches of tokenized pairs -> model inputs.
+"""Batches of tokenized pairs and rated responses -> model inputs (:class:`PairBatch`).
 
-- ``PairwiseDataCollatorWithPadding``: the plain path. Chosen then rejected stacked on the batch dimension,
-  ``input_ids``/``attention_mask`` of shape (2B, L), padded to the longest.
-- ``PackedPairCollator``: the fast path. All pairs of the batch in one row (1, N) with no padding; with prefix
-  sharing each pair is one block ``[prompt | chosen | rejected]``, without it each sequence is its own block.
-  ``score_index`` (2B,) points at the last token of every chosen then every rejected sequence, so the model's
-  output has the same layout as the padded path. See ``model/packed.py`` for the attention.
-
-Both carry ``margin`` (B,) and ``soft_label`` (B,) when the data has them (missing values: margin 0, label 1), and
-``sources`` (where each example was read, file:line) when the examples have them.
-
-A batch may mix pairs with rated responses (``response_ids`` + ``scores``): the R rated sequences follow the 2B
-pair sequences (padded rows, or plain blocks of the packed row), and the batch carries ``scores`` (R, A) and
-``score_mask`` (R, A) (False: the attribute is not rated; its score is 0). The model's output is then
-[chosen (B) | rejected (B) | rated (R)], and ``sources`` lists the B pairs then the R rated responses.
+``PairwiseDataCollatorWithPadding`` pads every sequence: the plain path, and the test oracle of the fast one.
+``PackedPairCollator`` puts a batch in one row with no padding, each pair one block ``[prompt | chosen |
+rejected]`` with prefix sharing (``model/packed.py`` computes its attention exactly).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 
-from discorm.model.packed import block_positions
+Block = tuple[int, int, int, int]  # (start, prompt_len, chosen_len, rejected_len) in the packed row
+
+
+def block_positions(blocks: list[Block]) -> torch.Tensor:
+    """Position ids (N,): 0..P+C-1 for prompt + chosen, then P..P+R-1 for rejected, per block."""
+    parts = []
+    for _, prompt_len, chosen_len, rejected_len in blocks:
+        parts.append(torch.arange(prompt_len + chosen_len))
+        parts.append(torch.arange(prompt_len, prompt_len + rejected_len))
+    return torch.cat(parts)
 
 
 def split_features(features: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -43,7 +42,7 @@ def _rated_extras(rated: list[dict]) -> dict:
 
 def _pair_extras(features: list[dict]) -> dict:
     extras = {}
-    for key, missing in (("margin", 0.0), ("soft_label", 1.0)):
+    for key, missing in (("margin", 0.0), ("soft_label", 1.0), ("noise", math.nan)):
         values = [f.get(key) for f in features]
         if any(v is not None for v in values):
             extras[key] = torch.tensor([missing if v is None else v for v in values], dtype=torch.float32)
@@ -58,10 +57,35 @@ def _sources(pairs: list[dict], rated: list[dict]) -> dict:
     return {}
 
 
-def on_device(inputs: dict, device) -> dict:
-    """A collated batch's tensors on ``device``, ready for a forward pass (``sources``, the labels naming where
-    each example was read, left out)."""
-    return {k: v.to(device) for k, v in inputs.items() if k != "sources"}
+class PairBatch(TypedDict, total=False):
+    """A collated batch, as both collators make it (B pairs, R rated responses, S = 2B + R scored sequences).
+
+    Model inputs, padded: ``input_ids``, ``attention_mask`` (S, L). Packed: ``input_ids``, ``position_ids``
+    (1, N), ``pair_blocks`` (blocks, 4) rows of (start, prompt, chosen, rejected) lengths, ``score_index`` (S,)
+    the token each score is read at. Either way the scores come out as [chosen (B) | rejected (B) | rated (R)].
+    Labels: ``margin``, ``soft_label``, ``noise`` (B,) where the data has them (missing: 0, 1, NaN);
+    ``scores``, ``score_mask`` (R, A) for rated
+    responses. ``sources`` (B + R strings): where each example was read, for error messages."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    pair_blocks: torch.Tensor
+    score_index: torch.Tensor
+    margin: torch.Tensor
+    soft_label: torch.Tensor
+    noise: torch.Tensor
+    scores: torch.Tensor
+    score_mask: torch.Tensor
+    sources: list[str]
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "pair_blocks", "score_index")
+
+
+def model_inputs(batch: PairBatch, device: torch.device | str | None = None) -> dict:
+    """The model's inputs of a batch (see :class:`PairBatch`), on ``device`` when given."""
+    return {k: batch[k] if device is None else batch[k].to(device) for k in MODEL_INPUTS if k in batch}
 
 
 def pad_sequences(seqs: list[list[int]], pad_token_id: int, padding_side: str = "right",
@@ -85,7 +109,7 @@ class PairwiseDataCollatorWithPadding:
     pad_to_multiple_of: int | None = None
     padding_side: str = "right"
 
-    def __call__(self, features: list[dict]) -> dict:
+    def __call__(self, features: list[dict]) -> PairBatch:
         pairs, rated = split_features(features)
         seqs = [f["prompt_ids"] + f["chosen_ids"] for f in pairs]
         seqs += [f["prompt_ids"] + f["rejected_ids"] for f in pairs]
@@ -100,7 +124,7 @@ class PairwiseDataCollatorWithPadding:
 class PackedPairCollator:
     prefix_sharing: bool = True
 
-    def __call__(self, features: list[dict]) -> dict:
+    def __call__(self, features: list[dict]) -> PairBatch:
         pairs, rated = split_features(features)
         tokens, blocks, chosen_end, rejected_end, rated_end = [], [], [], [], []
         for f in pairs:

@@ -69,12 +69,14 @@ def _format(rng: random.Random, countries: list[str]) -> dict:
     sentence = f"The capital of {country} is {capital}."
     kind = rng.choice(["upper", "one_word", "lower", "list"])
     if kind == "upper":
-        prompt, good, bad = f"Answer in capital letters only: what is the capital of {country}?", sentence.upper(), sentence
+        prompt = f"Answer in capital letters only: what is the capital of {country}?"
+        good, bad = sentence.upper(), sentence
     elif kind == "one_word":
         prompt = f"Reply with one word only. What is the capital of {country}?"
         good, bad = capital, f"{sentence} It is a large city with a long history and many famous sights."
     elif kind == "lower":
-        prompt, good, bad = f"Answer in lowercase letters only: what is the capital of {country}?", sentence.lower(), sentence.upper()
+        prompt = f"Answer in lowercase letters only: what is the capital of {country}?"
+        good, bad = sentence.lower(), sentence.upper()
     else:
         prompt = f"Name the capital of {country} and two of its neighbours as a bulleted list."
         good, bad = f"- {capital}\n- a neighbouring country\n- another neighbour", f"{capital}, and some neighbours."
@@ -99,7 +101,8 @@ def _generate(split: str, seed: int) -> list[tuple[int, dict]]:
     if split == "train":
         rng, count, numbers, topics, countries = random.Random(seed), 400, range(2, 50), topics[:14], countries[:14]
     elif split == "test":
-        rng, count, numbers, topics, countries = random.Random(seed + 1), 100, range(50, 99), topics[14:], countries[14:]
+        rng, count, numbers = random.Random(seed + 1), 100, range(50, 99)
+        topics, countries = topics[14:], countries[14:]
     else:
         raise ValueError(f"demo split must be 'train' or 'test', got {split!r}")
     makers = [

@@ -100,15 +100,26 @@ def _describe(value) -> str:
 def _expect(value, types, column: str, where: str):
     if not isinstance(value, types):
         names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-        raise DataError(f"{where}: column {column!r} should be {names}, found {_describe(value)}. Fix that row or drop it.")
+        raise DataError(f"{where}: column {column!r} should be {names}, found {_describe(value)}. Fix that row "
+                        "or drop it.")
     return value
+
+
+def check_text(text: str, where: str) -> str:
+    """The text, if it is valid Unicode (JSON's \\u escapes can make lone surrogates, which cannot be stored)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(f"{where or 'text'}: character {err.start} is a lone surrogate ({text[err.start]!r}), which "
+                        "is not valid Unicode; fix the text (or its JSON \\u escapes).") from None
+    return text
 
 
 def _messages(value, column: str, where: str, default_role: str) -> list[Message]:
     """A string, one message dict, or a list of message dicts -> a list of {"role", "content"} messages."""
     _expect(value, (str, list, dict), column, where)
     if isinstance(value, str):
-        return [{"role": default_role, "content": value}]
+        return [{"role": default_role, "content": check_text(value, where)}]
     items = [value] if isinstance(value, dict) else value
     messages = []
     for item in items:
@@ -123,7 +134,7 @@ def _messages(value, column: str, where: str, default_role: str) -> list[Message
                 f"{where}: a message in column {column!r} has role {item['role']!r}; roles must be one of "
                 f"{', '.join(ROLES)}. Rename the role in the data."
             )
-        messages.append({"role": item["role"], "content": item["content"]})
+        messages.append({"role": item["role"], "content": check_text(item["content"], where)})
     return messages
 
 

@@ -3,11 +3,6 @@ and the data summary."""
 
 from __future__ import annotations
 
-from discorm.config import DataArguments, FinetuningArguments, ModelArguments
-from discorm.data.loader import build_datasets
-from discorm.model.heads import HEADS
-from discorm.model.loading import load_tokenizer
-
 RULE = "=" * 78
 
 
@@ -39,18 +34,12 @@ def _rated(tokenizer, index: int, example: dict, names: list[str]) -> list[str]:
     ]
 
 
-def preview(model_args: ModelArguments, data_args: DataArguments, n: int = 3, seed: int = 42,
-            finetuning_args: FinetuningArguments | None = None) -> str:
-    tokenizer = load_tokenizer(model_args)
-    finetuning_args = finetuning_args or FinetuningArguments()
-    attributes = HEADS[finetuning_args.head].attributes_from(finetuning_args.head_options)
-    train, evaluation, summaries = build_datasets(data_args, tokenizer, seed, attributes=attributes)
-    dataset = train if train is not None else evaluation
-    names = [a.name for a in attributes]
+def preview(tokenizer, dataset, n: int, attribute_names: list[str], summaries: list[str]) -> str:
+    """The first ``n`` examples of a tokenized data set as text, then the data summary lines."""
     lines = []
     for index in range(min(n, len(dataset))):
         example = dataset[index]
         rated = example.get("response_ids") is not None
-        lines += _rated(tokenizer, index, example, names) if rated else _pair(tokenizer, index, example)
+        lines += _rated(tokenizer, index, example, attribute_names) if rated else _pair(tokenizer, index, example)
     lines += [RULE, *summaries]
     return "\n".join(lines)

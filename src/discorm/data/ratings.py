@@ -77,12 +77,11 @@ def _read_scores(row: dict, spec: FormatSpec, attributes, where: str) -> list[fl
     return values
 
 
-def to_rated(row: dict, spec: FormatSpec, attributes, where: str) -> Rated:
-    """Convert one rated row; raises DataError for wrong types, SkipPair for unusable but well-formed rows."""
+def to_rated(row: dict, spec: FormatSpec, attributes, where: str, rated_heads: tuple[str, ...] = ()) -> Rated:
+    """Convert one rated row; raises DataError for wrong types, SkipPair for unusable but well-formed rows.
+    ``rated_heads``: the heads that learn from ratings, named when the current head does not."""
     if not attributes:
-        from discorm.model.heads import HEADS
-
-        rated = ", ".join(kind for kind, head in HEADS.items() if head.learns_ratings)
+        rated = ", ".join(rated_heads) or "see `discorm keys`"
         raise DataError(f"{where}: a rated row (prompt, response, scores), but the head learns from pairs only. "
                         f"Use a head that learns from ratings ({rated}), or give pairs (chosen, rejected).")
     prompt = _messages(row[spec.column("prompt")], "prompt", where, "user")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from discorm.data.formats import Message, Pair, to_conversation
+from discorm.data.formats import Message, Pair, check_text, to_conversation
 from discorm.data.ratings import Rated
 from discorm.data.templates import Renderer
 from discorm.errors import DataError
@@ -105,11 +105,7 @@ class Encoder:
     def tokens(self, text: str, where: str = "") -> list[int]:
         if not text:
             return []
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise DataError(f"{where or 'text'}: character {err.start} is a lone surrogate ({text[err.start]!r}), "
-                            "which is not valid Unicode; fix the text (or its JSON \\u escapes).") from None
+        check_text(text, where)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def encode(self, prompt: list[Message], responses: list[list[Message]], where: str = "") -> Encoded:
@@ -186,6 +182,23 @@ class PairTokenizer(Encoder):
             if getattr(pair, key) is not None:
                 example[key] = getattr(pair, key)
         return example
+
+    def encode_record(self, record: dict) -> dict:
+        """One row of the raw data set (pair or rated response, see ``data/loader.py``) -> its tokens and what
+        happened to it: ``dropped`` (the reason, or None), ``truncated``, the ``lengths`` of its sequences and
+        token counts for the summary. The function ``datasets.map`` runs, in any number of processes."""
+        meta = {"source": record["source"]}
+        if record["response"] is not None:
+            item = Rated(record["prompt"], record["response"], record["scores"], meta=meta)
+        else:
+            item = Pair(record["prompt"], record["chosen"], record["rejected"], meta=meta)
+        stats = DataStats()
+        example = self(item, stats) or {}
+        return {"prompt_ids": example.get("prompt_ids", []), "chosen_ids": example.get("chosen_ids"),
+                "rejected_ids": example.get("rejected_ids"), "response_ids": example.get("response_ids"),
+                "length": example.get("length", 0), "truncated": bool(stats.truncated),
+                "dropped": next(iter(stats.dropped), None), "lengths": stats.lengths,
+                "pair_tokens": stats.pair_tokens, "padded_tokens": stats.padded_tokens}
 
     def _rated(self, rated: Rated, stats: DataStats, where: str) -> dict:
         """A rated response is encoded alone, exactly as scoring encodes {"prompt", "response"}."""

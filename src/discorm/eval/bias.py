@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from discorm.eval.stats import spearman
+from discorm.metrics import correlation
 
 
 def chosen_is_longer(lengths: list[np.ndarray], num_correct: list[int]) -> np.ndarray:
@@ -30,7 +30,7 @@ def length_diagnostics(rewards: list[np.ndarray], lengths: list[np.ndarray], num
                 "accuracy": float(credit[members].mean()) if members.any() else None}
 
     return {
-        "spearman_reward_length": spearman(np.concatenate(rewards), np.concatenate(lengths)),
+        "spearman_reward_length": correlation(np.concatenate(rewards), np.concatenate(lengths), rank=True),
         "chosen_longer": group(longer),
         "chosen_not_longer": group(~longer),
         "chosen_longer_share": float(longer[scored].mean()) if scored.any() else None,

@@ -9,12 +9,15 @@ Two forms:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from discorm.config import DataArguments, given_values, load_args
 from discorm.errors import ConfigError
-from discorm.eval.results import RewardOptions
-from discorm.eval.runner import REPORT_FILE, RESULTS_FILE, EvalOptions, run_evaluation
+from discorm.eval.results import REPORT_FILE, RESULTS_FILE, TIMING_FILE, RewardOptions
+from discorm.eval.runner import EvalOptions, run_evaluation
 from discorm.eval.sets import parse_set_specs
+from discorm.model.rm_config import check_reward_options
 
 
 def is_config_file(target: str) -> bool:
@@ -22,18 +25,13 @@ def is_config_file(target: str) -> bool:
 
 
 def _check(args) -> None:
-    if args.reward_alpha is not None and not 0 < args.reward_alpha < 1:
-        raise ConfigError(f"--reward-alpha {args.reward_alpha} must lie strictly between 0 and 1.")
-    if args.reward_k is not None and args.reward_k < 0:
-        raise ConfigError(f"--reward-k {args.reward_k} must be >= 0.")
+    check_reward_options(args.reward_mode, args.reward_alpha, args.reward_k, flags=True)
     if args.batch_size < 1 or args.bootstrap < 100:
         raise ConfigError("--batch-size must be >= 1 and --bootstrap >= 100.")
 
 
 def eval_from_args(args) -> tuple[dict, Path]:
     """Run ``discorm eval`` -> (eval_results, output directory)."""
-    from discorm.config import DataArguments, given_values, load_args
-
     _check(args)
     reward = RewardOptions(args.reward_mode, args.reward_alpha, args.reward_k)
     options = EvalOptions(reward=reward, batch_size=args.batch_size, cutoff_len=args.cutoff_len,
@@ -78,14 +76,18 @@ def summary_text(results: dict, out: Path, report: bool = True) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
     model = results["model"]
+    timing = json.loads((out / TIMING_FILE).read_text()).get("sets", {}) if (out / TIMING_FILE).is_file() else {}
+
+    def speed(name: str) -> str:
+        return f"{timing[name]['items_per_second']:.1f} items/s" if name in timing else ""
+
     lines = [f"model: {model['path']} ({model['head']} head, reward mode {model['reward_mode']})"]
     for name, s in results["sets"].items():
         ci = s["accuracy_ci"]
         interval = f" [{f(ci[0])}, {f(ci[1])}]" if ci else ""
         lines.append(f"{name}: {s['items']} items  accuracy: {f(s['accuracy'])}{interval}  pick-longer: "
                      f"{f(s['length']['baseline_accuracy'])}  nll: {f(s['nll'])}  ece: {f(s['ece'])}  "
-                     f"spearman(reward, length): {f(s['length']['spearman_reward_length'], 3)}  "
-                     f"{s['speed']['items_per_second']:.1f} items/s")
+                     f"spearman(reward, length): {f(s['length']['spearman_reward_length'], 3)}  {speed(name)}")
         if "rewardbench" in s:
             rb = s["rewardbench"]
             parts = [f"{k} {f(v)}" for k, v in rb["sections"].items()]
@@ -97,8 +99,7 @@ def summary_text(results: dict, out: Path, report: bool = True) -> str:
             lines.append(f"  RewardBench 2: {', '.join(parts)}; overall {f(s['rewardbench2']['overall'])}")
     for name, s in results.get("rated_sets", {}).items():
         parts = [f"{a} rmse {f(m.get('rmse'))} spearman {f(m.get('spearman'))}" for a, m in s["attributes"].items()]
-        lines.append(f"{name}: {s['items']} rated responses  {'; '.join(parts)}  "
-                     f"{s['speed']['items_per_second']:.1f} items/s")
+        lines.append(f"{name}: {s['items']} rated responses  {'; '.join(parts)}  {speed(name)}")
     for name, c in results.get("compare", {}).get("sets", {}).items():
         if c["paired_items"]:
             lines.append(f"compare {name}: {f(c['accuracy'])} vs {f(c['other_accuracy'])}, difference "

@@ -10,38 +10,28 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from discorm.errors import DataError
+from discorm.eval.results import RESULTS_FILE
 from discorm.eval.stats import paired_bootstrap
-
-
-@dataclass
-class Other:
-    """The model compared with: its results and records, and the comparison (eval_results.json's ``compare``)."""
-
-    results: dict
-    records: dict[str, list[dict]]
-    comparison: dict
+from discorm.files import read_json
 
 
 def load_results(path: str | Path) -> tuple[dict, dict[str, list[dict]]] | None:
-    """An earlier ``discorm eval`` output (file or folder) -> (results, records per set); None if it is not one."""
-    from discorm.eval.runner import RESULTS_FILE
-
+    """An earlier ``discorm eval`` output (file or folder, or a run directory holding one in eval/) -> (results,
+    records per set); None if it is not one (e.g. the flat metrics file older training runs wrote: evaluate the
+    run itself instead)."""
     path = Path(path)
-    file = path / RESULTS_FILE if path.is_dir() else path
-    if not file.is_file() or file.suffix != ".json":
+    candidates = [path / RESULTS_FILE, path / "eval" / RESULTS_FILE] if path.is_dir() else [path]
+    file = next((c for c in candidates if c.is_file() and c.suffix == ".json"), None)
+    if file is None:
         return None
-    try:
-        results = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{file}:{err.lineno}: malformed JSON ({err.msg}); rerun `discorm eval`.") from None
+    results = read_json(file, DataError, fix="rerun `discorm eval`")
     if not isinstance(results, dict) or "discorm_eval" not in results:
-        return None  # e.g. the eval_results.json that training writes: evaluate the run instead
+        return None
     records = {}
     for name, summary in results["sets"].items():
         predictions = file.parent / summary["predictions_file"]
@@ -78,22 +68,8 @@ def comparison(results: dict, records: dict, other_results: dict, other_records:
             sets[name] = {"paired_items": 0, "note": "no item in common (different data?)"}
             continue
         test = paired_bootstrap(a, b, resamples, seed)
+        theirs = other_results["sets"][name]
         sets[name] = {"paired_items": test.pop("items"), "accuracy": float(a.mean()),
-                      "other_accuracy": float(b.mean()), **test}
+                      "other_accuracy": float(b.mean()), **test, "other_set_accuracy": theirs["accuracy"],
+                      "other_set_accuracy_ci": theirs["accuracy_ci"]}
     return {"other": other_path, "other_model": other_results["model"], "sets": sets}
-
-
-def compare_with(evaluation, other: str, sets: dict[str, str], options, data_args, model_args,
-                 out_dir: Path) -> Other:
-    """Load or evaluate the other model and test the per-set accuracy differences."""
-    from discorm.eval.runner import evaluate, write_evaluation
-
-    loaded = load_results(other)
-    if loaded is None:
-        other_eval = evaluate(other, sets, options, data_args, model_args)
-        write_evaluation(other_eval, out_dir)
-        loaded = other_eval.results, other_eval.records
-    other_results, other_records = loaded
-    result = comparison(evaluation.results, evaluation.records, other_results, other_records, options.resamples,
-                        options.seed, str(other))
-    return Other(other_results, other_records, result)

@@ -7,13 +7,12 @@ import io
 
 import numpy as np
 
-from discorm.train.callbacks import draw_reliability, pyplot
+from discorm.plots import draw_reliability, plt
 
 CHOSEN_COLOUR, REJECTED_COLOUR, OTHER_COLOUR = "#2a7ab9", "#d1603d", "#7a7a7a"
 
 
 def _png(fig) -> str:
-    plt = pyplot()
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=90)
@@ -24,7 +23,6 @@ def _png(fig) -> str:
 def score_bars(rows: list[dict], title: str, xlabel: str = "accuracy / score") -> str:
     """Horizontal bars with their 95% interval. Each row: label, value, interval (lo, hi) or None, and optional
     baseline (a marker) and group (bars of one label side by side: this model and the compared one)."""
-    plt = pyplot()
     labels = list(dict.fromkeys(r["label"] for r in rows))
     groups = list(dict.fromkeys(r.get("group", "") for r in rows))
     height = 0.8 / len(groups)
@@ -54,14 +52,12 @@ def score_bars(rows: list[dict], title: str, xlabel: str = "accuracy / score") -
 
 
 def reliability(bins: dict, title: str) -> str:
-    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 4.6))
     draw_reliability(ax, [bins["confidence"], bins["frequency"], bins["count"]], title)
     return _png(fig)
 
 
 def score_histogram(chosen: np.ndarray, rejected: np.ndarray, title: str) -> str:
-    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 3.6))
     both = np.concatenate([chosen, rejected])
     edges = np.linspace(both.min(), both.max() + 1e-9, 31) if len(both) else 10
@@ -73,7 +69,6 @@ def score_histogram(chosen: np.ndarray, rejected: np.ndarray, title: str) -> str
 
 
 def length_scatter(lengths: np.ndarray, rewards: np.ndarray, chosen: np.ndarray, title: str) -> str:
-    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.4, 3.6))
     ax.scatter(lengths[chosen], rewards[chosen], s=9, alpha=0.5, color=CHOSEN_COLOUR, label="chosen")
     ax.scatter(lengths[~chosen], rewards[~chosen], s=9, alpha=0.5, color=REJECTED_COLOUR, label="rejected")

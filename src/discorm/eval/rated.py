@@ -1,7 +1,7 @@
 """The numbers of one rated evaluation set (responses with a rating per attribute), for a head that predicts
 the attributes: per attribute, over the responses that rate it, RMSE, Pearson and Spearman correlation of the
 predicted value with the rating and, for Gaussian outputs, the NLL of the ratings and the mean sigma; the same
-numbers training reports as ``eval_rated_<attribute>_<metric>`` (``train/metrics.py: rating_metrics``)."""
+numbers training reports as ``eval_rated_<attribute>_<metric>`` (``discorm/metrics.py: rating_metrics``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from discorm.eval.results import RewardOptions
 from discorm.eval.sets import EvalSet
-from discorm.train.metrics import rating_metrics
+from discorm.metrics import rating_metrics
 
 METRICS = ("rmse", "pearson", "spearman", "nll", "sigma")
 
@@ -24,7 +24,7 @@ def rated_results(model, eval_set: EvalSet, params: list[torch.Tensor], reward: 
     flat = rating_metrics(model.head, stacked, ratings)
     names = [a.name for a in model.head.attributes]
     attributes = {name: {m: flat[f"{name}_{m}"] for m in METRICS if f"{name}_{m}" in flat} for name in names}
-    summary = {"source": eval_set.source, "format": eval_set.format, "items": len(eval_set.items),
+    summary = {"source": eval_set.source, "format": eval_set.format.name, "items": len(eval_set.items),
                "read": eval_set.read, "dropped": dict(eval_set.dropped), "truncated": eval_set.truncated,
                "attributes": attributes,
                "rated": {name: int((~ratings[:, a].isnan()).sum()) for a, name in enumerate(names)}}

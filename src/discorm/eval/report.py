@@ -1,42 +1,29 @@
 """report.html: one self-contained page (no script, no network: a Content-Security-Policy forbids any request;
 figures are inline PNG data) showing an evaluation, and a second model beside it with ``--compare``.
 
-Every number on the page comes from eval_results.json and its cell carries the path of that number
-(``data-key='["sets", "hh", "accuracy"]'``), so a test can check the page against the file. All text from the
-data and the paths is escaped with ``html.escape``.
+The markup is ``templates/report.html.j2``, rendered with autoescape: every text from the data and every path is
+escaped by Jinja. This module prepares what the template cannot read from eval_results.json: the figures, the
+notes, the texts of the most confidently wrong items and the scoring speed (timing.json). Every number on the page
+comes from eval_results.json and its cell carries the path of that number (``data-key='["sets", "hh",
+"accuracy"]'``), so a test can check the page against the file.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from discorm.eval import figures
-from discorm.eval.rewardbench import SUBSET_MAPPING
+from discorm.eval.formats import format_named
+from discorm.files import write_text
 
 TEXT_LIMIT = 1200  # characters of a prompt or response shown for a wrongly ranked item
 SECTIONS = ("summary", "rewardbench", "subsets", "calibration", "scores", "length", "wrong", "rated", "compare")
-STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1150px;color:#222;
-line-height:1.4;padding:0 1rem}
-h1{font-size:1.6rem;margin-bottom:.2rem}h2{border-bottom:2px solid #2a7ab9;padding-bottom:.2rem;margin-top:2.2rem}
-h3{margin-bottom:.4rem}.meta{color:#555;font-size:.9rem}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.88rem}
-th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}th{background:#eef4fa}
-td.name,th.name{text-align:left}.figs{display:flex;flex-wrap:wrap;gap:1rem}.figs img{max-width:100%}
-pre{white-space:pre-wrap;word-break:break-word;background:#f6f6f6;padding:.5rem;margin:.2rem 0 .8rem;
-font-size:.82rem;max-height:18rem;overflow:auto}
-.wrong{border:1px solid #ddd;border-radius:6px;padding:.4rem .8rem;margin:.6rem 0}.note{color:#555;font-size:.85rem}
-.label{font-weight:600;font-size:.85rem}.better{color:#1a7f37}.worse{color:#b42318}
-"""
-
-
-def esc(value) -> str:
-    return html.escape(str(value), quote=True)
+TEMPLATE = "report.html.j2"
 
 
 def fmt(value) -> str:
@@ -54,23 +41,31 @@ def fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def cell(results: dict, *path, css: str = "") -> str:
-    """A table cell holding the number at ``path`` in eval_results.json, tagged with that path."""
+def at(results: dict, path) -> object:
+    """The value at ``path`` in eval_results.json (None where the path leads nowhere)."""
     value = results
     for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
-    css_attr = f' class="{css}"' if css else ""
-    return f"<td{css_attr} data-key='{esc(json.dumps(list(path)))}'>{esc(fmt(value))}</td>"
+        if isinstance(value, dict):
+            value = value.get(key)
+        elif isinstance(value, list) and isinstance(key, int) and 0 <= key < len(value):
+            value = value[key]
+        else:
+            return None
+    return value
 
 
-def table(header: list[str], rows: list[str]) -> str:
-    head = "".join(f'<th class="name">{esc(h)}</th>' if i == 0 else f"<th>{esc(h)}</th>"
-                   for i, h in enumerate(header))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+def data_key(path) -> str:
+    """A path as the page writes it in ``data-key``: a JSON list."""
+    return json.dumps(list(path))
 
 
-def image(data_uri: str, alt: str) -> str:
-    return f'<img src="{data_uri}" alt="{esc(alt)}">'
+ENVIRONMENT = Environment(loader=PackageLoader("discorm.eval", "templates"), autoescape=True,
+                          undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+ENVIRONMENT.filters.update(number=fmt, at=at, data_key=data_key)
+
+
+def _image(data_uri: str, alt: str) -> dict:
+    return {"src": data_uri, "alt": alt}
 
 
 def _messages_text(messages: list[dict]) -> str:
@@ -83,91 +78,6 @@ def _clip(text: str) -> str:
     return text[:TEXT_LIMIT] + f" … [{len(text) - TEXT_LIMIT} more characters]"
 
 
-# ----------------------------------------------------------------------------- sections
-def _summary(results: dict) -> str:
-    header = ["set", "format", "items", "accuracy", "95% interval", "pick-longer baseline", "margin", "NLL",
-              "Brier", "ECE", "Spearman(reward, length)", "mean σ", "items/s"]
-    rows = []
-    for name in results["sets"]:
-        s = ("sets", name)
-        rows.append(f'<tr><td class="name">{esc(name)}</td>' + cell(results, *s, "format") + cell(results, *s, "items")
-                    + cell(results, *s, "accuracy") + cell(results, *s, "accuracy_ci")
-                    + cell(results, *s, "length", "baseline_accuracy") + cell(results, *s, "margin")
-                    + cell(results, *s, "nll") + cell(results, *s, "brier") + cell(results, *s, "ece")
-                    + cell(results, *s, "length", "spearman_reward_length") + cell(results, *s, "mean_sigma")
-                    + cell(results, *s, "speed", "items_per_second") + "</tr>")
-    model = results["model"]
-    notes = (f"Accuracy: share of items ranked right (RewardBench v1 sets: a tie is wrong; other sets: a tie at the "
-             f"top shares the credit). Interval: {results['settings']['confidence']:.0%} percentile bootstrap, "
-             f"{results['settings']['bootstrap_resamples']} resamples, seed {results['settings']['seed']}. "
-             f"NLL, Brier and ECE (15 bins, symmetrised) are of P(chosen ≻ rejected)"
-             f"{' with temperature ' + fmt(model['temperature']) if model['temperature'] != 1.0 else ''}.")
-    return (f'<section id="summary"><h2>Headline</h2>{table(header, rows)}<p class="note">{esc(notes)}</p>'
-            "</section>")
-
-
-def _rewardbench(results: dict) -> str:
-    parts = []
-    for name, s in results["sets"].items():
-        if "rewardbench" in s:
-            header = ["score", *SUBSET_MAPPING, "Prior Sets", "Overall"]
-            rows = []
-            for label, base in (("this model", ("sets", name, "rewardbench")),
-                                ("pick the longer response", ("sets", name, "rewardbench", "length_baseline"))):
-                rows.append(f'<tr><td class="name">{esc(label)}</td>'
-                            + "".join(cell(results, *base, "sections", sec) for sec in SUBSET_MAPPING)
-                            + cell(results, *base, "prior_sets") + cell(results, *base, "overall") + "</tr>")
-            missing = s["rewardbench"]["missing_sections"]
-            note = ("Sections weight their subsets by RewardBench's EXAMPLE_COUNTS; Overall weights each section 2 "
-                    "and Prior Sets 1, leaving out absent ones."
-                    + (f" Missing: {', '.join(missing)} — not comparable with the leaderboard." if missing else ""))
-            parts.append(f"<h3>{esc(name)} (RewardBench)</h3>{table(header, rows)}<p class='note'>{esc(note)}</p>")
-        if "rewardbench2" in s:
-            subsets = list(s["subsets"])
-            header = ["score", *subsets, "Overall"]
-            rows = []
-            for label, key in (("this model", "score"), ("pick the longer response", "length_baseline")):
-                overall = ("rewardbench2", "overall") if key == "score" else ("rewardbench2", "length_baseline",
-                                                                              "overall")
-                rows.append(f'<tr><td class="name">{esc(label)}</td>'
-                            + "".join(cell(results, "sets", name, "subsets", sub, key) for sub in subsets)
-                            + cell(results, "sets", name, *overall) + "</tr>")
-            note = ("Best-of-N: credit 1/(completions tied at the top) when the chosen one is among them; Ties is "
-                    "RewardBench 2's composite score; Overall is the mean of the subset scores.")
-            parts.append(f"<h3>{esc(name)} (RewardBench 2)</h3>{table(header, rows)}<p class='note'>{esc(note)}</p>")
-    if not parts:
-        return ""
-    return f'<section id="rewardbench"><h2>RewardBench scores</h2>{"".join(parts)}</section>'
-
-
-def _subsets(results: dict) -> str:
-    overview = [{"label": name, "value": s["accuracy"], "interval": s["accuracy_ci"],
-                 "baseline": s["length"]["baseline_accuracy"]} for name, s in results["sets"].items()]
-    parts = [image(figures.score_bars(overview, "Accuracy per set"), "accuracy per set")]
-    tables = []
-    for name, s in results["sets"].items():
-        if not s["subsets"]:
-            continue
-        rows = [{"label": sub, "value": e["score"], "interval": e["score_ci"], "baseline": e["length_baseline"]}
-                for sub, e in s["subsets"].items()]
-        parts.append(image(figures.score_bars(rows, f"{name}: per subset"), f"{name} per subset"))
-        body = [f'<tr><td class="name">{esc(sub)}</td>' + cell(results, "sets", name, "subsets", sub, "items")
-                + cell(results, "sets", name, "subsets", sub, "score")
-                + cell(results, "sets", name, "subsets", sub, "score_ci")
-                + cell(results, "sets", name, "subsets", sub, "length_baseline") + "</tr>" for sub in s["subsets"]]
-        tables.append(f"<h3>{esc(name)}</h3>"
-                      + table(["subset", "items", "score", "95% interval", "pick-longer baseline"], body))
-    return (f'<section id="subsets"><h2>Accuracy per set and subset</h2><div class="figs">{"".join(parts)}</div>'
-            f'{"".join(tables)}</section>')
-
-
-def _calibration(results: dict) -> str:
-    images = [image(figures.reliability(s["reliability"], f"{name}: reliability"), f"{name} reliability")
-              for name, s in results["sets"].items()]
-    return (f'<section id="calibration"><h2>Calibration of P(chosen ≻ rejected)</h2><div class="figs">'
-            f'{"".join(images)}</div></section>')
-
-
 def _responses_by_role(records: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(rewards, lengths, is_chosen) over every response, and the chosen mask per response."""
     rewards = np.array([x for r in records for x in r["scores"]], dtype=float)
@@ -176,138 +86,113 @@ def _responses_by_role(records: list[dict]) -> tuple[np.ndarray, np.ndarray, np.
     return rewards, lengths, chosen, ~chosen
 
 
-def _scores(results: dict, records: dict) -> str:
-    images = []
-    for name in results["sets"]:
-        rewards, _, chosen, rejected = _responses_by_role(records[name])
-        images.append(image(figures.score_histogram(rewards[chosen], rewards[rejected], f"{name}: rewards"),
-                            f"{name} reward histogram"))
-    return (f'<section id="scores"><h2>Rewards of chosen and rejected responses</h2><div class="figs">'
-            f'{"".join(images)}</div></section>')
+# ----------------------------------------------------------------------------- the view model
+def _summary_note(results: dict) -> str:
+    settings, temperature = results["settings"], results["model"]["temperature"]
+    return (f"Accuracy: share of items ranked right (RewardBench v1 sets: a tie is wrong; other sets: a tie at the "
+            f"top shares the credit). Interval: {settings['confidence']:.0%} percentile bootstrap, "
+            f"{settings['bootstrap_resamples']} resamples, seed {settings['seed']}. "
+            f"NLL, Brier and ECE (15 bins, symmetrised) are of P(chosen ≻ rejected)"
+            f"{' with temperature ' + fmt(temperature) if temperature != 1.0 else ''}.")
 
 
-def _length(results: dict, records: dict) -> str:
-    images, rows = [], []
-    for name in results["sets"]:
-        rewards, lengths, chosen, _ = _responses_by_role(records[name])
-        images.append(image(figures.length_scatter(lengths, rewards, chosen, f"{name}: reward vs length"),
-                            f"{name} reward vs length"))
-        s = ("sets", name, "length")
-        rows.append(f'<tr><td class="name">{esc(name)}</td>' + cell(results, *s, "spearman_reward_length")
-                    + cell(results, *s, "chosen_longer_share")
-                    + cell(results, *s, "chosen_longer", "accuracy") + cell(results, *s, "chosen_longer", "items")
-                    + cell(results, *s, "chosen_not_longer", "accuracy")
-                    + cell(results, *s, "chosen_not_longer", "items")
-                    + cell(results, "sets", name, "accuracy") + cell(results, *s, "baseline_accuracy") + "</tr>")
-    header = ["set", "Spearman(reward, length)", "chosen is longer (share)", "accuracy: chosen longer", "items",
-              "accuracy: chosen not longer", "items", "accuracy", "pick-longer baseline"]
-    note = ("Length is the number of response tokens the model saw. A model that rewards length is right when the "
-            "chosen response is the longer one and wrong otherwise; the baseline always picks the longer response.")
-    return (f'<section id="length"><h2>Length bias</h2>{table(header, rows)}<p class="note">{esc(note)}</p>'
-            f'<div class="figs">{"".join(images)}</div></section>')
-
-
-def _tagged(label: str, entry: dict, path: list, key: str) -> str:
-    """' · label = value', the value tagged with its path in eval_results.json."""
-    return f" · {esc(label)} = <span data-key='{esc(json.dumps([*path, key]))}'>{esc(fmt(entry[key]))}</span>"
-
-
-def _wrong(results: dict, sets: dict) -> str:
-    parts = []
+def _summaries(results: dict) -> list[dict]:
+    """The tables of the format summaries (RewardBench scores), one per set whose format has one."""
+    tables = []
     for name, s in results["sets"].items():
-        items = sets[name].items
-        blocks = []
+        summary = format_named(s["format"]).summary
+        if summary is None:
+            continue
+        table = summary.table(s)
+        tables.append({"title": f"{name} ({summary.label})", "header": table.columns, "note": table.note,
+                       "rows": [(label, [["sets", name, *path] for path in paths]) for label, paths in table.rows]})
+    return tables
+
+
+def _subset_figures(results: dict) -> list[dict]:
+    overview = [{"label": name, "value": s["accuracy"], "interval": s["accuracy_ci"],
+                 "baseline": s["length"]["baseline_accuracy"]} for name, s in results["sets"].items()]
+    images = [_image(figures.score_bars(overview, "Accuracy per set"), "accuracy per set")]
+    for name, s in results["sets"].items():
+        if s["subsets"]:
+            rows = [{"label": sub, "value": e["score"], "interval": e["score_ci"], "baseline": e["length_baseline"]}
+                    for sub, e in s["subsets"].items()]
+            images.append(_image(figures.score_bars(rows, f"{name}: per subset"), f"{name} per subset"))
+    return images
+
+
+def _wrong(results: dict, sets: dict) -> list[dict]:
+    """Per set with wrongly ranked items: each item's header fields and its texts (clipped)."""
+    groups = []
+    for name, s in results["sets"].items():
+        items, blocks = sets[name].items, []
         for rank, entry in enumerate(s["confidently_wrong"]):
             item = items[entry["index"]]
-            path = ["sets", name, "confidently_wrong", rank]
-            head = (f"<p class='label'>#{entry['index']}" + (f" · subset {esc(item.subset)}" if item.subset else "")
-                    + (f" · id {esc(item.item_id)}" if item.item_id else "")
-                    + (_tagged("P(chosen ≻ rejected)", entry, path, "p_chosen") if entry["p_chosen"] is not None
-                       else "")
-                    + _tagged("reward gap (chosen − best rejected)", entry, path, "reward_gap") + "</p>")
             texts = [("prompt", _messages_text(item.prompt))]
             texts += [(("chosen" if i < item.num_correct else "rejected"), _messages_text(r))
                       for i, r in enumerate(item.responses)]
-            body = "".join(f"<div class='label'>{esc(label)}</div><pre>{esc(_clip(text))}</pre>"
-                           for label, text in texts)
-            blocks.append(f"<div class='wrong'>{head}{body}</div>")
+            blocks.append({"index": entry["index"], "subset": item.subset, "id": item.item_id,
+                           "path": ["sets", name, "confidently_wrong", rank], "has_p": entry["p_chosen"] is not None,
+                           "texts": [(label, _clip(text)) for label, text in texts]})
         if blocks:
-            parts.append(f"<h3>{esc(name)}</h3>{''.join(blocks)}")
-    content = "".join(parts) or "<p>No item was ranked wrong.</p>"
-    return (f'<section id="wrong"><h2>Most confidently wrong</h2><p class="note">Items ranked wrong, the most '
-            f"confident first (lowest P(chosen ≻ rejected), else the largest reward gap).</p>{content}</section>")
+            groups.append({"name": name, "blocks": blocks})
+    return groups
 
 
-def _rated(results: dict) -> str:
-    rows = []
-    for name, s in results["rated_sets"].items():
-        for attribute in s["attributes"]:
-            base = ("rated_sets", name, "attributes", attribute)
-            rows.append(f'<tr><td class="name">{esc(name)}</td><td class="name">{esc(attribute)}</td>'
-                        + cell(results, "rated_sets", name, "rated", attribute)
-                        + "".join(cell(results, *base, m) for m in ("rmse", "pearson", "spearman", "nll", "sigma"))
-                        + "</tr>")
-    header = ["set", "attribute", "rated responses", "RMSE", "Pearson", "Spearman", "NLL", "mean σ"]
-    note = ("Per attribute, over the responses that rate it: the predicted value against the rating (NLL and σ: "
-            "Gaussian outputs only).")
-    return (f'<section id="rated"><h2>Rated attributes</h2>{table(header, rows)}<p class="note">{esc(note)}</p>'
-            "</section>")
+def _ranking(evaluation) -> dict:
+    """What the sections of the ranking sets show beside the numbers of eval_results.json."""
+    results, records = evaluation.results, evaluation.records
+    speed = evaluation.timing.get("sets", {})
+    calibration, scores, length = [], [], []
+    for name, s in results["sets"].items():
+        rewards, lengths, chosen, rejected = _responses_by_role(records[name])
+        calibration.append(_image(figures.reliability(s["reliability"], f"{name}: reliability"),
+                                  f"{name} reliability"))
+        scores.append(_image(figures.score_histogram(rewards[chosen], rewards[rejected], f"{name}: rewards"),
+                             f"{name} reward histogram"))
+        length.append(_image(figures.length_scatter(lengths, rewards, chosen, f"{name}: reward vs length"),
+                             f"{name} reward vs length"))
+    return {"summary_note": _summary_note(results), "summaries": _summaries(results),
+            "speed": {name: fmt(speed.get(name, {}).get("items_per_second")) for name in results["sets"]},
+            "subset_figures": _subset_figures(results), "calibration_figures": calibration, "score_figures": scores,
+            "length_figures": length, "wrong": _wrong(results, evaluation.sets)}
 
 
-def _compare(results: dict, other) -> str:
-    comparison = results["compare"]
+def _compare(results: dict) -> dict:
+    comparison, settings = results["compare"], results["settings"]
     rows = []
     for name, c in comparison["sets"].items():
         p = c.get("p_value")
-        css = "" if p is None or p >= 0.05 else ("better" if c["difference"] > 0 else "worse")
-        base = ("compare", "sets", name)
-        rows.append(f'<tr><td class="name">{esc(name)}</td>' + cell(results, *base, "paired_items")
-                    + cell(results, *base, "accuracy") + cell(results, *base, "other_accuracy")
-                    + cell(results, *base, "difference", css=css) + cell(results, *base, "difference_ci")
-                    + cell(results, *base, "p_value", css=css) + "</tr>")
-    header = ["set", "paired items", "this model", "other model", "difference", "95% interval", "p (paired bootstrap)"]
+        rows.append((name, "" if p is None or p >= 0.05 else ("better" if c["difference"] > 0 else "worse")))
     bars = []
     for name, s in results["sets"].items():
         bars.append({"label": name, "value": s["accuracy"], "interval": s["accuracy_ci"], "group": "this model"})
-        theirs = other.results["sets"].get(name)
-        if theirs is not None:
-            bars.append({"label": name, "value": theirs["accuracy"], "interval": theirs["accuracy_ci"],
-                         "group": "other model"})
-    other_model = comparison["other_model"]
+        theirs = comparison["sets"].get(name, {})
+        if "other_set_accuracy" in theirs:
+            bars.append({"label": name, "value": theirs["other_set_accuracy"],
+                         "interval": theirs["other_set_accuracy_ci"], "group": "other model"})
+    other = comparison["other_model"]
     note = ("Items are paired by content; the difference is resampled pair by pair "
-            f"({results['settings']['bootstrap_resamples']} resamples). Other model: {other_model['path']} "
-            f"({other_model['head']} head, reward mode {other_model['reward_mode']}).")
-    return (f'<section id="compare"><h2>Comparison with {esc(comparison["other"])}</h2>{table(header, rows)}'
-            f'<p class="note">{esc(note)}</p><div class="figs">'
-            f'{image(figures.score_bars(bars, "Accuracy: this model vs the other"), "comparison")}</div></section>')
+            f"({settings['bootstrap_resamples']} resamples). Other model: {other['path']} "
+            f"({other['head']} head, reward mode {other['reward_mode']}).")
+    return {"rows": rows, "note": note,
+            "figure": _image(figures.score_bars(bars, "Accuracy: this model vs the other"), "comparison")}
 
 
-def render_report(evaluation, other=None) -> str:
+def render_report(evaluation) -> str:
+    """The page of ``evaluation`` (``.results``, ``.records``, ``.sets``, ``.timing``)."""
     results = evaluation.results
     model = results["model"]
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = (f"model {model['path']} · {model['head']} head · reward mode {model['reward_mode']} · template "
             f"{model['template']} · cutoff {model['cutoff_len']} tokens · {results['settings']['device']} · "
             f"{generated}")
-    body = []
-    if results["sets"]:  # ranking sets
-        body += [_summary(results), _rewardbench(results), _subsets(results), _calibration(results),
-                 _scores(results, evaluation.records), _length(results, evaluation.records),
-                 _wrong(results, evaluation.sets)]
-    if results.get("rated_sets"):
-        body.append(_rated(results))
-    if other is not None:
-        body.append(_compare(results, other))
-    title = f"Reward model evaluation: {model['path']}"
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
-            "style-src 'unsafe-inline'\">"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{esc(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{esc(title)}</h1><p class='meta'>{esc(meta)}</p>"
-            f"{''.join(body)}</body></html>")
+    return ENVIRONMENT.get_template(TEMPLATE).render(
+        results=results, title=f"Reward model evaluation: {model['path']}", meta=meta,
+        ranking=_ranking(evaluation) if results["sets"] else None,
+        compare=_compare(results) if "compare" in results else None)
 
 
-def write_report(evaluation, path: str | Path, other=None) -> Path:
-    path = Path(path)
-    path.write_text(render_report(evaluation, other), encoding="utf-8")
-    return path
+def write_report(evaluation, path: str | Path) -> Path:
+    write_text(path, render_report(evaluation))
+    return Path(path)

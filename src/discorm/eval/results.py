@@ -1,11 +1,12 @@
 """The numbers of one evaluation set, from the head parameters of its items.
 
-Ranking (the reward under the chosen reward mode): per-item credit by the set's rule (RewardBench v1: strict, a
-tie is wrong; pairs and RewardBench 2: a tie at the top shares the credit, so a tied pair counts half), accuracy
-with a bootstrap interval, per-subset scores (RewardBench 2's Ties: its composite score), RewardBench section and
-overall scores. Probabilities (the head's P(chosen > rejected), temperature-scaled where the model has a
-temperature), over every (correct, incorrect) response pair: NLL, Brier, ECE, the reliability bins, and for
-distributional heads the mean sigma and its correlation with a per-pair noise column.
+Ranking (the reward under the chosen reward mode): per-item credit by the set format's rule (``eval/formats.py``;
+RewardBench v1: strict, a tie is wrong; pairs and RewardBench 2: a tie at the top shares the credit, so a tied pair
+counts half), accuracy with a bootstrap interval, per-subset scores (a composite subset, RewardBench 2's Ties: its
+composite score), and the format's summary (RewardBench section and overall scores). Probabilities (the head's
+P(chosen > rejected), temperature-scaled where the model has a temperature), over every (correct, incorrect)
+response pair: NLL, Brier, ECE, the reliability bins, and for distributional heads the mean sigma and its
+correlation with a per-pair noise column.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import numpy as np
 import torch
 
 from discorm.eval.bias import length_diagnostics
-from discorm.eval.rewardbench import TIES, shared_credit, strict_credit, ties_score, v1_summary, v2_summary
 from discorm.eval.sets import EvalSet
 from discorm.eval.stats import bootstrap_interval, bootstrap_statistic_interval
-from discorm.train.metrics import pairwise_metrics, reliability_bins
+from discorm.metrics import pairwise_metrics, reliability_bins
 
 WRONG_SHOWN = 5  # most confidently wrong items kept per set
+SCHEMA = 1  # eval_results.json's "discorm_eval" version
+RESULTS_FILE, TIMING_FILE, REPORT_FILE = "eval_results.json", "timing.json", "report.html"
 
 
 @dataclass
@@ -33,32 +35,27 @@ class RewardOptions:
     k: float | None = None
 
 
-def _is_ties(eval_set: EvalSet, subset: str | None) -> bool:
-    return eval_set.format == "rewardbench2" and subset == TIES
-
-
 def ranking(eval_set: EvalSet, scores: list[np.ndarray]) -> dict:
     """Accuracy, per-subset scores and the RewardBench summaries for per-item scores (rewards or lengths)."""
-    rule = strict_credit if eval_set.format == "rewardbench" else shared_credit
-    credit = np.array([np.nan if _is_ties(eval_set, item.subset) else rule(list(s))
+    fmt = eval_set.format
+    credit = np.array([np.nan if fmt.is_composite(item.subset) else fmt.credit(list(s))
                        for item, s in zip(eval_set.items, scores)])
     subsets = {}
     for name in eval_set.subsets:
         members = [i for i, item in enumerate(eval_set.items) if item.subset == name]
-        if _is_ties(eval_set, name):
-            subsets[name] = ties_score(_ties_rows(eval_set, scores, members), f"{eval_set.source} ({name})")
+        if fmt.is_composite(name):
+            subsets[name] = fmt.composite.score(_composite_rows(eval_set, scores, members),
+                                                f"{eval_set.source} ({name})")
         else:
             subsets[name] = float(credit[members].mean())
     out = {"accuracy": float(np.nanmean(credit)) if (~np.isnan(credit)).any() else None,
            "credit": credit, "subsets": subsets}
-    if eval_set.format == "rewardbench":
-        out["rewardbench"] = v1_summary(subsets)
-    elif eval_set.format == "rewardbench2":
-        out["rewardbench2"] = v2_summary(subsets)
+    if fmt.summary is not None:
+        out[fmt.summary.key] = fmt.summary.compute(subsets)
     return out
 
 
-def _ties_rows(eval_set: EvalSet, scores, members: list[int]) -> list:
+def _composite_rows(eval_set: EvalSet, scores, members: list[int]) -> list:
     return [(eval_set.items[i].item_id, list(scores[i]), eval_set.items[i].num_correct) for i in members]
 
 
@@ -85,7 +82,7 @@ def set_results(model, eval_set: EvalSet, params: list[torch.Tensor], reward: Re
     model_rank, baseline = ranking(eval_set, rewards), ranking(eval_set, lengths)
     credit = model_rank.pop("credit")
     scored = ~np.isnan(credit)
-    summary = {"source": eval_set.source, "format": eval_set.format, "items": len(eval_set.items),
+    summary = {"source": eval_set.source, "format": eval_set.format.name, "items": len(eval_set.items),
                "read": eval_set.read, "dropped": dict(eval_set.dropped), "truncated": eval_set.truncated,
                "accuracy": model_rank["accuracy"],
                "accuracy_ci": list(bootstrap_interval(credit[scored], resamples, seed)) if scored.any() else None}
@@ -95,11 +92,11 @@ def set_results(model, eval_set: EvalSet, params: list[torch.Tensor], reward: Re
     pr = torch.stack([params[i][r] for i, r in zip(owner, second)])
     target = torch.tensor([eval_set.items[i].target for i in owner])
     noise = np.array([np.nan if eval_set.items[i].noise is None else eval_set.items[i].noise for i in owner])
-    metrics = pairwise_metrics(head, pc, pr, target, temperature, noise if (~np.isnan(noise)).any() else None)
-    metrics.pop("accuracy")
-    gaps = np.array([rewards[i][c] - rewards[i][r] for i, c, r in zip(owner, first, second)])
-    metrics.update(margin=float(gaps.mean()), chosen_reward=float(np.mean([rewards[i][c] for i, c in zip(
-        owner, first)])), rejected_reward=float(np.mean([rewards[i][r] for i, r in zip(owner, second)])))
+    chosen = np.array([rewards[i][c] for i, c in zip(owner, first)])
+    rejected = np.array([rewards[i][r] for i, r in zip(owner, second)])
+    metrics = pairwise_metrics(head, pc, pr, target, temperature, noise if (~np.isnan(noise)).any() else None,
+                               rewards=(chosen, rejected))
+    metrics.pop("accuracy")  # the set's own credit rule gives it (above)
     summary.update(metrics)
     prob = head.prob_pair(pc.float(), pr.float(), temperature).double().numpy()
     conf, freq, count = reliability_bins(prob, target.double().numpy())
@@ -108,9 +105,9 @@ def set_results(model, eval_set: EvalSet, params: list[torch.Tensor], reward: Re
     summary["subsets"] = {name: _subset_entry(eval_set, name, score, baseline["subsets"][name], credit, rewards,
                                               resamples, seed)
                           for name, score in model_rank["subsets"].items()}
-    for key in ("rewardbench", "rewardbench2"):
-        if key in model_rank:
-            summary[key] = {**model_rank[key], "length_baseline": baseline[key]}
+    if eval_set.format.summary is not None:
+        key = eval_set.format.summary.key
+        summary[key] = {**model_rank[key], "length_baseline": baseline[key]}
     summary["length"] = {**length_diagnostics(rewards, lengths, num_correct, credit),
                          "baseline_accuracy": baseline["accuracy"]}
     records = _records(model, eval_set, params, rewards, lengths, credit, owner, prob)
@@ -121,14 +118,16 @@ def set_results(model, eval_set: EvalSet, params: list[torch.Tensor], reward: Re
 def _subset_entry(eval_set: EvalSet, name: str, score: float, baseline: float, credit: np.ndarray, rewards,
                   resamples: int, seed: int) -> dict:
     members = [i for i, item in enumerate(eval_set.items) if item.subset == name]
-    if _is_ties(eval_set, name):
-        rows = _ties_rows(eval_set, rewards, members)
-        interval = bootstrap_statistic_interval(lambda idx: ties_score([rows[j] for j in idx]), len(rows),
+    composite = eval_set.format.is_composite(name)
+    if composite:
+        rows, where = _composite_rows(eval_set, rewards, members), f"{eval_set.source} ({name})"
+        statistic = eval_set.format.composite.score
+        interval = bootstrap_statistic_interval(lambda idx: statistic([rows[j] for j in idx], where), len(rows),
                                                 resamples, seed)
     else:
         interval = bootstrap_interval(credit[members], resamples, seed)
     return {"items": len(members), "score": score, "score_ci": list(interval), "length_baseline": baseline,
-            "composite": _is_ties(eval_set, name)}
+            "composite": composite}
 
 
 def _records(model, eval_set: EvalSet, params, rewards, lengths, credit, owner, prob) -> list[dict]:
@@ -142,11 +141,13 @@ def _records(model, eval_set: EvalSet, params, rewards, lengths, credit, owner, 
                   "lengths": lengths[index].astype(int).tolist(),
                   "credit": None if np.isnan(credit[index]) else float(credit[index]),
                   "p_chosen": p_first.get(index) if len(item.response_ids) == 2 else None}
-        if len(item.response_ids) == 2:  # the fields of training's predictions.jsonl
-            record.update(chosen_score=record["scores"][0], rejected_score=record["scores"][1],
-                          correct=bool(rewards[index][0] > rewards[index][1]))
         if model.head.distributional:
             record["sigmas"] = model.head.std(params[index]).tolist()
+        if len(item.response_ids) == 2:  # a pair: its fields by name
+            record.update(chosen_score=record["scores"][0], rejected_score=record["scores"][1],
+                          correct=bool(rewards[index][0] > rewards[index][1]))
+            if "sigmas" in record:
+                record.update(chosen_sigma=record["sigmas"][0], rejected_sigma=record["sigmas"][1])
         records.append(record)
     return records
 

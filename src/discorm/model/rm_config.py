@@ -8,15 +8,40 @@ lack only fields that have defaults (the reward normalisation).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from discorm.errors import ModelError
-from discorm.textfile import read_utf8
+from discorm.errors import ConfigError, ModelError, check_range
+from discorm.files import read_json, write_text
+from discorm.model.heads import head_class
 
 CONFIG_FILE = "discorm_config.json"
 VERSION = 3
 REWARD_MODES = ("mean", "lower_quantile", "mean_minus_std")
+
+
+def check_reward_options(mode: str | None = None, alpha: float | None = None, k: float | None = None,
+                         head=None, flags: bool = False) -> None:
+    """The one rule for the options that turn a reward distribution into one number, wherever they are given
+    (config, ``discorm eval``, ``discorm score``, a server request): a known mode, a head with a spread when the
+    mode needs one, a quantile level inside (0, 1) and k >= 0. ``None``: not given. Raises ConfigError naming the
+    key, as a command-line flag (``--reward-alpha``) with ``flags``."""
+
+    def name(key: str) -> str:
+        return f"--{key.replace('_', '-')}" if flags else key
+
+    if mode is not None and mode not in REWARD_MODES:
+        raise ConfigError(f"{name('reward_mode')}={mode!r} is not valid; use one of {', '.join(REWARD_MODES)}.")
+    if mode not in (None, "mean") and head is not None and not head.distributional:
+        raise ConfigError(f"{name('reward_mode')}={mode!r} needs a distributional head; this model's {head.kind} "
+                          "head has no spread, so use mean.")
+    for key, value in (("reward_alpha", alpha), ("reward_k", k)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise ConfigError(f"{name(key)}={value!r} must be a finite number.")
+    check_range(name("reward_alpha"), alpha, low=1e-6, high=1 - 1e-6)
+    check_range(name("reward_k"), k, low=0)
 
 
 @dataclass
@@ -52,15 +77,12 @@ class RewardModelConfig:
         return self.finetuning_type == "lora"
 
     def save(self, directory: str | Path) -> None:
-        Path(directory, CONFIG_FILE).write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        write_text(Path(directory, CONFIG_FILE), json.dumps(asdict(self), indent=2, sort_keys=True))
 
     @classmethod
     def load(cls, directory: str | Path) -> RewardModelConfig:
         file = Path(directory, CONFIG_FILE)
-        try:
-            data = json.loads(read_utf8(file, ModelError))
-        except json.JSONDecodeError as err:
-            raise ModelError(f"{file}:{err.lineno}: malformed JSON ({err.msg}); restore the file.") from None
+        data = read_json(file, ModelError, fix="restore the file")
         if not isinstance(data, dict):
             raise ModelError(f"{file}: expected a JSON object, found {type(data).__name__}.")
         return cls.from_dict(data, str(file))
@@ -88,8 +110,6 @@ class RewardModelConfig:
 
 def _migrate_v1(data: dict) -> dict:
     """0.1.0 stored the loss coefficients with the head options and had no version."""
-    from discorm.model.heads import head_class
-
     data = dict(data)
     options = data.get("head_options") or {}
     cls = head_class(data.get("head", "scalar"))

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from discorm.model.inference import score_ids
 from discorm.serve.metrics import ServerMetrics
-from discorm.serve.scoring import score_ids
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class MicroBatcher:
         self.max_queue_items = max_queue_items
         self.metrics = metrics or ServerMetrics()
         self.pending_items = 0  # queued or being scored
+        self.metrics.queue_depth.set_function(lambda: self.pending_items)
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="discorm-score")
         self.task: asyncio.Task | None = None
@@ -115,26 +116,26 @@ class MicroBatcher:
 
     def score_isolated(self, sequences: list[list[int]]) -> list[torch.Tensor | str]:
         """Head params per sequence (K,), or the reason it failed; a failed batch is retried item by item."""
-        self.metrics.count("batches")
+        self.metrics.batches.inc()
         try:
             params = score_ids(self.model, sequences, self.max_batch_size)
             if bool(torch.isfinite(params).all()):
-                self.metrics.count("items_scored", len(sequences))
+                self.metrics.items_scored.inc(len(sequences))
                 return list(params)
         except Exception as err:  # noqa: BLE001 - any failure of the batch is narrowed down below
             logger.warning("a micro-batch of %d items failed (%s: %s); retrying item by item",
                            len(sequences), type(err).__name__, err)
-        self.metrics.count("batch_retries")
+        self.metrics.batch_retries.inc()
         return [self._score_one(sequence) for sequence in sequences]
 
     def _score_one(self, sequence: list[int]) -> torch.Tensor | str:
         try:
             params = score_ids(self.model, [sequence], 1)[0]
         except Exception as err:  # noqa: BLE001 - the reason goes back to the one request holding the item
-            self.metrics.count("item_failures")
+            self.metrics.item_failures.inc()
             return f"scoring failed ({type(err).__name__}: {str(err)[:200]})"
         if not bool(torch.isfinite(params).all()):
-            self.metrics.count("item_failures")
+            self.metrics.item_failures.inc()
             return f"the model gave a non-finite score ({params.tolist()})"
-        self.metrics.count("items_scored")
+        self.metrics.items_scored.inc()
         return params

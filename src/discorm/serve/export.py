@@ -1,28 +1,19 @@
-"""Export a DiscoRM run as a standard ``*ForSequenceClassification`` checkpoint (``num_labels=1``), the format
-TRL, vLLM, OpenRLHF and RewardBench load, with the tokenizer and the chat template the model was trained with.
+"""``discorm export``: a DiscoRM run as a standard ``*ForSequenceClassification`` checkpoint (the format TRL, vLLM,
+OpenRLHF and RewardBench load) with the tokenizer and chat template it was trained with.
 
-- The value head becomes the ``score`` layer, so ``AutoModelForSequenceClassification`` gives the same reward.
-- Sequence-classification models read the score at the last token that is not ``pad_token_id``. When the pad
-  token also ends every turn (SmolLM2 pads with ``<|im_end|>``), that would move the score one token back, so the
-  export picks a special token that never occurs in rendered conversations as the pad token.
-- Gaussian heads: ``discorm_head.safetensors`` holds the variance layer (``variance.weight``, ``variance.bias``):
-  ``var = softplus(variance.weight @ h + variance.bias) + 1e-4`` at the scored token. With ``num_labels=2`` the
-  second label is ``variance.weight @ h`` and the bias is in ``config.discorm_variance_bias``.
-- A scalar head with a bias (imported models) keeps it in ``config.discorm_reward_bias``: the exported logits
-  omit this constant, which no pairwise comparison can see.
-- Multi-objective and regression heads: label 0 is the combined reward ``w . (W h)``; ``--num-labels 1+A`` adds
-  each attribute's ``W_a h`` (names in ``config.discorm_attributes``, biases in ``config.discorm_attribute_bias``).
-- Constants the bias-free score layer cannot hold go to ``config.discorm_reward_shift``: DiscoRM's reward is
-  ``logits[0] - discorm_reward_shift``. With reward normalisation, ``1 / std`` is folded into the first row of
-  the score weight (exact), so the first logit has standard deviation 1 on the reference set and the shift is
-  ``(mean - head constant) / std``; ``config.discorm_reward_normalization`` records mean, std and the reference
-  set, and ``config.mean`` / ``config.std`` (= shift, 1) are the keys OpenRLHF's reward model reads to return
-  ``(logit - mean) / std``. Per-attribute labels and a Gaussian variance stay in their own units.
+The contract: label 0 is the head's mean reward (``logits[0] - config.discorm_reward_shift``, the normalisation
+folded in, ``config.mean`` / ``config.std`` as OpenRLHF reads them); extra labels (``--num-labels``) are the
+head's own (a Gaussian's variance logit, per-attribute means); constants the bias-free score layer cannot hold
+live in ``config.discorm_*``; the pad token never occurs in rendered conversations, so the score is read at the
+last real token. README "Scoring, export, serving" lists every field.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -68,9 +59,23 @@ def _normalized(spec, rm_config) -> tuple[torch.Tensor, dict]:
     return weight, extra
 
 
-def export_sequence_classification(
-    run_dir: str, out: str, merge_lora: bool = False, dtype: str | None = None, num_labels: int = 1
-) -> Path:
+def check_destination(run_dir: str, out: str, force: bool) -> None:
+    """The export never writes into its source, nor over a folder with files unless ``force``."""
+    source, target = Path(run_dir).resolve(), Path(out).resolve()
+    if target == source or source in target.parents or target in source.parents:
+        raise ModelError(f"--out {out} is {'inside ' if target != source else ''}the run directory {run_dir} "
+                         f"{'(or holds it) ' if target in source.parents else ''}being exported, whose files the "
+                         "export would replace; write it to another folder.")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise ModelError(f"--out {out} is not empty; choose a new folder, or pass --force to replace what is "
+                         "there.")
+
+
+def export_sequence_classification(run_dir: str, out: str, merge_lora: bool = False, dtype: str | None = None,
+                                   num_labels: int = 1, force: bool = False) -> Path:
+    """Write ``run_dir`` as a sequence-classification checkpoint in ``out`` (built in a temporary folder next to
+    it, then renamed into place; a folder that is there already is replaced only with ``force``)."""
+    check_destination(run_dir, out, force)
     model = RewardModel.from_pretrained(run_dir, quantized=False)  # a QLoRA adapter merges into full weights
     if model.is_lora:
         if not merge_lora:
@@ -113,9 +118,15 @@ def export_sequence_classification(
     if dtype:
         classifier = classifier.to(getattr(torch, dtype))
     out_dir = Path(out)
-    classifier.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    for name, tensors in spec.files.items():
-        save_file(tensors, out_dir / name, metadata={"head": head.kind})
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
+        staged = Path(tmp, "export")
+        classifier.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        for name, tensors in spec.files.items():
+            save_file(tensors, staged / name, metadata={"head": head.kind})
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staged, out_dir)
     logger.info("exported %s -> %s (%s head, pad token %r)", run_dir, out_dir, head.kind, tokenizer.pad_token)
     return out_dir

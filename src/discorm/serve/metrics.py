@@ -1,61 +1,58 @@
-"""Request and error counters of the reward server, exposed at ``GET /metrics`` in the Prometheus text format
-(version 0.0.4: ``# HELP`` / ``# TYPE`` lines, then one ``name{labels} value`` line per series)."""
+"""The reward server's Prometheus series, kept in one ``CollectorRegistry`` per app (``GET /metrics``).
 
-from __future__ import annotations
+``discorm_requests_total{route,status}`` and ``discorm_request_seconds{route}`` (a summary) cover every response,
+refusals and server errors included (:class:`RequestMetrics`); ``discorm_batches_total``,
+``discorm_batch_retries_total``, ``discorm_items_scored_total`` and ``discorm_item_failures_total`` count the
+micro-batcher's work; ``discorm_queue_depth`` is the items queued or being scored.
+"""
 
-import threading
-from collections import Counter
+import time
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-_COUNTERS = {
-    "batches": "Micro-batches scored.",
-    "batch_retries": "Micro-batches that failed and were retried item by item.",
-    "items_scored": "Items (sequences) scored successfully.",
-    "item_failures": "Items that could not be scored, even alone.",
-}
+from prometheus_client import CollectorRegistry, Counter, Gauge, Summary
 
 
 class ServerMetrics:
-    """Counters updated from the event loop and the scoring thread (hence the lock)."""
+    """The series of one app, in a registry of its own (several apps in one process do not collide). Counters are
+    thread-safe: the scoring thread updates them too."""
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self._counters: Counter = Counter()
-        self._requests: Counter = Counter()  # (route, status) -> count
-        self._seconds: Counter = Counter()  # route -> total seconds
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter("discorm_requests", "HTTP requests by route and status.", ["route", "status"],
+                                registry=registry)
+        self.seconds = Summary("discorm_request_seconds", "Time spent answering requests, by route.", ["route"],
+                               registry=registry)
+        self.batches = Counter("discorm_batches", "Micro-batches scored.", registry=registry)
+        self.batch_retries = Counter("discorm_batch_retries", "Micro-batches that failed and were retried item by "
+                                     "item.", registry=registry)
+        self.items_scored = Counter("discorm_items_scored", "Items (sequences) scored successfully.",
+                                    registry=registry)
+        self.item_failures = Counter("discorm_item_failures", "Items that could not be scored, even alone.",
+                                     registry=registry)
+        self.queue_depth = Gauge("discorm_queue_depth", "Items queued or being scored.", registry=registry)
 
-    def count(self, name: str, value: int = 1) -> None:
-        with self._lock:
-            self._counters[name] += value
 
-    def request(self, route: str, status: int, seconds: float) -> None:
-        with self._lock:
-            self._requests[(route, status)] += 1
-            self._seconds[route] += seconds
+class RequestMetrics:
+    """ASGI middleware: counts and times every HTTP response by route (the matched route's path, ``unmatched``
+    for none) and status; a request whose handler raised is counted as the 500 it is answered."""
 
-    def value(self, name: str) -> int:
-        return self._counters[name]
+    def __init__(self, app, metrics: ServerMetrics):
+        self.app, self.metrics = app, metrics
 
-    def requests(self, route: str, status: int) -> int:
-        return self._requests[(route, status)]
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
 
-    def render(self, gauges: dict[str, tuple[str, float]]) -> str:
-        """The exposition text; ``gauges`` maps name -> (help, current value)."""
-        with self._lock:
-            lines = ["# HELP discorm_requests_total HTTP requests by route and status.",
-                     "# TYPE discorm_requests_total counter"]
-            lines += [f'discorm_requests_total{{route="{route}",status="{status}"}} {n}'
-                      for (route, status), n in sorted(self._requests.items())]
-            lines += ["# HELP discorm_request_seconds Time spent answering requests, by route.",
-                      "# TYPE discorm_request_seconds summary"]
-            for route, total in sorted(self._seconds.items()):
-                count = sum(n for (r, _), n in self._requests.items() if r == route)
-                lines += [f'discorm_request_seconds_sum{{route="{route}"}} {total:.6f}',
-                          f'discorm_request_seconds_count{{route="{route}"}} {count}']
-            for name, help_text in _COUNTERS.items():
-                lines += [f"# HELP discorm_{name}_total {help_text}", f"# TYPE discorm_{name}_total counter",
-                          f"discorm_{name}_total {self._counters[name]}"]
-        for name, (help_text, value) in gauges.items():
-            lines += [f"# HELP discorm_{name} {help_text}", f"# TYPE discorm_{name} gauge", f"discorm_{name} {value}"]
-        return "\n".join(lines) + "\n"
+        async def send_noting_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.seconds.labels(route).observe(time.perf_counter() - start)

@@ -1,23 +1,17 @@
 """`discorm serve`: rewards over HTTP for RL loops (FastAPI + uvicorn).
 
-- ``POST /score``: ``[{"messages": [...]}, {"prompt": ..., "response": ...}, ...]``, or ``{"inputs": [...],
-  "reward_mode": ..., "reward_alpha": ..., "reward_k": ...}`` (the reward options apply to that request only)
-  -> ``{"rewards": [...], "reward_mode": ...}`` plus ``"means"``/``"sigmas"`` for distributional heads and, for
-  heads that predict rated attributes, ``"attributes"`` (and ``"attribute_sigmas"``): one ``{name: value}`` per
-  input. Rewards, means and sigmas are normalised when the model stores normalisation constants.
-- ``POST /get_reward``: OpenRLHF's remote reward-model protocol, ``{"query": [full texts]}`` ->
-  ``{"rewards": [...]}``; the texts are scored as given (already rendered with the chat template).
-- ``GET /health`` (model, head, reward mode, queue depth) and ``GET /metrics`` (Prometheus text format).
+- ``POST /score``: a list of inputs, or ``{"inputs": [...], "reward_mode", "reward_alpha", "reward_k"}`` ->
+  ``{"rewards", "reward_mode"}`` plus the head's ``means``/``sigmas``/``attributes``/... per input.
+- ``POST /get_reward`` (OpenRLHF): ``{"query": [rendered texts], ...}`` -> ``{"rewards", "scores"}``.
+- ``GET /health`` (open to all) and ``GET /metrics`` (Prometheus); with an API key every other route needs it.
 
-(No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations at run time.)
-
-Isolation: every item is validated and tokenized before it is queued (a bad item: 422 naming its index); a
-micro-batch that fails is retried item by item, so only the requests holding a bad item fail (422); the queue is
-bounded (503 + ``Retry-After`` when full); each request has a deadline (408 while its body is still arriving, 503
-once queued); malformed JSON is 400, too large 413, a missing or wrong API key 401. Shutdown (SIGTERM / Ctrl-C)
-stops accepting connections and finishes the requests in flight.
+Refusals are JSON ``{"error", "items"?}``: 400 malformed JSON, 401 missing or wrong API key, 408 the body did
+not arrive within the deadline, 413 body or item count over the limit, 422 a bad shape, reward option or item (all
+bad items by index), 503 + ``Retry-After`` queue full or not scored within the deadline, 500 a server bug (logged;
+serving goes on). Shutdown (SIGTERM / Ctrl-C) finishes the requests in flight.
 """
 
+# No ``from __future__ import annotations``: FastAPI reads the annotations of routes and dependencies at run time.
 
 import asyncio
 import hmac
@@ -25,20 +19,192 @@ import ipaddress
 import logging
 import math
 import os
-import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated
+
+from discorm.errors import ConfigError, DiscoRMError
+
+try:
+    import uvicorn
+    from fastapi import APIRouter, Depends, FastAPI, Request, Security
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
+    from prometheus_client.exposition import choose_encoder
+except ModuleNotFoundError as missing:
+    raise DiscoRMError(f"the reward server needs FastAPI, uvicorn and prometheus-client ({missing.name} is not "
+                       "installed): pip install 'discorm[serve]'.") from None
 
 from discorm.data.tokenize import Encoder
-from discorm.errors import ConfigError, DiscoRMError
+from discorm.model.inference import describe
+from discorm.model.reward_model import RewardModel
 from discorm.serve.batching import ItemsFailed, MicroBatcher, QueueFull
-from discorm.serve.metrics import CONTENT_TYPE, ServerMetrics
-from discorm.serve.scoring import describe
-from discorm.serve.validation import RequestError, encode_items, read_json, reward_request, score_request
+from discorm.serve.metrics import RequestMetrics, ServerMetrics
+from discorm.serve.validation import (
+    RequestError,
+    RewardOptions,
+    RewardRequest,
+    ScoreRequest,
+    encode_items,
+    parse_body,
+    read_body,
+    refusal,
+)
 
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "DISCORM_API_KEY"
 RETRY_AFTER_S = 1
+BUSY = {"Retry-After": str(RETRY_AFTER_S)}
+
+
+@dataclass
+class Server:
+    """What the routes of one app share (``app.state.server``)."""
+
+    model: RewardModel
+    encoder: Encoder
+    batcher: MicroBatcher
+    metrics: ServerMetrics
+    name: str
+    api_key: str | None
+    max_items: int
+    max_body_bytes: int
+    max_queue_items: int
+    request_timeout_s: float
+
+
+async def current_server(request: Request) -> Server:
+    return request.app.state.server
+
+
+ServerDep = Annotated[Server, Depends(current_server)]
+
+
+async def request_deadline(server: ServerDep) -> float:
+    """When the request must be answered, on the event loop's clock (one value per request: dependencies are
+    cached)."""
+    return asyncio.get_running_loop().time() + server.request_timeout_s
+
+
+Deadline = Annotated[float, Depends(request_deadline)]
+
+bearer_key = HTTPBearer(auto_error=False)
+header_key = APIKeyHeader(name="X-API-Key", auto_error=False)
+query_key = APIKeyQuery(name="api_key", auto_error=False)  # for clients that only take a URL (OpenRLHF)
+
+
+async def require_key(server: ServerDep, bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_key)],
+                      header: Annotated[str | None, Security(header_key)],
+                      query: Annotated[str | None, Security(query_key)]) -> None:
+    """401 unless the app has no key or the request carries it, in any of the three places."""
+    if server.api_key is None:
+        return
+    supplied = (bearer.credentials if bearer else None) or header or query or ""
+    if not hmac.compare_digest(supplied.encode(), server.api_key.encode()):
+        raise RequestError(401, "missing or wrong API key; send the header `Authorization: Bearer <key>` (or "
+                                "`X-API-Key: <key>`)", headers={"WWW-Authenticate": "Bearer"})
+
+
+class JSONBody:
+    """Dependency: the body read within the deadline (408 if it does not arrive in time) as a ``schema``."""
+
+    def __init__(self, schema: type[RewardOptions]):
+        self.schema = schema
+
+    async def __call__(self, request: Request, server: ServerDep, deadline: Deadline) -> RewardOptions:
+        try:
+            body = await asyncio.wait_for(read_body(request, server.max_body_bytes),
+                                          deadline - asyncio.get_running_loop().time())
+        except asyncio.TimeoutError:
+            raise RequestError(408, f"the request body did not arrive within {server.request_timeout_s} s") from None
+        return parse_body(self.schema, body, server.model.head, server.max_items)
+
+
+async def score_sequences(server: Server, sequences: list[list[int]], options: dict, deadline: float) -> list[dict]:
+    """Queue the sequences, wait for their head params until the deadline and describe them with ``options``."""
+    try:
+        future = server.batcher.submit(sequences)
+    except QueueFull as err:
+        raise RequestError(503, f"the server is busy ({err}); retry in {RETRY_AFTER_S} s", headers=BUSY) from None
+    try:
+        params = await asyncio.wait_for(future, deadline - asyncio.get_running_loop().time())
+    except asyncio.TimeoutError:
+        raise RequestError(503, f"not scored within {server.request_timeout_s} s; the server is busy",
+                           headers=BUSY) from None
+    except ItemsFailed as err:
+        raise RequestError(422, str(err), items=sorted(err.failures)) from None
+    records = describe(server.model, params, **options)
+    bad = [i for i, r in enumerate(records) if not math.isfinite(r["reward"])]
+    if bad:
+        raise RequestError(422, f"the reward of item(s) {bad} is not finite with these reward options", items=bad)
+    return records
+
+
+router = APIRouter()
+KEYED = [Security(require_key)]
+
+
+@router.get("/health")
+async def health(server: ServerDep):
+    """Liveness and load: the model, its head and reward mode, the queue depth."""
+    return {"status": "ok", "model": server.name, "head": server.model.head.kind,
+            "reward_mode": server.model.rm_config.reward_mode, "queue_depth": server.batcher.pending_items,
+            "max_queue_items": server.max_queue_items}
+
+
+@router.get("/metrics", dependencies=KEYED)
+async def prometheus_metrics(request: Request, server: ServerDep) -> Response:
+    """The app's Prometheus series, in the format the scraper's ``Accept`` header asks for."""
+    encode, content_type = choose_encoder(request.headers.get("accept"))  # text format 0.0.4 unless asked otherwise
+    return Response(encode(server.metrics.registry), media_type=content_type)
+
+
+@router.post("/score", dependencies=KEYED)
+async def score(body: Annotated[ScoreRequest, Depends(JSONBody(ScoreRequest))], server: ServerDep,
+                deadline: Deadline):
+    """Rewards of the inputs (texts, chat messages, ``{"prompt", "response"}``), with the request's reward options."""
+    sequences = encode_items(body.inputs, server.encoder.encode_item)
+    records = await score_sequences(server, sequences, body.options(), deadline)
+    answer = {"rewards": [r["reward"] for r in records], "reward_mode": records[0]["reward_mode"]}
+    for key in records[0].keys() - {"reward", "reward_mode"}:  # "means", "sigmas", "attributes", ...
+        answer[key if key.endswith("s") else f"{key}s"] = [r[key] for r in records]
+    return answer
+
+
+@router.post("/get_reward", dependencies=KEYED)
+async def get_reward(body: Annotated[RewardRequest, Depends(JSONBody(RewardRequest))], server: ServerDep,
+                     deadline: Deadline):
+    """OpenRLHF's remote reward model: rewards of texts already rendered with the chat template."""
+    sequences = encode_items(body.query, server.encoder.encode_text)
+    rewards = [r["reward"] for r in await score_sequences(server, sequences, body.options(), deadline)]
+    return {"rewards": rewards, "scores": rewards}
+
+
+async def refused(_request: Request, err: RequestError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+    return await refused(request, refusal(err.errors()))
+
+
+async def internal_error(request: Request, err: Exception) -> JSONResponse:
+    """A server bug. Starlette re-raises it once this answer is sent, so uvicorn logs its traceback (and closes
+    that connection); the server goes on serving."""
+    logger.error("unexpected error on %s %s: %s: %s", request.method, request.url.path, type(err).__name__, err)
+    return JSONResponse({"error": "internal server error (logged)"}, status_code=500)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    """The micro-batcher runs while the server does; it stops once the requests in flight are answered."""
+    app.state.server.batcher.start()
+    try:
+        yield
+    finally:
+        await app.state.server.batcher.stop()
 
 
 def is_loopback(host: str) -> bool:
@@ -52,124 +218,23 @@ def is_loopback(host: str) -> bool:
 
 def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_bytes: int = 4_000_000,
                api_key: str | None = None, max_queue_items: int = 1024, request_timeout_s: float = 30.0,
-               name: str | None = None, max_wait_ms: float = 5.0):
+               name: str | None = None, max_wait_ms: float = 5.0) -> FastAPI:
     """The ASGI app. ``api_key``: when set, every scoring route and /metrics need it (``Authorization: Bearer
     KEY``, ``X-API-Key: KEY`` or ``?api_key=KEY``); /health stays open for liveness probes."""
-    try:
-        from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse, PlainTextResponse
-    except ImportError:
-        raise DiscoRMError("the reward server needs FastAPI and uvicorn: pip install 'discorm[serve]'.") from None
-
     if max_queue_items < max_items:
-        raise ConfigError(f"the queue ({max_queue_items} items) must hold at least one full request ({max_items} items).")
+        raise ConfigError(f"the queue ({max_queue_items} items) must hold at least one full request ({max_items} "
+                          "items).")
     model.eval()
-    encoder = Encoder.for_model(model)
     metrics = ServerMetrics()
     batcher = MicroBatcher(model, max_batch_size, max_wait_ms, max_queue_items, metrics)
-    name = name or model.rm_config.base_model
-
-    @asynccontextmanager
-    async def lifespan(_app):
-        batcher.start()
-        yield
-        await batcher.stop()
-
     app = FastAPI(title="DiscoRM reward server", lifespan=lifespan)
-    app.state.batcher, app.state.metrics = batcher, metrics
-
-    def check_key(request: Request) -> None:
-        if api_key is None:
-            return
-        bearer = request.headers.get("authorization", "")
-        supplied = (bearer[7:] if bearer.lower().startswith("bearer ") else None) or request.headers.get(
-            "x-api-key") or request.query_params.get("api_key") or ""
-        if not hmac.compare_digest(supplied.encode(), api_key.encode()):
-            raise RequestError(401, "missing or wrong API key; send the header `Authorization: Bearer <key>` (or "
-                                    "`X-API-Key: <key>`)", headers={"WWW-Authenticate": "Bearer"})
-
-    async def answer(route: str, request: Request, work, deadline: bool = True, needs_key: bool = True):
-        """Run one request: API key, deadline, and every refusal as JSON with its status; counted."""
-        start, stage = time.perf_counter(), {"body_read": False}
-        try:
-            if needs_key:
-                check_key(request)
-            body = await asyncio.wait_for(work(stage), request_timeout_s) if deadline else await work(stage)
-            response = body if not isinstance(body, dict) else JSONResponse(body)
-        except RequestError as err:
-            response = JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-        except asyncio.TimeoutError:
-            if stage["body_read"]:
-                response = JSONResponse({"error": f"not scored within {request_timeout_s} s; the server is busy"},
-                                        status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
-            else:
-                response = JSONResponse({"error": f"the request body did not arrive within {request_timeout_s} s"},
-                                        status_code=408)
-        except Exception:  # a server bug: logged and answered 500, the server keeps serving
-            logger.exception("unexpected error on %s", route)
-            response = JSONResponse({"error": "internal server error (logged)"}, status_code=500)
-        metrics.request(route, response.status_code, time.perf_counter() - start)
-        return response
-
-    async def score(sequences: list[list[int]], options: dict) -> list[dict]:
-        try:
-            future = batcher.submit(sequences)
-        except QueueFull as err:
-            raise RequestError(503, f"the server is busy ({err}); retry in {RETRY_AFTER_S} s",
-                               headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-        try:
-            params = await future
-        except ItemsFailed as err:
-            raise RequestError(422, str(err), items=sorted(err.failures)) from None
-        records = describe(model, params, **options)
-        bad = [i for i, r in enumerate(records) if not math.isfinite(r["reward"])]
-        if bad:
-            raise RequestError(422, f"the reward of item(s) {bad} is not finite with these reward options",
-                               items=bad)
-        return records
-
-    @app.get("/health")
-    async def health(request: Request):
-        async def work(_stage):
-            return {"status": "ok", "model": name, "head": model.head.kind,
-                    "reward_mode": model.rm_config.reward_mode, "queue_depth": batcher.pending_items,
-                    "max_queue_items": max_queue_items}
-
-        return await answer("/health", request, work, deadline=False, needs_key=False)
-
-    @app.get("/metrics")
-    async def prometheus(request: Request):
-        async def work(_stage):
-            gauges = {"queue_depth": ("Items queued or being scored.", batcher.pending_items)}
-            return PlainTextResponse(metrics.render(gauges), media_type=CONTENT_TYPE)
-
-        return await answer("/metrics", request, work, deadline=False)
-
-    async def read_and_score(request: Request, stage: dict, parse, encode) -> list[dict]:
-        payload = await read_json(request, max_body_bytes)
-        stage["body_read"] = True
-        items, options = parse(payload, max_items, model.head)
-        return await score(encode_items(items, encode), options)
-
-    @app.post("/score")
-    async def score_route(request: Request):
-        async def work(stage):
-            records = await read_and_score(request, stage, score_request, encoder.encode_item)
-            body = {"rewards": [r["reward"] for r in records], "reward_mode": records[0]["reward_mode"]}
-            for key in records[0].keys() - {"reward", "reward_mode"}:  # "means", "sigmas", "attributes", ...
-                body[key if key.endswith("s") else f"{key}s"] = [r[key] for r in records]
-            return body
-
-        return await answer("/score", request, work)
-
-    @app.post("/get_reward")
-    async def get_reward(request: Request):
-        async def work(stage):
-            rewards = [r["reward"] for r in await read_and_score(request, stage, reward_request, encoder.encode_text)]
-            return {"rewards": rewards, "scores": rewards}
-
-        return await answer("/get_reward", request, work)
-
+    app.state.server = Server(model, Encoder.for_model(model), batcher, metrics, name or model.rm_config.base_model,
+                              api_key, max_items, max_body_bytes, max_queue_items, request_timeout_s)
+    app.include_router(router)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    for error, handler in ((RequestError, refused), (RequestValidationError, invalid_request),
+                           (Exception, internal_error)):
+        app.add_exception_handler(error, handler)
     return app
 
 
@@ -188,13 +253,9 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch_s
             raise ConfigError(f"{key} {value} must be positive.")
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port} is not a TCP port; use a number from 1 to 65535 (0: any free port).")
-    from discorm.model.reward_model import RewardModel
-
     model = RewardModel.from_pretrained(model_dir)
     app = create_app(model, max_batch_size, max_items, max_body_bytes, api_key=api_key,
                      max_queue_items=max_queue_items, request_timeout_s=request_timeout_s, name=str(model_dir))
-    import uvicorn
-
     logger.info("serving %s (%s head) on http://%s:%d%s", model_dir, model.head.kind, host, port,
                 " (API key required)" if api_key else "")
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=request_timeout_s + 5)

@@ -1,21 +1,29 @@
-"""Reading and checking reward-server requests before anything is queued.
+"""Reward-server request bodies: read, parsed and checked before anything is queued.
 
-Every problem becomes a :class:`RequestError` with the HTTP status and a message naming what is wrong and where
-(the key, or ``item i`` for the i-th input), so a bad request is answered 4xx and never reaches the model.
+A body is read up to the byte limit (413 beyond it, 400 for a bad Content-Length), parsed as JSON (400 when
+malformed) and validated as the pydantic model of its route, :class:`ScoreRequest` or :class:`RewardRequest`:
+more items than allowed is 413, any other wrong shape or reward option 422. An item that cannot be encoded is 422
+too, all bad items together. Every refusal is a :class:`RequestError` naming the key or ``item i``.
 """
 
-from __future__ import annotations
-
 import json
-import math
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
-from discorm.config import check_range
-from discorm.errors import ConfigError, DataError, DiscoRMError
-from discorm.model.rm_config import REWARD_MODES
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from starlette.requests import ClientDisconnect, Request
 
-OPTION_KEYS = ("reward_mode", "reward_alpha", "reward_k")
-SCORE_KEYS = ("inputs", *OPTION_KEYS)
+from discorm.errors import ConfigError, DataError
+from discorm.model.rm_config import check_reward_options
 
 
 class RequestError(Exception):
@@ -30,10 +38,8 @@ class RequestError(Exception):
         return {"error": str(self)} if self.items is None else {"error": str(self), "items": self.items}
 
 
-async def read_json(request, max_body_bytes: int) -> Any:
-    """The request body as JSON, read up to ``max_body_bytes`` (413 beyond, 400 if it is not JSON)."""
-    from starlette.requests import ClientDisconnect
-
+async def read_body(request: Request, max_body_bytes: int) -> bytes:
+    """The request body, streamed up to ``max_body_bytes`` (413 beyond; 499 if the client goes away)."""
     declared = request.headers.get("content-length")
     if declared is not None and not declared.isdigit():
         raise RequestError(400, f"invalid Content-Length header {declared[:40]!r}")
@@ -47,72 +53,110 @@ async def read_json(request, max_body_bytes: int) -> Any:
                 raise RequestError(413, f"request body is over the {max_body_bytes}-byte limit")
     except ClientDisconnect:
         raise RequestError(499, "the client disconnected before sending the whole body") from None
-    try:
-        return json.loads(bytes(body))
-    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise RequestError(400, f"malformed JSON: {str(err)[:200]}") from None
+    return bytes(body)
 
 
-def check_reward_options(mode: str | None, alpha: float | None, head) -> None:
-    """The rule for reward options given per call (a server request, ``discorm score``): a known mode, a spread
-    to use when the mode needs one, and a quantile level inside (0, 1). Raises ConfigError."""
-    if mode is not None and mode not in REWARD_MODES:
-        raise ConfigError(f"reward_mode={mode!r} is not valid; use one of {', '.join(REWARD_MODES)}")
-    if mode not in (None, "mean") and not head.distributional:
-        raise ConfigError(f"reward_mode={mode!r} needs a distributional head; this model's {head.kind} head has "
-                          "no spread, so use mean")
-    check_range("reward_alpha", alpha, low=1e-6, high=1 - 1e-6)
-
-
-def reward_options(payload: dict, head) -> dict:
-    """``reward_mode`` / ``reward_alpha`` / ``reward_k`` of one request, checked (422 when invalid)."""
-    options = {key: payload[key] for key in OPTION_KEYS if payload.get(key) is not None}
-    for key in ("reward_alpha", "reward_k"):
-        value = options.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value)):
-            raise RequestError(422, f'"{key}"={value!r} must be a finite number')
-    try:
-        check_reward_options(options.get("reward_mode"), options.get("reward_alpha"), head)
-    except DiscoRMError as err:
-        raise RequestError(422, str(err)) from None
-    return options
-
-
-def check_items(items: Any, max_items: int, name: str) -> list:
-    if not isinstance(items, list) or not items:
-        raise RequestError(422, f'"{name}" must be a non-empty list, found {type(items).__name__}')
-    if len(items) > max_items:
-        raise RequestError(413, f"{len(items)} inputs is over the limit of {max_items} per request; split it")
+def _within_limit(items: Any, info: ValidationInfo) -> Any:
+    """At most ``max_items`` (from the validation context) items per request, counted before they are checked."""
+    limit = (info.context or {}).get("max_items")
+    if isinstance(items, list) and limit is not None and len(items) > limit:
+        raise PydanticCustomError("too_many_items", "{count} inputs is over the limit of {limit} per request; "
+                                  "split it", {"count": len(items), "limit": limit})
     return items
 
 
-def score_request(payload: Any, max_items: int, head) -> tuple[list, dict]:
-    """``POST /score`` body -> (inputs, reward options). A bare list is the inputs; a dict may hold
-    ``inputs`` and the reward options only."""
-    if isinstance(payload, list):
-        return check_items(payload, max_items, "inputs"), {}
-    if not isinstance(payload, dict):
-        raise RequestError(422, f'expected a list of inputs or {{"inputs": [...]}}, found {type(payload).__name__}')
-    unknown = sorted(set(payload) - set(SCORE_KEYS))
-    if unknown:
-        raise RequestError(422, f"unknown key(s) {unknown[:5]}; allowed: {', '.join(SCORE_KEYS)}")
-    if "inputs" not in payload:
-        raise RequestError(422, 'missing "inputs": send {"inputs": [...]} or a bare list')
-    return check_items(payload["inputs"], max_items, "inputs"), reward_options(payload, head)
+Inputs = Annotated[list[Any], Field(min_length=1), BeforeValidator(_within_limit)]  # each one: Encoder.encode_item
+Texts = Annotated[list[StrictStr], Field(min_length=1), BeforeValidator(_within_limit)]
 
 
-def reward_request(payload: Any, max_items: int, head) -> tuple[list[str], dict]:
-    """``POST /get_reward`` body (OpenRLHF: ``{"query": [texts], "prompts": ..., "labels": ...}``) ->
-    (texts, reward options); keys other than the query and the reward options are ignored."""
-    if not isinstance(payload, dict) or "query" not in payload:
-        raise RequestError(422, 'expected {"query": [text, ...]}')
-    queries = check_items(payload["query"], max_items, "query")
-    bad = [i for i, q in enumerate(queries) if not isinstance(q, str)]
-    if bad:
-        raise RequestError(422, f'"query" must be a list of strings; item {bad[0]} is a '
-                                f'{type(queries[bad[0]]).__name__}', items=bad)
-    return queries, reward_options(payload, head)
+class RewardOptions(BaseModel):
+    """The reward options of one request. Any JSON value is taken here and judged by the one shared rule,
+    :func:`check_reward_options` (as for the config, ``discorm eval`` and ``discorm score``), with the model's
+    head from the validation context."""
+
+    EXPECTED: ClassVar[str]  # the body's shape, for the messages
+    reward_mode: Any = None
+    reward_alpha: Any = None
+    reward_k: Any = None
+
+    @model_validator(mode="after")
+    def _shared_rule(self, info: ValidationInfo):
+        try:
+            check_reward_options(self.reward_mode, self.reward_alpha, self.reward_k, (info.context or {}).get("head"))
+        except ConfigError as err:
+            raise PydanticCustomError("reward_options", "{reason}", {"reason": str(err)}) from None
+        return self
+
+    def options(self) -> dict:
+        """The options given (not None), as keyword arguments of ``describe``."""
+        return {key: getattr(self, key) for key in RewardOptions.model_fields if getattr(self, key) is not None}
+
+
+class ScoreRequest(RewardOptions):
+    """``POST /score``: ``{"inputs": [...]}`` plus reward options and no other key, or the inputs as a bare list."""
+
+    model_config = ConfigDict(extra="forbid")
+    EXPECTED: ClassVar[str] = 'a list of inputs or {"inputs": [...]}'
+    inputs: Inputs
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_list(cls, data: Any) -> Any:
+        return {"inputs": data} if isinstance(data, list) else data
+
+
+class RewardRequest(RewardOptions):
+    """``POST /get_reward`` (OpenRLHF): ``{"query": [text, ...]}`` plus reward options; other keys (``prompts``,
+    ``labels``, ...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    EXPECTED: ClassVar[str] = '{"query": [text, ...]}'
+    query: Texts
+
+
+# pydantic's error types in the server's words: {key} the key, {item} the item index, {input} the value given and
+# {found} its type
+WORDING = {
+    "missing": 'missing "{key}"; expected {expected}',
+    "extra_forbidden": "unknown key {key!r:.60} (allowed: {allowed})",
+    "model_type": "expected {expected}, found {found}",
+    "too_short": '"{key}" must be a non-empty list, found an empty one',
+    "list_type": '"{key}" must be a non-empty list, found {found}',
+    "string_type": '"{key}" must be a list of strings; item {item} is of type {found}',
+    "string_unicode": "key {input!r:.60} is not valid Unicode text (it holds a lone surrogate)",
+    "too_many_items": "{msg}",
+    "reward_options": "{msg}",
+}
+
+
+def refusal(errors: list[dict], schema: type[RewardOptions] | None = None) -> RequestError:
+    """Validation errors -> one RequestError naming each key and item: 413 when there are too many items, else
+    422. With the body's ``schema``, in the words above; without (FastAPI's own checks), as pydantic puts them."""
+    problems = []
+    for error in errors:
+        loc, given = error["loc"], error.get("input")
+        template = WORDING.get(error["type"]) if schema else None
+        words = {"key": loc[0] if loc else "", "item": loc[1] if len(loc) > 1 else "", "where": ".".join(map(str, loc)),
+                 "msg": error["msg"], "input": given, "found": type(given).__name__,
+                 "expected": getattr(schema, "EXPECTED", ""), "allowed": ", ".join(getattr(schema, "model_fields", ()))}
+        problems.append((template or ("{where}: {msg}" if loc else "{msg}")).format(**words))
+    problems = list(dict.fromkeys(problems))
+    message = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+    items = sorted({e["loc"][1] for e in errors if len(e["loc"]) > 1 and isinstance(e["loc"][1], int)})
+    status = 413 if any(e["type"] == "too_many_items" for e in errors) else 422
+    return RequestError(status, message, items=items or None)
+
+
+def parse_body(schema: type[RewardOptions], body: bytes, head, max_items: int) -> RewardOptions:
+    """A JSON body as ``schema``, its reward options checked for ``head`` (400 if it is not JSON)."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RequestError(400, f"malformed JSON: {str(err)[:200]}") from None
+    try:
+        return schema.model_validate(payload, context={"head": head, "max_items": max_items})
+    except ValidationError as err:
+        raise refusal(err.errors(include_url=False), schema) from None
 
 
 def encode_items(items: list, encode) -> list[list[int]]:

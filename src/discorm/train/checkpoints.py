@@ -1,10 +1,9 @@
-"""Crash-safe checkpoints: a ``checkpoint-N`` folder appears only when it is complete.
+"""Crash-safe checkpoints through the Trainer's public hooks: a ``checkpoint-N`` folder counts only once it holds
+``COMPLETE_MARKER``, which the main process writes after every process has finished writing (a barrier).
 
-The Trainer writes a checkpoint file by file (weights, optimizer, scheduler, ``rng_state_{rank}.pth`` from every
-process, ``trainer_state.json``), so a kill or a full disk during the write used to leave a half-written
-``checkpoint-N`` that a resume would then pick. Here every process writes into ``<output_dir>/.partial-checkpoints/
-checkpoint-N``; once all of them are done (a barrier), the main process renames the folder into place, which is
-atomic on one file system. ``resume_from_checkpoint: latest`` picks the newest complete checkpoint.
+A kill or a full disk during a save leaves a folder without the marker, which ``resume_from_checkpoint: latest``
+never picks and the next run removes. Older checkpoints are rotated (``save_total_limit``) only after the new one
+is marked, so the newest complete checkpoint is never deleted for one that is not.
 """
 
 from __future__ import annotations
@@ -15,28 +14,36 @@ import re
 import shutil
 from pathlib import Path
 
+from accelerate import PartialState
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from discorm.errors import ConfigError, TrainingError
-from discorm.train.collective import any_process
+from discorm.files import write_text
 
 logger = logging.getLogger(__name__)
 
-STAGING_DIR = ".partial-checkpoints"
-STATE_FILE = "trainer_state.json"  # the Trainer writes it last
+COMPLETE_MARKER = "checkpoint_complete"
+STATE_FILE = "trainer_state.json"
 
 
-def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """The ``checkpoint-N`` folders of a run that hold a trainer state, oldest first."""
+def checkpoint_folders(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Every ``checkpoint-N`` folder of a run, complete or not, as (N, path), oldest first."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    found = []
-    for path in root.iterdir():
-        match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name)
-        if match and path.is_dir() and (path / STATE_FILE).is_file():
-            found.append((int(match[1]), path))
-    return [path for _, path in sorted(found)]
+    found = [(int(m[1]), path) for path in root.iterdir()
+             if path.is_dir() and (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name))]
+    return sorted(found)
+
+
+def is_complete(folder: str | os.PathLike) -> bool:
+    return Path(folder, COMPLETE_MARKER).is_file()
+
+
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The marked ``checkpoint-N`` folders of a run, oldest first."""
+    return [path for _, path in checkpoint_folders(output_dir) if is_complete(path)]
 
 
 def resolve_resume(value: str | None, output_dir: str) -> str | None:
@@ -60,61 +67,46 @@ def resolve_resume(value: str | None, output_dir: str) -> str | None:
     return value
 
 
-class AtomicCheckpoints:
-    """Trainer mixin: checkpoints are written to a staging folder and renamed into place when complete."""
+def failed_save(err: OSError, output_dir: str, step: int) -> TrainingError | None:
+    """The error for a checkpoint that could not be written (its partial folder removed), or None when ``err``
+    did not come from writing checkpoint-``step``."""
+    folder = Path(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
+    if not folder.is_dir() or is_complete(folder):
+        return None
+    shutil.rmtree(folder, ignore_errors=True)
+    previous = complete_checkpoints(output_dir)
+    return TrainingError(
+        f"could not write {folder} ({err.strerror or err}{': ' + str(err.filename) if err.filename else ''}). The "
+        f"previous checkpoint {'(' + str(previous[-1]) + ') ' if previous else ''}is intact. Free disk space or "
+        f"make {output_dir} writable (or choose another output_dir), then run again with "
+        "resume_from_checkpoint=latest.")
 
-    _staging_root: str | None = None
 
-    def _get_output_dir(self, trial) -> str:
-        # Private: the Trainer asks it where checkpoint-N goes; during a save the answer is the staging folder.
-        return self._staging_root or super()._get_output_dir(trial)
+class CompleteCheckpoints(TrainerCallback):
+    """Marks each checkpoint once every process has written it, then rotates old ones. When training starts at
+    step S it removes the unmarked folders a crash left behind and those past S (this run writes them again).
+    ``save_total_limit`` is handled here: the Trainer's own rotation would run before the marker is written."""
 
-    def _save_checkpoint(self, model, trial) -> None:
-        # Private: Trainer._save_checkpoint writes checkpoint-N in place on every process, and no public hook
-        # surrounds the whole write; this wraps it to stage the write and publish the folder when complete.
-        run_dir = Path(super()._get_output_dir(trial))
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging_root = run_dir / STAGING_DIR
-        staged, final = staging_root / name, run_dir / name
-        if self.args.should_save:
-            shutil.rmtree(staging_root, ignore_errors=True)  # what a killed write left behind
-        self.accelerator.wait_for_everyone()
-        failure = None
-        self._staging_root = str(staging_root)
-        try:
-            super()._save_checkpoint(model, trial)
-        except Exception as err:  # noqa: BLE001 - any failed write: reported below, on every process
-            failure = err
-        finally:
-            self._staging_root = None
-        if self.state.best_model_checkpoint == str(staged):
-            self.state.best_model_checkpoint = str(final)
-        if not any_process(failure is not None, self.args.device):  # also the barrier: every file is written
-            if self.args.should_save:
-                try:
-                    self._publish(staged, final)
-                except OSError as err:
-                    failure = err
-            if not any_process(failure is not None, self.args.device):
-                return
-        if self.args.should_save:
-            shutil.rmtree(staging_root, ignore_errors=True)
-        previous = complete_checkpoints(run_dir)
-        raise TrainingError(
-            f"could not write {final} ({type(failure).__name__ if failure else 'on another process'}: "
-            f"{failure or 'see its log'}). The previous checkpoint "
-            f"{'(' + str(previous[-1]) + ') ' if previous else ''}is intact. Free disk space or make {run_dir} "
-            "writable (or choose another output_dir), then run again with resume_from_checkpoint=latest."
-        ) from failure
+    def __init__(self, save_total_limit: int | None):
+        self.save_total_limit = save_total_limit
 
-    def _publish(self, staged: Path, final: Path) -> None:
-        """Rename the complete staged folder to ``final`` (replacing an older one of the same step)."""
-        if self.state.best_model_checkpoint == str(final):  # the staged state file names the staging folder
-            self.state.save_to_json(str(staged / STATE_FILE))
-        replaced = staged.parent / f"replaced-{final.name}"
-        if final.exists():
-            os.rename(final, replaced)
-        os.rename(staged, final)
-        shutil.rmtree(staged.parent, ignore_errors=True)
-        rotate_checkpoints(output_dir=str(final.parent), save_total_limit=self.args.save_total_limit,
-                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            resuming = Path(args.resume_from_checkpoint).resolve() if args.resume_from_checkpoint else None
+            for step, folder in checkpoint_folders(args.output_dir):
+                if folder.resolve() == resuming:
+                    continue
+                if not is_complete(folder) or step > state.global_step:
+                    why = "past the step training starts at" if is_complete(folder) else "an unfinished checkpoint"
+                    logger.warning("removing %s: %s", folder, why)
+                    shutil.rmtree(folder, ignore_errors=True)
+        PartialState().wait_for_everyone()
+
+    def on_save(self, args, state, control, **kwargs):
+        PartialState().wait_for_everyone()  # every process has written its part of the checkpoint
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        write_text(folder / COMPLETE_MARKER, f"{state.global_step}\n")
+        rotate_checkpoints(output_dir=args.output_dir, save_total_limit=self.save_total_limit,
+                           best_model_checkpoint=state.best_model_checkpoint, use_mtime=True)

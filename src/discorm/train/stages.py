@@ -1,19 +1,22 @@
-"""What runs after the gradient steps, with every weight fixed: fitting the attribute weights of a
-multi-objective head on pairs (stage 2 of ``combination: learned``) and measuring the reward's mean and standard
-deviation on a reference set (``reward_normalization``). Both score a tokenized data set once, packed and
-prefix-shared where the model runs that exactly (``serve/scoring.py``)."""
+"""What runs after the gradient steps, with every weight fixed, each a function: fitting the attribute weights of a
+multi-objective head on pairs (stage 2 of ``combination: learned``), measuring the reward's mean and standard
+deviation on a reference set (``reward_normalization``) and fitting a temperature on calibration pairs
+(``temperature_scaling``). Each stores its result in the model's config; the data is scored once with
+``model/inference.py``."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from discorm.data.loader import split_kinds
 from discorm.errors import ConfigError
+from discorm.metrics import fit_temperature
+from discorm.model.inference import score_ids, score_pairs
 from discorm.model.reward_model import RewardModel
-from discorm.serve.scoring import score_ids, score_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -34,15 +37,10 @@ def score_dataset(model: RewardModel, dataset, batch_size: int = 16, rated: bool
     """Score the pairs (packed, prefix-shared where exact) and, with ``rated``, the rated responses of a tokenized
     data set, without gradient."""
     pairs, rated_rows = split_kinds(dataset)
-    was_training = model.training
-    model.eval()
-    try:
-        pair_params = None if pairs is None else score_pairs(model, list(pairs), batch_size)
-        rated_params = None
-        if rated and rated_rows is not None:
-            rated_params = score_ids(model, [f["prompt_ids"] + f["response_ids"] for f in rated_rows], batch_size)
-    finally:
-        model.train(was_training)
+    pair_params = None if pairs is None else score_pairs(model, list(pairs), batch_size)
+    rated_params = None
+    if rated and rated_rows is not None:
+        rated_params = score_ids(model, [f["prompt_ids"] + f["response_ids"] for f in rated_rows], batch_size)
     return Scored(pairs, pair_params, rated_params)
 
 
@@ -84,3 +82,34 @@ def fit_normalization(model: RewardModel, scored: Scored, name: str) -> tuple[fl
                               normalized_on=f"{name} ({len(rewards)} responses)")
     logger.info("reward normalisation on %s: mean %.4f, std %.4f over %d responses", name, mean, std, len(rewards))
     return mean, std
+
+
+def fit_calibration(model: RewardModel, scored: Scored) -> float:
+    """Fit the head's temperature on the scored calibration pairs (NLL of their soft labels, 1 where none);
+    stores it in the model's config and returns it."""
+    params = scored.pair_params
+    diff = (model.head.mean(params[:, 0]) - model.head.mean(params[:, 1])).double().numpy()
+    target = _column(scored.pairs, "soft_label", 1.0)
+    temperature = fit_temperature(diff, target.numpy() if target is not None else np.ones_like(diff))
+    model.rm_config = replace(model.rm_config, temperature=temperature)
+    logger.info("temperature scaling: T = %.3f on %d calibration pairs", temperature, len(diff))
+    return temperature
+
+
+def post_training(model: RewardModel, data, data_args, finetuning_args, batch_size: int) -> None:
+    """The stages a config asks for, in order: the learned combination, the reward normalisation (on
+    ``data.reference``, else the training data), the temperature (on ``data.calibration``). The training data is
+    scored once for the first two (stage 2 leaves the attribute outputs as they are)."""
+    from_train = finetuning_args.reward_normalization and data.reference is None
+    scored = None
+    if finetuning_args.combination == "learned":
+        scored = score_dataset(model, data.train, batch_size, rated=from_train)
+        learn_combination(model, scored, data_args.dataset)
+    if finetuning_args.reward_normalization:
+        if data.reference is not None:
+            scored = score_dataset(model, data.reference, batch_size)
+        elif scored is None:
+            scored = score_dataset(model, data.train, batch_size)
+        fit_normalization(model, scored, data_args.normalization_dataset or data_args.dataset)
+    if data.calibration is not None:
+        fit_calibration(model, score_dataset(model, data.calibration, batch_size, rated=False))

@@ -16,13 +16,15 @@ that add position embeddings to the input (GPT-2) or scale it do not, and the ch
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from discorm.data.collator import PackedPairCollator, on_device
+from discorm.data.collator import PackedPairCollator, model_inputs
 from discorm.errors import ModelError
+from discorm.model.inference import evaluating
 from discorm.model.loading import transformer_blocks
 from discorm.model.reward_model import RewardModel
 
@@ -68,11 +70,9 @@ def cache_frozen_states(model: RewardModel, examples: list[dict], batch_size: in
 
     hook = (blocks[first].register_forward_pre_hook(before_block, with_kwargs=True) if first < len(blocks)
             else blocks[-1].register_forward_hook(after_last))
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     parts, remapped, offset = [], [], 0
-    try:
+    with evaluating(model), _removed(hook):
         for start in tqdm(range(0, len(examples), batch_size), desc="Caching frozen blocks",
                           disable=not show_progress):
             batch = examples[start : start + batch_size]
@@ -89,10 +89,15 @@ def cache_frozen_states(model: RewardModel, examples: list[dict], batch_size: in
                 remapped.append({**example, "prompt_ids": rows[:p], "chosen_ids": rows[p : p + c],
                                  "rejected_ids": rows[p + c :]})
             offset += inputs["input_ids"].shape[1]
+    return torch.cat(parts), remapped
+
+
+@contextmanager
+def _removed(hook):
+    try:
+        yield
     finally:
         hook.remove()
-        model.train(was_training)
-    return torch.cat(parts), remapped
 
 
 def _with_submodule(root: nn.Module, path: str, new: nn.Module) -> nn.Module:
@@ -128,13 +133,9 @@ def trainable_part(model: RewardModel, states: torch.Tensor, check_with: dict | 
 def _check_equal(model: RewardModel, reduced: RewardModel, original: dict, cached: dict) -> None:
     collate = PackedPairCollator(prefix_sharing=True)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        full = model(**on_device(collate([original]), device)).head_params
-        part = reduced(**on_device(collate([cached]), device)).head_params
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        full = model(**model_inputs(collate([original]), device)).head_params
+        part = reduced(**model_inputs(collate([cached]), device)).head_params
     difference = float((full - part).abs().max())
     if difference > 1e-4 * max(1.0, float(full.abs().max())):
         raise ModelError(f"the cached frozen blocks do not reproduce this model ({type(model.backbone).__name__}: "

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding
+from benchmarks.frozen_cache import cache_frozen_states, first_trainable_block, trainable_part
+from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding, model_inputs
 from discorm.errors import ModelError
-from discorm.model.frozen_cache import cache_frozen_states, first_trainable_block, trainable_part
 from discorm.train.loss import PairwiseLoss
 from tests.conftest import build_model
 
@@ -16,7 +16,7 @@ PAIRS = [
 
 def _loss_and_grads(model, batch):
     model.zero_grad()
-    out = model(**batch)
+    out = model(**model_inputs(batch))
     half = out.head_params.shape[0] // 2
     loss = PairwiseLoss(model.head)(out.head_params[:half], out.head_params[half:], soft_label=batch["soft_label"])
     loss.backward()
@@ -50,8 +50,8 @@ def test_head_only_training_caches_the_last_block(tiny_llama):
     reduced = trainable_part(model, states, check_with={"original": PAIRS[1], "cached": cached[1]})
     assert len(reduced.backbone.layers) == 0
     with torch.no_grad():
-        full = model(**PackedPairCollator()(PAIRS)).head_params
-        part = reduced(**PackedPairCollator()(cached)).head_params
+        full = model(**model_inputs(PackedPairCollator()(PAIRS))).head_params
+        part = reduced(**model_inputs(PackedPairCollator()(cached))).head_params
     torch.testing.assert_close(part, full, atol=1e-5, rtol=1e-5)
 
 
@@ -65,7 +65,7 @@ def test_models_the_cache_cannot_reproduce_are_refused(tiny_llama, tiny_gpt2):
 
 
 def test_pairs_that_name_where_they_were_read_are_cached_and_scored(tiny_llama):
-    from discorm.serve.scoring import score_pairs
+    from discorm.model.inference import score_pairs
 
     sourced = [{**pair, "source": f"pairs.jsonl:{i + 1}"} for i, pair in enumerate(PAIRS)]  # as the encoder writes
     model = build_model(tiny_llama, "freeze", head="gaussian", freeze_trainable_layers=1).eval()
