@@ -1,4 +1,5 @@
-"""Calibration of reward heads on synthetic preferences with a known ground truth (tiny models, CPU, minutes).
+"""Calibration of reward heads on synthetic preferences with a known ground truth (tiny models on a CPU; the
+default run trains 18 models for 2,250 steps each: about 20 minutes of training at the 35 steps/s of 2 idle cores).
 
 Items are short token sequences ("qa3 nb1 w7 w2 ...") read by a tiny randomly initialised Llama through the real
 pipeline (chatml template, packed prefix-shared batches, PairwiseTrainer).
@@ -215,12 +216,11 @@ TITLES = {"A": "(A) per-item noise, varying", "A-const": "(A) constant-noise con
 
 
 def set_threads(requested: int | None) -> None:
-    """Every core on an idle machine, one while anything else runs (tiny models: a contended second thread makes
-    each step 10x or more slower)."""
-    load = os.getloadavg()[0]
-    threads = requested or (os.cpu_count() if load < 0.5 else 1)
+    """``requested`` threads, else every core (on a machine shared with other jobs, ``--threads 1``: a contended
+    second thread makes each step of these tiny models many times slower)."""
+    threads = requested or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    print(f"torch threads: {threads} (load average {load:.1f})")
+    print(f"torch threads: {threads} (load average {os.getloadavg()[0]:.1f})")
 
 
 def main() -> None:
@@ -233,9 +233,9 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=1000)
     parser.add_argument("--test", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=None,
-                        help="PyTorch threads (default: every core on an idle machine, 1 when the load average is "
-                             "above 0.5: while anything else uses the CPU a second thread makes every step of these "
-                             "tiny models 10x or more slower; the numbers do not depend on it)")
+                        help="PyTorch threads (default: every core; 1 on a machine shared with other jobs, where a "
+                             "contended second thread makes every step of these tiny models many times slower; the "
+                             "numbers do not depend on it)")
     opts = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     import transformers

@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--reward-mode", choices=REWARD_MODES, help="ranking reward for this run (default: the "
                           "model's own)")
     evaluate.add_argument("--reward-alpha", type=float, help="lower_quantile: the quantile level")
-    evaluate.add_argument("--reward-k", type=float, help="mean_minus_std: the number of standard deviations")
+    evaluate.add_argument("--reward-k", type=float, help="mean_minus_std, lcb: the number of standard deviations; "
+                          "uwo: the weight of the epistemic variance")
     evaluate.add_argument("--batch-size", type=int, default=8, help="items per packed forward pass")
     evaluate.add_argument("--cutoff-len", type=int, help="token budget per sequence (default: the model's own)")
     evaluate.add_argument("--max-samples", type=int, help="use at most this many rows of each set")
@@ -189,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--reward-alpha", type=float, default=None,
                        help="lower_quantile: the level alpha in (0, 1) (default: the model's reward_alpha)")
     score.add_argument("--reward-k", type=float, default=None,
-                       help="mean_minus_std: the number of standard deviations k (default: the model's reward_k)")
+                       help="mean_minus_std, lcb: the number of standard deviations k; uwo: the weight of the "
+                       "epistemic variance (default: the model's reward_k)")
     score.set_defaults(func=_cmd_score)
 
     export = sub.add_parser("export", help="write an AutoModelForSequenceClassification checkpoint")

@@ -23,8 +23,8 @@ from discorm.data.tokenize import DEFAULT_CUTOFF_LEN
 from discorm.errors import ConfigError, check_choice, check_range
 from discorm.files import read_utf8
 from discorm.model.builtin import DEFAULT_MODEL
-from discorm.model.heads import HEADS
-from discorm.model.loading import QUANTIZATION_KEYS, Finetuning, LoadOptions
+from discorm.model.heads import HEADS, UNCERTAINTIES
+from discorm.model.loading import QUANTIZATION_KEYS, Finetuning, LoadOptions, Uncertainty
 from discorm.model.packed import ATTENTION_BACKENDS
 from discorm.model.rm_config import check_reward_options
 
@@ -188,10 +188,23 @@ class FinetuningArguments:
         None, "Adds coef * mean((r_chosen + r_rejected)^2) to keep rewards centred.")
     reward_mode: str = _arg(
         "mean",
-        "Scalar reward from a distributional head: mean, lower_quantile (alpha-quantile), mean_minus_std "
-        "(mean - k * std).")
+        "Scalar reward handed out: mean, lower_quantile (alpha-quantile), mean_minus_std (mean - k * std); with "
+        "epistemic uncertainty also lcb (mean - k * sigma_epistemic), uwo (mean - k * sigma_epistemic^2) and, for "
+        "an ensemble, min (its worst member).")
     reward_alpha: float = _arg(0.1, "lower_quantile: the quantile level alpha.")
-    reward_k: float = _arg(1.0, "mean_minus_std: the number of standard deviations k.")
+    reward_k: float = _arg(1.0, "mean_minus_std and lcb: the number of standard deviations k; uwo: the weight of "
+                           "the epistemic variance.")
+    uncertainty: str | None = _arg(
+        None, "Epistemic uncertainty for any head: laplace (a Laplace posterior over a last layer on the pooled "
+        "features, fitted on the training pairs after training) or ensemble (ensemble_size heads on the shared "
+        "backbone, each trained on a bootstrap resample of the pairs).")
+    ensemble_size: int = _arg(5, "uncertainty: ensemble: the number of heads K.")
+    ensemble_bootstrap: bool = _arg(
+        True, "uncertainty: ensemble: weigh each pair by a Poisson(1) draw per head (false: every head sees every "
+        "pair once; the heads then differ only by their initialisation).")
+    laplace_prior_precision: float | None = _arg(
+        None, "uncertainty: laplace: the prior precision lambda of the last layer (default: chosen by maximising "
+        "the marginal likelihood on the training pairs).")
     temperature_scaling: bool = _arg(
         False, "scalar: fit a temperature on calibration pairs (calibration_data or a held-out share of the "
         "training data, never the evaluation pairs) before reporting calibration.")
@@ -225,13 +238,24 @@ class FinetuningArguments:
                               f"{', '.join(k for k, h in HEADS.items() if h.learns_combination)}).")
         check_range("rated_loss_weight", self.rated_loss_weight, low=0)
         check_choice("pooling", self.pooling, POOLINGS)
-        check_reward_options(self.reward_mode, self.reward_alpha, self.reward_k, HEADS[self.head])
+        check_choice("uncertainty", self.uncertainty, (None, *UNCERTAINTIES))
+        check_range("ensemble_size", self.ensemble_size, low=1)
+        check_range("laplace_prior_precision", self.laplace_prior_precision, low=1e-12)
+        if self.uncertainty == "ensemble" and self.combination == "learned":
+            raise ConfigError("combination: learned fits one set of attribute weights, and an ensemble has one per "
+                              "head; use combination: fixed with uncertainty: ensemble, or uncertainty: laplace.")
+        check_reward_options(self.reward_mode, self.reward_alpha, self.reward_k, HEADS[self.head],
+                             uncertainty=self.uncertainty)
         check_range("lora_rank", self.lora_rank, low=1)
         check_range("lora_dropout", self.lora_dropout, low=0, high=1)
         check_range("freeze_trainable_layers", self.freeze_trainable_layers, low=0)
         check_range("head_learning_rate", self.head_learning_rate, low=0)
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_rank
+
+    def uncertainty_config(self) -> Uncertainty:
+        size = self.ensemble_size if self.uncertainty == "ensemble" else 1
+        return Uncertainty(self.uncertainty, size, self.ensemble_bootstrap)
 
     def finetuning(self) -> Finetuning:
         return Finetuning(self.finetuning_type, self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_target,

@@ -89,6 +89,10 @@ def pairwise_metrics(head: RewardHead, pc: torch.Tensor, pr: torch.Tensor, targe
             corr = correlation(np.sqrt(sigma_c**2 + sigma_r**2)[known], noise[known])
             if corr is not None:
                 metrics["sigma_noise_corr"] = corr
+    if head.epistemic:
+        for part in ("aleatoric", "epistemic"):
+            spread = getattr(head, f"{part}_std")
+            metrics[f"mean_sigma_{part}"] = float(torch.cat([spread(pc), spread(pr)]).mean())
     if temperature != 1.0:
         metrics["temperature"] = float(temperature)
     return metrics

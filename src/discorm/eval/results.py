@@ -143,6 +143,9 @@ def _records(model, eval_set: EvalSet, params, rewards, lengths, credit, owner, 
                   "p_chosen": p_first.get(index) if len(item.response_ids) == 2 else None}
         if model.head.distributional:
             record["sigmas"] = model.head.std(params[index]).tolist()
+        if model.head.epistemic:
+            record["sigmas_aleatoric"] = model.head.aleatoric_std(params[index]).tolist()
+            record["sigmas_epistemic"] = model.head.epistemic_std(params[index]).tolist()
         if len(item.response_ids) == 2:  # a pair: its fields by name
             record.update(chosen_score=record["scores"][0], rejected_score=record["scores"][1],
                           correct=bool(rewards[index][0] > rewards[index][1]))

@@ -29,6 +29,7 @@ from discorm.eval.stats import CONFIDENCE, DEFAULT_RESAMPLES
 from discorm.files import write_json, write_jsonl
 from discorm.model.loading import LoadOptions
 from discorm.model.reward_model import RewardModel
+from discorm.model.rm_config import check_reward_options
 from discorm.plots import plot_reliability
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ def evaluate(model_path: str, sets: dict[str, str], options: EvalOptions, data_a
     """Load the model, read and encode every set with its encoder, score, and compute every number."""
     read = (data_args or DataArguments()).read_options()
     model = load_model(model_path, model_args, options.device)
+    check_reward_options(options.reward.mode, head=model.head, flags=True)  # the mode this model can give
     encoder = Encoder.for_model(model, options.cutoff_len)
     eval_sets = {name: load_eval_set(name, source, encoder, read, model.head.attributes, options.only_rows)
                  for name, source in sets.items()}

@@ -48,44 +48,50 @@ def _device(model) -> torch.device:
 
 
 @torch.no_grad()
-def score_ids(model, sequences: list[list[int]], batch_size: int = 8, show_progress: bool = False) -> torch.Tensor:
-    """Token id lists -> head params (N, K) float32 on the CPU, in padded batches."""
+def score_ids(model, sequences: list[list[int]], batch_size: int = 8, show_progress: bool = False,
+              features: bool = False):
+    """Token id lists -> head params (N, K) float32 on the CPU, in padded batches; with ``features`` also the
+    pooled features the head read, (N, H)."""
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     pad = (model.tokenizer.pad_token_id if model.tokenizer is not None else None) or 0
-    out: list[torch.Tensor | None] = [None] * len(sequences)
+    params_out, pooled_out = [None] * len(sequences), [None] * len(sequences)
     with evaluating(model):
         for start in tqdm(range(0, len(order), batch_size), desc="Scoring", disable=not show_progress):
             index = order[start : start + batch_size]
             input_ids, attention_mask = pad_sequences([sequences[i] for i in index], pad)
-            params = model(input_ids.to(_device(model)), attention_mask.to(_device(model))).head_params
+            out = model(input_ids.to(_device(model)), attention_mask.to(_device(model)))
             for row, i in enumerate(index):
-                out[i] = params[row].float().cpu()
-    return torch.stack(out) if out else torch.zeros(0, 1)
+                params_out[i], pooled_out[i] = out.head_params[row].float().cpu(), out.pooled[row].cpu()
+    params = torch.stack(params_out) if params_out else torch.zeros(0, 1)
+    return (params, torch.stack(pooled_out) if pooled_out else torch.zeros(0, 1)) if features else params
 
 
 @torch.no_grad()
 def score_pairs(model, examples: list[dict], batch_size: int = 8, show_progress: bool = False,
-                description: str = "Scoring pairs") -> torch.Tensor:
+                description: str = "Scoring pairs", features: bool = False):
     """Tokenized pairs (prompt_ids, chosen_ids, rejected_ids) -> head params (N, 2, K) as [chosen, rejected],
-    float32 on the CPU."""
+    float32 on the CPU; with ``features`` also the pooled features the head read, (N, 2, H)."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["prompt_ids"]) + len(
         examples[i]["chosen_ids"]) + len(examples[i]["rejected_ids"]))
     packed = padded_reason(model) is None
-    out: list[torch.Tensor | None] = [None] * len(examples)
+    params_out, pooled_out = [None] * len(examples), [None] * len(examples)
     with evaluating(model):
         for start in tqdm(range(0, len(order), batch_size), desc=description, disable=not show_progress):
             index = order[start : start + batch_size]
             batch = [examples[i] for i in index]
             if packed:
                 inputs = PackedPairCollator(prefix_sharing=True)(batch)
-                params = model(**model_inputs(inputs, _device(model))).head_params
+                out = model(**model_inputs(inputs, _device(model)))
+                params, pooled = out.head_params, out.pooled
             else:
                 seqs = [f["prompt_ids"] + f[key] for key in ("chosen_ids", "rejected_ids") for f in batch]
-                params = score_ids(model, seqs, batch_size=len(seqs))
+                params, pooled = score_ids(model, seqs, batch_size=len(seqs), features=True)
             params = params.float().cpu().view(2, len(batch), -1)  # chosen first, then rejected
+            pooled = pooled.cpu().view(2, len(batch), -1)
             for row, i in enumerate(index):
-                out[i] = params[:, row]
-    return torch.stack(out) if out else torch.zeros(0, 2, 1)
+                params_out[i], pooled_out[i] = params[:, row], pooled[:, row]
+    params = torch.stack(params_out) if params_out else torch.zeros(0, 2, 1)
+    return (params, torch.stack(pooled_out) if pooled_out else torch.zeros(0, 2, 1)) if features else params
 
 
 def describe(model, params: torch.Tensor, reward_mode: str | None = None, reward_alpha: float | None = None,

@@ -25,7 +25,7 @@ from transformers import (
 
 from discorm.errors import ConfigError, ModelError
 from discorm.model.builtin import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, pull_builtin_model
-from discorm.model.heads import RewardHead, ScalarHead, build_head
+from discorm.model.heads import RewardHead, ScalarHead, build_head, with_uncertainty
 from discorm.model.packed import ATTN_IMPLEMENTATION, register_packed_attention
 from discorm.model.rm_config import CONFIG_FILE, RewardModelConfig
 
@@ -62,6 +62,16 @@ class Finetuning:
     lora_dropout: float = 0.0
     lora_target: str = "all"
     freeze_trainable_layers: int = 2
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """The head's epistemic uncertainty (``model/heads/uncertainty.py``): ``kind`` None, laplace or ensemble;
+    an ensemble's ``ensemble_size`` heads, trained on bootstrap resamples when ``bootstrap``."""
+
+    kind: str | None = None
+    ensemble_size: int = 1
+    bootstrap: bool = True
 
 
 class CheckpointKind(str, Enum):
@@ -272,15 +282,16 @@ def checkpoint_kind(path: str) -> CheckpointKind:
 
 
 def read_checkpoint(path: str, options: LoadOptions | None = None, head: str | None = None,
-                    trainable: bool = False, quantized: bool = True) -> Parts:
+                    trainable: bool = False, quantized: bool = True, uncertainty: Uncertainty | None = None) -> Parts:
     """The parts of the reward model at ``path``, whatever its kind. ``head``: the head to build (default: the
-    checkpoint's own; another kind is seeded from it where that head accepts it). A QLoRA run loads on its
-    quantized base unless ``quantized`` is False (e.g. to merge the adapter)."""
+    checkpoint's own; another kind is seeded from it where that head accepts it). ``uncertainty``: how to wrap
+    the head of a DiscoRM run (default: as it was trained). A QLoRA run loads on its quantized base unless
+    ``quantized`` is False (e.g. to merge the adapter)."""
     options = options or LoadOptions()
     given, path = path, resolve_model_path(path)
     kind = checkpoint_kind(path)
     if kind is CheckpointKind.DISCORM:
-        return _read_discorm(Path(path), options, head, trainable, quantized)
+        return _read_discorm(Path(path), options, head, trainable, quantized, uncertainty)
     tokenizer = load_tokenizer(path, options.trust_remote_code, options.cache_dir, required=False)
     if kind is CheckpointKind.PRETRAINED:
         backbone = load_backbone(path, options)
@@ -305,7 +316,8 @@ def read_checkpoint(path: str, options: LoadOptions | None = None, head: str | N
     return _foreign(backbone, _head_from_scalar(weight, bias, head, path), tokenizer, given, kind)
 
 
-def _read_discorm(path: Path, options: LoadOptions, head: str | None, trainable: bool, quantized: bool) -> Parts:
+def _read_discorm(path: Path, options: LoadOptions, head: str | None, trainable: bool, quantized: bool,
+                  uncertainty: Uncertainty | None) -> Parts:
     config = RewardModelConfig.load(path)
     if config.quantization and quantized:
         options = replace(options, quantization=config.quantization)
@@ -314,11 +326,28 @@ def _read_discorm(path: Path, options: LoadOptions, head: str | None, trainable:
         backbone = PeftModel.from_pretrained(base, path, is_trainable=trainable)
     else:
         backbone = load_backbone(str(path), options)
-    kind = head or config.head
-    module = build_head(kind, backbone.config.hidden_size, **(config.head_options if kind == config.head else {}))
-    module.load_head_state(load_file(str(path / HEAD_FILE)), config.head, str(path))
+    kind, hidden = head or config.head, backbone.config.hidden_size
+    want = uncertainty or Uncertainty(config.uncertainty, config.ensemble_size)
+    module = with_uncertainty(
+        lambda: build_head(kind, hidden, **(config.head_options if kind == config.head else {})), hidden, want.kind,
+        want.ensemble_size, want.bootstrap)
+    module.load_head_state(_stored_head(path, config, want), config.head, str(path))
     tokenizer = load_tokenizer(str(path)) if (path / "tokenizer_config.json").is_file() else None
-    return Parts(backbone, module, replace(config, head=kind, head_options=module.saved_options()), tokenizer)
+    config = replace(config, head=kind, head_options=module.saved_options(), uncertainty=want.kind,
+                     ensemble_size=want.ensemble_size if want.kind == "ensemble" else 1)
+    return Parts(backbone, module, config, tokenizer)
+
+
+def _stored_head(path: Path, config: RewardModelConfig, want: Uncertainty) -> dict[str, torch.Tensor]:
+    """The head tensors of a run, as a head wrapped for ``want`` reads them: a Laplace run's member alone where
+    the posterior is not wanted (it is fitted again after training)."""
+    tensors = load_file(str(path / HEAD_FILE))
+    if config.uncertainty == "laplace" and want.kind != "laplace":
+        return {k.removeprefix("member."): v for k, v in tensors.items() if k not in ("covariance", "prior_precision")}
+    if config.uncertainty == "ensemble" and want.kind != "ensemble":
+        raise ModelError(f"{path} holds an ensemble of {config.ensemble_size} {config.head} heads; continue or load it "
+                         f"with uncertainty: ensemble and ensemble_size: {config.ensemble_size}.")
+    return tensors
 
 
 def _llamafactory_backbone(path: Path, options: LoadOptions, tokenizer):

@@ -24,13 +24,14 @@ from transformers.utils import ModelOutput
 
 from discorm.data.collator import block_positions
 from discorm.errors import ModelError
-from discorm.model.heads import RewardHead, build_head
+from discorm.model.heads import RewardHead, build_head, with_uncertainty
 from discorm.model.inference import evaluating, score_inputs
 from discorm.model.loading import (
     HEAD_FILE,
     CheckpointKind,
     Finetuning,
     LoadOptions,
+    Uncertainty,
     apply_finetuning,
     checkpoint_kind,
     load_backbone,
@@ -52,6 +53,7 @@ class RewardModelOutput(ModelOutput):
     scores: torch.Tensor | None = None  # (B,) the scalar reward per sequence (per `reward_mode`)
     head_params: torch.Tensor | None = None  # (B, K) the head's distribution parameters
     token_values: torch.Tensor | None = None  # (B, L) the head's mean at every token, when asked for
+    pooled: torch.Tensor | None = None  # (B, H) the features the head read (float32)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
@@ -110,12 +112,14 @@ class RewardModel(nn.Module):
             ).last_hidden_state  # (B, L, H)
             pooled = pool(hidden, attention_mask, self.rm_config.pooling)
         with torch.autocast(pooled.device.type, enabled=False):  # the head runs in float32, also under bf16
-            params = self.head(pooled.float())  # (B, K)
+            pooled = pooled.float()
+            params = self.head(pooled)  # (B, K)
             token_values = None
             if return_token_values:
                 token_params = self.head(hidden.float().flatten(0, 1))
                 token_values = self.head.mean(token_params).view(hidden.shape[:2])
-        return RewardModelOutput(scores=self.reward(params), head_params=params, token_values=token_values)
+        return RewardModelOutput(scores=self.reward(params), head_params=params, token_values=token_values,
+                                 pooled=pooled)
 
     def _packed_hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor, blocks: list) -> torch.Tensor:
         """The backbone's last hidden states (1, N, H) for a packed row, on the backend ``choose_backend`` picks;
@@ -146,13 +150,14 @@ class RewardModel(nn.Module):
         return (reward - config.reward_mean) / config.reward_std
 
     def summary(self, params: torch.Tensor) -> dict:
-        """The head's per-sequence values (see ``RewardHead.summary``), its reward ``mean`` and ``sigma`` on the
-        scale of the (normalised) reward."""
+        """The head's per-sequence values (see ``RewardHead.summary``), its reward ``mean`` and its spreads
+        (``sigma``, ``sigma_aleatoric``, ``sigma_epistemic``) on the scale of the (normalised) reward."""
         values = self.head.summary(params)
         if "mean" in values:
             values["mean"] = (values["mean"] - self.rm_config.reward_mean) / self.rm_config.reward_std
-        if "sigma" in values:
-            values["sigma"] = values["sigma"] / self.rm_config.reward_std
+        for name in ("sigma", "sigma_aleatoric", "sigma_epistemic"):
+            if name in values:
+                values[name] = values[name] / self.rm_config.reward_std
         return values
 
     # ----------------------------------------------------------------- packing support
@@ -285,13 +290,13 @@ class RewardModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, head: str | None = None, options: LoadOptions | None = None,
                         trainable: bool = False, device: str | torch.device | None = None, quantized: bool = True,
-                        **config_overrides) -> RewardModel:
+                        uncertainty: Uncertainty | None = None, **config_overrides) -> RewardModel:
         """Load any reward-model checkpoint ``read_checkpoint`` reads: a DiscoRM run directory (or a checkpoint in
         it), a LlamaFactory RM output, a sequence-classification reward checkpoint, a built-in model name or a
-        plain pretrained model (a new head). ``config_overrides`` replace fields of the model's config (e.g.
-        ``reward_mode="lower_quantile"``)."""
+        plain pretrained model (a new head). ``uncertainty``: wrap the head for it (default: as the run was
+        trained). ``config_overrides`` replace fields of the model's config (e.g. ``reward_mode="lower_quantile"``)."""
         options = options or LoadOptions()
-        parts = read_checkpoint(str(path), options, head, trainable, quantized)
+        parts = read_checkpoint(str(path), options, head, trainable, quantized, uncertainty)
         config = replace(parts.config, **config_overrides) if config_overrides else parts.config
         model = cls(parts.backbone, parts.head, config, parts.tokenizer, options.attention_backend)
         if device is not None:
@@ -301,21 +306,27 @@ class RewardModel(nn.Module):
     @classmethod
     def for_training(cls, path: str, tokenizer, head: str = "scalar", head_options: dict | None = None,
                      finetuning: Finetuning | None = None, options: LoadOptions | None = None,
-                     pooling: str = "last") -> RewardModel:
+                     pooling: str = "last", uncertainty: Uncertainty | None = None) -> RewardModel:
         """A fresh head on a pretrained backbone, or a DiscoRM run to continue (its head, or a ``head`` seeded
-        from it), with ``finetuning`` applied; the reward options and normalisation start at their defaults."""
+        from it), with ``finetuning`` applied and the head wrapped for ``uncertainty``; the reward options and
+        normalisation start at their defaults."""
         options, finetuning = options or LoadOptions(), finetuning or Finetuning()
+        uncertainty = uncertainty or Uncertainty()
         resolved = resolve_model_path(path)
         if checkpoint_kind(resolved) is CheckpointKind.DISCORM:
-            model = cls.from_pretrained(resolved, head=head, options=options, trainable=True)
+            model = cls.from_pretrained(resolved, head=head, options=options, trainable=True,
+                                        uncertainty=uncertainty)
             if not model.is_lora:
                 model.backbone = apply_finetuning(model.backbone, finetuning)
                 model.rm_config = replace(model.rm_config, base_model=path, finetuning_type=finetuning.kind)
         else:
             backbone = apply_finetuning(load_backbone(resolved, options), finetuning)
-            module = build_head(head, backbone.config.hidden_size, **(head_options or {}))
+            hidden = backbone.config.hidden_size
+            module = with_uncertainty(lambda: build_head(head, hidden, **(head_options or {})), hidden,
+                                      uncertainty.kind, uncertainty.ensemble_size, uncertainty.bootstrap)
             config = RewardModelConfig(head=module.kind, head_options=module.saved_options(), pooling=pooling,
-                                       base_model=path, finetuning_type=finetuning.kind)
+                                       base_model=path, finetuning_type=finetuning.kind,
+                                       uncertainty=uncertainty.kind, ensemble_size=uncertainty.ensemble_size)
             model = cls(backbone, module, config, attention_backend=options.attention_backend)
         model.tokenizer = tokenizer
         model.attention_backend = options.attention_backend

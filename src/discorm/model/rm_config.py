@@ -18,24 +18,36 @@ from discorm.model.heads import head_class
 
 CONFIG_FILE = "discorm_config.json"
 VERSION = 3
-REWARD_MODES = ("mean", "lower_quantile", "mean_minus_std")
+REWARD_MODES = ("mean", "lower_quantile", "mean_minus_std", "lcb", "uwo", "min")
 
 
 def check_reward_options(mode: str | None = None, alpha: float | None = None, k: float | None = None,
-                         head=None, flags: bool = False) -> None:
+                         head=None, flags: bool = False, uncertainty: str | None = None) -> None:
     """The one rule for the options that turn a reward distribution into one number, wherever they are given
     (config, ``discorm eval``, ``discorm score``, a server request): a known mode, a head with a spread when the
-    mode needs one, a quantile level inside (0, 1) and k >= 0. ``None``: not given. Raises ConfigError naming the
-    key, as a command-line flag (``--reward-alpha``) with ``flags``."""
+    mode needs one (lcb and uwo: epistemic uncertainty; min: an ensemble), a quantile level inside (0, 1) and
+    k >= 0. ``None``: not given. ``uncertainty``: the one a head class (``head``) will be wrapped with. Raises
+    ConfigError naming the key, as a command-line flag (``--reward-alpha``) with ``flags``."""
 
     def name(key: str) -> str:
         return f"--{key.replace('_', '-')}" if flags else key
 
     if mode is not None and mode not in REWARD_MODES:
         raise ConfigError(f"{name('reward_mode')}={mode!r} is not valid; use one of {', '.join(REWARD_MODES)}.")
-    if mode not in (None, "mean") and head is not None and not head.distributional:
-        raise ConfigError(f"{name('reward_mode')}={mode!r} needs a distributional head; this model's {head.kind} "
-                          "head has no spread, so use mean.")
+    if mode not in (None, "mean") and head is not None:
+        kind = uncertainty or head.uncertainty
+        epistemic = head.epistemic or bool(kind)
+        if mode == "min" and kind != "ensemble":
+            raise ConfigError(f"{name('reward_mode')}=min is the worst member of an ensemble; this model has "
+                              f"{kind or 'no epistemic uncertainty'}. Train with `uncertainty: ensemble`, or use "
+                              "lcb or uwo.")
+        if mode in ("lcb", "uwo") and not epistemic:
+            raise ConfigError(f"{name('reward_mode')}={mode!r} needs epistemic uncertainty (sigma_epistemic), which "
+                              f"this model's {head.kind} head does not have; train with `uncertainty: laplace` or "
+                              "`uncertainty: ensemble`, or use mean.")
+        if not (head.distributional or epistemic):
+            raise ConfigError(f"{name('reward_mode')}={mode!r} needs a distributional head; this model's "
+                              f"{head.kind} head has no spread, so use mean.")
     for key, value in (("reward_alpha", alpha), ("reward_k", k)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value)):
@@ -63,6 +75,8 @@ class RewardModelConfig:
     reward_mean: float = 0.0
     reward_std: float = 1.0
     normalized_on: str | None = None
+    uncertainty: str | None = None  # epistemic uncertainty: laplace or ensemble (model/heads/uncertainty.py)
+    ensemble_size: int = 1
     version: int = VERSION
 
     def __post_init__(self):

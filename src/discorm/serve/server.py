@@ -2,7 +2,8 @@
 
 - ``POST /score``: a list of inputs, or ``{"inputs": [...], "reward_mode", "reward_alpha", "reward_k"}`` ->
   ``{"rewards", "reward_mode"}`` plus the head's ``means``/``sigmas``/``attributes``/... per input.
-- ``POST /get_reward`` (OpenRLHF): ``{"query": [rendered texts], ...}`` -> ``{"rewards", "scores"}``.
+- ``POST /get_reward`` (OpenRLHF): ``{"query": [rendered texts], ...}`` -> ``{"rewards", "scores"}`` (and
+  ``extra_logs`` with the spreads of a model with epistemic uncertainty).
 - ``GET /health`` (open to all) and ``GET /metrics`` (Prometheus); with an API key every other route needs it.
 
 Refusals are JSON ``{"error", "items"?}``: 400 malformed JSON, 401 missing or wrong API key, 408 the body did
@@ -168,18 +169,34 @@ async def score(body: Annotated[ScoreRequest, Depends(JSONBody(ScoreRequest))], 
     sequences = encode_items(body.inputs, server.encoder.encode_item)
     records = await score_sequences(server, sequences, body.options(), deadline)
     answer = {"rewards": [r["reward"] for r in records], "reward_mode": records[0]["reward_mode"]}
-    for key in records[0].keys() - {"reward", "reward_mode"}:  # "means", "sigmas", "attributes", ...
-        answer[key if key.endswith("s") else f"{key}s"] = [r[key] for r in records]
+    for key in records[0].keys() - {"reward", "reward_mode"}:  # "means", "sigmas", "sigmas_epistemic", ...
+        answer[plural(key)] = [r[key] for r in records]
     return answer
+
+
+def plural(key: str) -> str:
+    """A per-item summary key as the name of its list: mean -> means, sigma_epistemic -> sigmas_epistemic,
+    attributes and attribute_sigmas as they are."""
+    if key.endswith("s"):
+        return key
+    if key.startswith("sigma_"):
+        return f"sigmas_{key.removeprefix('sigma_')}"
+    return f"{key}s"
 
 
 @router.post("/get_reward", dependencies=KEYED)
 async def get_reward(body: Annotated[RewardRequest, Depends(JSONBody(RewardRequest))], server: ServerDep,
                      deadline: Deadline):
-    """OpenRLHF's remote reward model: rewards of texts already rendered with the chat template."""
+    """OpenRLHF's remote reward model: rewards of texts already rendered with the chat template; the spreads of a
+    model with epistemic uncertainty (``sigma``, ``sigma_aleatoric``, ``sigma_epistemic``) in ``extra_logs``."""
     sequences = encode_items(body.query, server.encoder.encode_text)
-    rewards = [r["reward"] for r in await score_sequences(server, sequences, body.options(), deadline)]
-    return {"rewards": rewards, "scores": rewards}
+    records = await score_sequences(server, sequences, body.options(), deadline)
+    rewards = [r["reward"] for r in records]
+    answer = {"rewards": rewards, "scores": rewards}
+    logged = [key for key in ("sigma", "sigma_aleatoric", "sigma_epistemic") if key in records[0]]
+    if server.model.head.epistemic and logged:
+        answer["extra_logs"] = {key: [r[key] for r in records] for key in logged}
+    return answer
 
 
 async def refused(_request: Request, err: RequestError) -> JSONResponse:

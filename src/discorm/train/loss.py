@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from discorm.config import FinetuningArguments
-from discorm.model.heads import RewardHead
+from discorm.model.heads import RewardHead, head_class
 
 
 @dataclass
@@ -28,21 +28,24 @@ class PairwiseLoss:
     @classmethod
     def from_args(cls, head: RewardHead, args: FinetuningArguments) -> PairwiseLoss:
         # the config's options are this head's only when it names this head (`discorm eval` of a run need not)
-        options = type(head).resolve_options(args.head_options if args.head == head.kind else {})
+        options = head_class(head.kind).resolve_options(args.head_options if args.head == head.kind else {})
         loss_options = {o.name: options[o.name] for o in head.options if not o.saved}
         return cls(head, loss_options, args.center_rewards_coefficient, args.rated_loss_weight)
 
     def __call__(self, pc: torch.Tensor, pr: torch.Tensor, margin: torch.Tensor | None = None,
                  soft_label: torch.Tensor | None = None, rated: torch.Tensor | None = None,
-                 scores: torch.Tensor | None = None, score_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """pc, pr: (B, K) head params of chosen and rejected; rated (R, K) with scores and score_mask (R, A) ->
-        scalar loss."""
+                 scores: torch.Tensor | None = None, score_mask: torch.Tensor | None = None,
+                 keys: list[str] | None = None) -> torch.Tensor:
+        """pc, pr: (B, K) head params of chosen and rejected; rated (R, K) with scores and score_mask (R, A);
+        keys: where each pair was read (the first B entries), for the head's per-pair weights (an ensemble's
+        bootstrap) -> scalar loss."""
         count = 0 if rated is None else rated.shape[0]
         if count:
             rated_part = self.rated_loss_weight * self.head.rated_loss(rated, scores, score_mask).mean()
             if not pc.shape[0]:
                 return rated_part
-        loss = self.head.pair_loss(pc, pr, margin, soft_label).mean()
+        weights = self.head.pair_weights(keys[: pc.shape[0]] if keys else None)
+        loss = self.head.pair_loss(pc, pr, margin, soft_label, weights).mean()
         loss = loss + self.head.regulariser(pc, pr, **self.loss_options)
         if self.center_rewards_coefficient:
             rewards = self.head.mean(pc) + self.head.mean(pr)

@@ -1,8 +1,8 @@
 """What runs after the gradient steps, with every weight fixed, each a function: fitting the attribute weights of a
-multi-objective head on pairs (stage 2 of ``combination: learned``), measuring the reward's mean and standard
-deviation on a reference set (``reward_normalization``) and fitting a temperature on calibration pairs
-(``temperature_scaling``). Each stores its result in the model's config; the data is scored once with
-``model/inference.py``."""
+multi-objective head on pairs (stage 2 of ``combination: learned``), fitting the Laplace posterior of the last layer
+on the training pairs (``uncertainty: laplace``), measuring the reward's mean and standard deviation on a reference
+set (``reward_normalization``) and fitting a temperature on calibration pairs (``temperature_scaling``). Each stores
+its result in the model (its config or its head); the data is scored with ``model/inference.py``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 from discorm.data.loader import split_kinds
 from discorm.errors import ConfigError
 from discorm.metrics import fit_temperature
+from discorm.model.heads.uncertainty import laplace_posterior, mean_readout
 from discorm.model.inference import score_ids, score_pairs
 from discorm.model.reward_model import RewardModel
 
@@ -84,6 +85,24 @@ def fit_normalization(model: RewardModel, scored: Scored, name: str) -> tuple[fl
     return mean, std
 
 
+def fit_laplace(model: RewardModel, dataset, name: str, batch_size: int = 16,
+                prior_precision: float | None = None) -> float:
+    """Fit the Laplace posterior of the head's last layer on the pairs of a tokenized data set (one pass over their
+    pooled features, see ``model/heads/uncertainty.py``); stores it in the head and returns the prior precision."""
+    pairs, _ = split_kinds(dataset)
+    if pairs is None or not len(pairs):
+        raise ConfigError(f"uncertainty: laplace fits its posterior on the training pairs, and {name} has none; add "
+                          "preference pairs to `dataset`, or use uncertainty: ensemble.")
+    params, pooled = score_pairs(model, list(pairs), batch_size, description="Laplace posterior", features=True)
+    head = model.head
+    prob = head.prob_pair(params[:, 0], params[:, 1])
+    readout = mean_readout(head.member, pooled.flatten(0, 1))
+    covariance, prior_precision = laplace_posterior(pooled[:, 0], pooled[:, 1], prob, readout, prior_precision)
+    head.set_posterior(covariance, prior_precision)
+    logger.info("Laplace posterior on %d pairs of %s: prior precision %.4g", len(pairs), name, prior_precision)
+    return prior_precision
+
+
 def fit_calibration(model: RewardModel, scored: Scored) -> float:
     """Fit the head's temperature on the scored calibration pairs (NLL of their soft labels, 1 where none);
     stores it in the model's config and returns it."""
@@ -97,14 +116,17 @@ def fit_calibration(model: RewardModel, scored: Scored) -> float:
 
 
 def post_training(model: RewardModel, data, data_args, finetuning_args, batch_size: int) -> None:
-    """The stages a config asks for, in order: the learned combination, the reward normalisation (on
-    ``data.reference``, else the training data), the temperature (on ``data.calibration``). The training data is
-    scored once for the first two (stage 2 leaves the attribute outputs as they are)."""
+    """The stages a config asks for, in order: the learned combination, the Laplace posterior (on the training
+    pairs), the reward normalisation (on ``data.reference``, else the training data), the temperature (on
+    ``data.calibration``). The training data is scored once for the combination and the normalisation (stage 2
+    leaves the attribute outputs as they are)."""
     from_train = finetuning_args.reward_normalization and data.reference is None
     scored = None
     if finetuning_args.combination == "learned":
         scored = score_dataset(model, data.train, batch_size, rated=from_train)
         learn_combination(model, scored, data_args.dataset)
+    if finetuning_args.uncertainty == "laplace":
+        fit_laplace(model, data.train, data_args.dataset, batch_size, finetuning_args.laplace_prior_precision)
     if finetuning_args.reward_normalization:
         if data.reference is not None:
             scored = score_dataset(model, data.reference, batch_size)

@@ -69,7 +69,7 @@ class PairwiseTrainer(Trainer):
         pc, pr, rated = split_batch(outputs.head_params, 0 if scores is None else scores.shape[0])
         with torch.autocast(pc.device.type, enabled=False):  # the loss in float32, also under bf16
             loss = self.loss_fn(pc, pr, inputs.get("margin"), inputs.get("soft_label"), rated, scores,
-                                inputs.get("score_mask"))
+                                inputs.get("score_mask"), inputs.get("sources"))
         if model.training:
             loss = self.sync.record(loss, self.loss_fn.head.mean(pc), self.loss_fn.head.mean(pr),
                                     inputs.get("sources"), self.state.global_step + 1, model)

@@ -146,7 +146,8 @@ def setup_model(model_args: ModelArguments, finetuning_args: FinetuningArguments
                                             model_args.cache_dir)
     model = RewardModel.for_training(model_args.model_name_or_path, tokenizer, finetuning_args.head,
                                      finetuning_args.head_options, finetuning_args.finetuning(),
-                                     model_args.load_options(), finetuning_args.pooling)
+                                     model_args.load_options(), finetuning_args.pooling,
+                                     finetuning_args.uncertainty_config())
     model.rm_config = replace(model.rm_config, template=data_args.template, cutoff_len=data_args.cutoff_len,
                               reward_mode=finetuning_args.reward_mode, reward_alpha=finetuning_args.reward_alpha,
                               reward_k=finetuning_args.reward_k)

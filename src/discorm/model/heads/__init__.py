@@ -1,5 +1,5 @@
 """Reward heads, registered by kind: scalar, gaussian, categorical, multi_objective, regression (see ``base.py``
-for the interface)."""
+for the interface); any of them wrapped with epistemic uncertainty (``uncertainty.py``)."""
 
 from discorm.model.heads.base import (
     HEADS,
@@ -21,8 +21,10 @@ from discorm.model.heads.categorical import CategoricalHead
 from discorm.model.heads.multi_objective import MultiObjectiveHead
 from discorm.model.heads.regression import RegressionHead
 # isort: on
+from discorm.model.heads.uncertainty import UNCERTAINTIES, EnsembleHead, LaplaceHead, with_uncertainty
 
 __all__ = [
-    "HEADS", "Attribute", "CategoricalHead", "ExportSpec", "GaussianHead", "HeadOption", "MultiObjectiveHead",
-    "RegressionHead", "RewardHead", "ScalarHead", "build_head", "head_class", "register_head", "soft_label_loss",
+    "HEADS", "UNCERTAINTIES", "Attribute", "CategoricalHead", "EnsembleHead", "ExportSpec", "GaussianHead",
+    "HeadOption", "LaplaceHead", "MultiObjectiveHead", "RegressionHead", "RewardHead", "ScalarHead", "build_head",
+    "head_class", "register_head", "soft_label_loss", "with_uncertainty",
 ]

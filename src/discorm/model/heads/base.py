@@ -95,6 +95,8 @@ class RewardHead(nn.Module):
     supports_temperature: ClassVar[bool] = False  # P(c > r) can be temperature-scaled after training
     learns_ratings: ClassVar[bool] = False  # learns from rated responses (rated_loss, attributes_from)
     learns_combination: ClassVar[bool] = False  # combines attributes with weights fitted on pairs (fit_combination)
+    epistemic: ClassVar[bool] = False  # knows its epistemic uncertainty (heads/uncertainty.py): lcb, uwo reward modes
+    uncertainty: ClassVar[str] = ""  # laplace or ensemble for the heads that wrap another (heads/uncertainty.py)
     attributes: tuple[Attribute, ...] = ()  # rated qualities it predicts; empty: it learns from pairs only
 
     # ------------------------------------------------------------------ options
@@ -136,12 +138,28 @@ class RewardHead(nn.Module):
     def quantile(self, params: torch.Tensor, alpha: float) -> torch.Tensor:  # (N, K) -> (N,)
         return self.mean(params)
 
+    def aleatoric_std(self, params: torch.Tensor) -> torch.Tensor:  # (N, K) -> (N,): the spread of the outcome
+        return self.std(params)
+
+    def epistemic_std(self, params: torch.Tensor) -> torch.Tensor:  # (N, K) -> (N,): what the model does not know
+        return torch.zeros_like(params[:, 0])
+
+    def worst_member(self, params: torch.Tensor) -> torch.Tensor:  # (N, K) -> (N,): the lowest ensemble member
+        raise NotImplementedError(f"the {self.kind} head is not an ensemble")
+
     def reward(self, params: torch.Tensor, mode: str = "mean", alpha: float = 0.1, k: float = 1.0) -> torch.Tensor:
-        """The scalar handed to RL: mean, the alpha-quantile, or mean - k * std (risk-averse)."""
+        """The scalar handed to RL: mean, the alpha-quantile, mean - k * std (risk-averse), and with epistemic
+        uncertainty lcb (mean - k * sigma_ep), uwo (mean - k * sigma_ep^2) or min (the worst ensemble member)."""
         if mode == "lower_quantile":
             return self.quantile(params, alpha)
         if mode == "mean_minus_std":
             return self.mean(params) - k * self.std(params)
+        if mode == "lcb":
+            return self.mean(params) - k * self.epistemic_std(params)
+        if mode == "uwo":
+            return self.mean(params) - k * self.epistemic_std(params).square()
+        if mode == "min":
+            return self.worst_member(params)
         return self.mean(params)
 
     def summary(self, params: torch.Tensor) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
@@ -186,10 +204,16 @@ class RewardHead(nn.Module):
             raise ValueError(f"the {self.kind} head has no temperature scaling")
         return self.log_prob_pair(pc, pr)[0].exp()
 
-    def pair_loss(self, pc, pr, margin=None, soft_label=None) -> torch.Tensor:
-        """Per-pair negative log-likelihood of the observed preference, (B,)."""
+    def pair_loss(self, pc, pr, margin=None, soft_label=None, weights=None) -> torch.Tensor:
+        """Per-pair negative log-likelihood of the observed preference, (B,); ``weights`` (B,): per-pair
+        weights (an ensemble takes them per member, (B, K))."""
         log_p, log_not_p = self.log_prob_pair(pc, pr, margin)
-        return soft_label_loss(log_p, log_not_p, soft_label)
+        loss = soft_label_loss(log_p, log_not_p, soft_label)
+        return loss if weights is None else loss * weights.to(loss)
+
+    def pair_weights(self, keys: list[str] | None) -> torch.Tensor | None:
+        """Per-pair loss weights from where each pair was read (None: every pair weighs 1)."""
+        return None
 
     def regulariser(self, pc: torch.Tensor, pr: torch.Tensor, **loss_options) -> torch.Tensor:
         """A scalar added to the mean pair loss; ``loss_options`` are the head's unsaved options."""
