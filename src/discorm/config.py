@@ -241,6 +241,10 @@ class FinetuningArguments:
         check_choice("uncertainty", self.uncertainty, (None, *UNCERTAINTIES))
         check_range("ensemble_size", self.ensemble_size, low=1)
         check_range("laplace_prior_precision", self.laplace_prior_precision, low=1e-12)
+        if self.uncertainty == "ensemble" and self.temperature_scaling:
+            raise ConfigError("temperature_scaling fits one temperature to one head's P(chosen > rejected); an "
+                              "ensemble averages its members' probabilities. Remove temperature_scaling, or use "
+                              "uncertainty: laplace.")
         if self.uncertainty == "ensemble" and self.combination == "learned":
             raise ConfigError("combination: learned fits one set of attribute weights, and an ensemble has one per "
                               "head; use combination: fixed with uncertainty: ensemble, or uncertainty: laplace.")

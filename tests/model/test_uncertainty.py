@@ -177,6 +177,8 @@ def test_bad_uncertainty_values_name_the_key(tmp_path):
         load_args({"reward_mode": "lcb", "output_dir": str(tmp_path)})
     with pytest.raises(ConfigError, match="reward_mode=min is the worst member of an ensemble"):
         load_args({"uncertainty": "laplace", "reward_mode": "min", "output_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="temperature_scaling fits one temperature"):
+        load_args({"uncertainty": "ensemble", "temperature_scaling": True, "output_dir": str(tmp_path)})
     load_args({"uncertainty": "laplace", "reward_mode": "lcb", "output_dir": str(tmp_path)})  # fine
     load_args({"uncertainty": "ensemble", "reward_mode": "min", "output_dir": str(tmp_path)})
     with pytest.raises(ConfigError, match="--reward-mode='uwo' needs epistemic"):

@@ -55,7 +55,7 @@ class EpistemicHead(RewardHead):
         self.learns_ratings = member.learns_ratings
         self.attributes = member.attributes
         self.member_distributional = member.distributional
-        self.export_labels = (1,) if 1 in member.export_labels else ()
+        self.export_labels = member.export_labels
 
     def saved_options(self) -> dict:
         return self.first_member.saved_options()
@@ -87,6 +87,7 @@ class LaplaceHead(EpistemicHead):
     def __init__(self, member: RewardHead, hidden_size: int):
         super().__init__(member)
         self.member = member
+        self.supports_temperature = member.supports_temperature  # P(c > r) is the member's
         self.register_buffer("covariance", torch.zeros(hidden_size, hidden_size))  # H^-1
         self.register_buffer("prior_precision", torch.zeros(()))
 
@@ -221,6 +222,7 @@ class EnsembleHead(EpistemicHead):
         super().__init__(members[0])
         self.members = nn.ModuleList(members)
         self.bootstrap = bootstrap
+        self.export_labels = (1,) if 1 in members[0].export_labels else ()  # the mean reward only
 
     @property
     def first_member(self):
