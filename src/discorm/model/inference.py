@@ -61,7 +61,9 @@ def score_ids(model, sequences: list[list[int]], batch_size: int = 8, show_progr
             input_ids, attention_mask = pad_sequences([sequences[i] for i in index], pad)
             out = model(input_ids.to(_device(model)), attention_mask.to(_device(model)))
             for row, i in enumerate(index):
-                params_out[i], pooled_out[i] = out.head_params[row].float().cpu(), out.pooled[row].cpu()
+                params_out[i] = out.head_params[row].float().cpu()
+                if features:  # copied off the device only when asked for
+                    pooled_out[i] = out.pooled[row].cpu()
     params = torch.stack(params_out) if params_out else torch.zeros(0, 1)
     return (params, torch.stack(pooled_out) if pooled_out else torch.zeros(0, 1)) if features else params
 
@@ -87,9 +89,11 @@ def score_pairs(model, examples: list[dict], batch_size: int = 8, show_progress:
                 seqs = [f["prompt_ids"] + f[key] for key in ("chosen_ids", "rejected_ids") for f in batch]
                 params, pooled = score_ids(model, seqs, batch_size=len(seqs), features=True)
             params = params.float().cpu().view(2, len(batch), -1)  # chosen first, then rejected
-            pooled = pooled.cpu().view(2, len(batch), -1)
+            pooled = pooled.cpu().view(2, len(batch), -1) if features else None
             for row, i in enumerate(index):
-                params_out[i], pooled_out[i] = params[:, row], pooled[:, row]
+                params_out[i] = params[:, row]
+                if features:
+                    pooled_out[i] = pooled[:, row]
     params = torch.stack(params_out) if params_out else torch.zeros(0, 2, 1)
     return (params, torch.stack(pooled_out) if pooled_out else torch.zeros(0, 2, 1)) if features else params
 
