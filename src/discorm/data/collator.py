@@ -1,8 +1,9 @@
-"""Batches of tokenized pairs and rated responses -> model inputs (:class:`PairBatch`).
+"""Batches of tokenized pairs, ranked lists and rated responses -> model inputs (:class:`PairBatch`).
 
 ``PairwiseDataCollatorWithPadding`` pads every sequence: the plain path, and the test oracle of the fast one.
-``PackedPairCollator`` puts a batch in one row with no padding, each pair one block ``[prompt | chosen |
-rejected]`` with prefix sharing (``model/packed.py`` computes its attention exactly).
+``PackedPairCollator`` puts a batch in one row with no padding, each prompt one block ``[prompt | r_1 | ... |
+r_K]`` whose K response branches share the prompt (``model/packed.py`` computes its attention exactly): a pair is
+the block with K = 2, ``[prompt | chosen | rejected]``; a ranked list of K responses is one block of K branches.
 """
 
 from __future__ import annotations
@@ -13,22 +14,27 @@ from typing import TypedDict
 
 import torch
 
-Block = tuple[int, int, int, int]  # (start, prompt_len, chosen_len, rejected_len) in the packed row
+# (start, prompt_len, branch_1_len, ..., branch_K_len) in the packed row; a pair is (start, P, chosen, rejected).
+# Rows of one batch are padded with zero-length branches to the longest; a zero-length branch is skipped.
+Block = tuple[int, ...]
 
 
 def block_positions(blocks: list[Block]) -> torch.Tensor:
-    """Position ids (N,): 0..P+C-1 for prompt + chosen, then P..P+R-1 for rejected, per block."""
+    """Position ids (N,): 0..P+B1-1 for the prompt and the first branch, then P..P+Bk-1 for every later branch
+    (each branch continues the prompt), per block."""
     parts = []
-    for _, prompt_len, chosen_len, rejected_len in blocks:
-        parts.append(torch.arange(prompt_len + chosen_len))
-        parts.append(torch.arange(prompt_len, prompt_len + rejected_len))
+    for _, prompt_len, first, *others in blocks:
+        parts.append(torch.arange(prompt_len + first))
+        parts += [torch.arange(prompt_len, prompt_len + length) for length in others if length]
     return torch.cat(parts)
 
 
-def split_features(features: list[dict]) -> tuple[list[dict], list[dict]]:
-    """-> (pairs, rated responses), each in batch order."""
+def split_features(features: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """-> (pairs, ranked lists, rated responses), each in batch order."""
+    lists = [f for f in features if f.get("responses_ids") is not None]
     rated = [f for f in features if f.get("response_ids") is not None]
-    return [f for f in features if f.get("response_ids") is None], rated
+    pairs = [f for f in features if f.get("response_ids") is None and f.get("responses_ids") is None]
+    return pairs, lists, rated
 
 
 def _rated_extras(rated: list[dict]) -> dict:
@@ -40,32 +46,58 @@ def _rated_extras(rated: list[dict]) -> dict:
     return {"scores": scores.nan_to_num(0.0), "score_mask": mask}
 
 
+PAIR_LABELS = (("margin", 0.0), ("soft_label", 1.0), ("noise", math.nan), ("strength", math.nan), ("tie", 0.0),
+               ("votes_chosen", math.nan), ("votes_tie", 0.0), ("votes_rejected", math.nan))
+
+
 def _pair_extras(features: list[dict]) -> dict:
     extras = {}
-    for key, missing in (("margin", 0.0), ("soft_label", 1.0), ("noise", math.nan)):
+    for key, missing in PAIR_LABELS:
         values = [f.get(key) for f in features]
         if any(v is not None for v in values):
             extras[key] = torch.tensor([missing if v is None else v for v in values], dtype=torch.float32)
     return extras
 
 
-def _sources(pairs: list[dict], rated: list[dict]) -> dict:
-    """Where each example was read (file:line), pairs then rated responses; named by training errors."""
-    features = pairs + rated
+def _list_extras(lists: list[dict]) -> dict:
+    """A ranked list's labels: ``list_sizes`` (L,), ``list_levels`` (sum K,) the rank level of each response (0
+    best, ties share one; -1 where the list is labelled by votes), ``list_votes`` (V, 5) rows (i, j, wins of i,
+    ties, wins of j) with i, j indices into the batch's list responses."""
+    if not lists:
+        return {}
+    sizes, levels, votes, offset = [], [], [], 0
+    for f in lists:
+        k = len(f["responses_ids"])
+        sizes.append(k)
+        levels += f.get("levels") or [-1] * k
+        votes += [[offset + int(i), offset + int(j), a, t, b] for i, j, a, t, b in (f.get("votes") or [])]
+        offset += k
+    extras = {"list_sizes": torch.tensor(sizes, dtype=torch.long), "list_levels": torch.tensor(levels)}
+    if votes:
+        extras["list_votes"] = torch.tensor(votes, dtype=torch.float32)
+    return extras
+
+
+def _sources(pairs: list[dict], lists: list[dict], rated: list[dict]) -> dict:
+    """Where each example was read (file:line), pairs, lists then rated responses; named by training errors."""
+    features = pairs + lists + rated
     if any("source" in f for f in features):
         return {"sources": [f.get("source", "?") for f in features]}
     return {}
 
 
 class PairBatch(TypedDict, total=False):
-    """A collated batch, as both collators make it (B pairs, R rated responses, S = 2B + R scored sequences).
+    """A collated batch, as both collators make it (B pairs, L ranked lists of K_l responses, R rated responses;
+    S = 2B + sum K_l + R scored sequences).
 
     Model inputs, padded: ``input_ids``, ``attention_mask`` (S, L). Packed: ``input_ids``, ``position_ids``
-    (1, N), ``pair_blocks`` (blocks, 4) rows of (start, prompt, chosen, rejected) lengths, ``score_index`` (S,)
-    the token each score is read at. Either way the scores come out as [chosen (B) | rejected (B) | rated (R)].
-    Labels: ``margin``, ``soft_label``, ``noise`` (B,) where the data has them (missing: 0, 1, NaN);
-    ``scores``, ``score_mask`` (R, A) for rated
-    responses. ``sources`` (B + R strings): where each example was read, for error messages."""
+    (1, N), ``pair_blocks`` (blocks, 2 + max K) rows of (start, prompt, branch lengths...), ``score_index`` (S,)
+    the token each score is read at. Either way the scores come out as [chosen (B) | rejected (B) | list
+    responses (sum K_l) | rated (R)]. Pair labels (B,) where the data has them: ``margin`` (missing: 0),
+    ``soft_label`` (1), ``noise`` (NaN), ``strength`` (NaN), ``tie`` (0/1), ``votes_chosen``, ``votes_tie``,
+    ``votes_rejected`` (NaN: no votes). List labels: ``list_sizes``, ``list_levels``, ``list_votes`` (see
+    ``_list_extras``). ``scores``, ``score_mask`` (R, A) for rated responses. ``sources`` (B + L + R strings):
+    where each example was read, for error messages."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -75,6 +107,14 @@ class PairBatch(TypedDict, total=False):
     margin: torch.Tensor
     soft_label: torch.Tensor
     noise: torch.Tensor
+    strength: torch.Tensor
+    tie: torch.Tensor
+    votes_chosen: torch.Tensor
+    votes_tie: torch.Tensor
+    votes_rejected: torch.Tensor
+    list_sizes: torch.Tensor
+    list_levels: torch.Tensor
+    list_votes: torch.Tensor
     scores: torch.Tensor
     score_mask: torch.Tensor
     sources: list[str]
@@ -103,6 +143,19 @@ def pad_sequences(seqs: list[list[int]], pad_token_id: int, padding_side: str = 
     return input_ids, attention_mask
 
 
+def _sequences(pairs: list[dict], lists: list[dict], rated: list[dict]) -> list[tuple[list[int], list[list[int]]]]:
+    """Every scored sequence as (prompt, responses) groups, in the score order of :class:`PairBatch`: the chosen
+    responses of the pairs, their rejected ones, the responses of each list, the rated responses."""
+    return ([(f["prompt_ids"], [f["chosen_ids"]]) for f in pairs] + [(f["prompt_ids"], [f["rejected_ids"]])
+                                                                     for f in pairs]
+            + [(f["prompt_ids"], f["responses_ids"]) for f in lists]
+            + [(f["prompt_ids"], [f["response_ids"]]) for f in rated])
+
+
+def _labels(pairs: list[dict], lists: list[dict], rated: list[dict]) -> dict:
+    return {**_pair_extras(pairs), **_list_extras(lists), **_rated_extras(rated), **_sources(pairs, lists, rated)}
+
+
 @dataclass
 class PairwiseDataCollatorWithPadding:
     pad_token_id: int
@@ -110,49 +163,47 @@ class PairwiseDataCollatorWithPadding:
     padding_side: str = "right"
 
     def __call__(self, features: list[dict]) -> PairBatch:
-        pairs, rated = split_features(features)
-        seqs = [f["prompt_ids"] + f["chosen_ids"] for f in pairs]
-        seqs += [f["prompt_ids"] + f["rejected_ids"] for f in pairs]
-        seqs += [f["prompt_ids"] + f["response_ids"] for f in rated]
+        pairs, lists, rated = split_features(features)
+        seqs = [prompt + response for prompt, responses in _sequences(pairs, lists, rated) for response in responses]
         input_ids, attention_mask = pad_sequences(seqs, self.pad_token_id, self.padding_side,
-                                                  self.pad_to_multiple_of)  # (2B + R, L)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, **_pair_extras(pairs),
-                **_rated_extras(rated), **_sources(pairs, rated)}
+                                                  self.pad_to_multiple_of)  # (S, L)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, **_labels(pairs, lists, rated)}
 
 
 @dataclass
 class PackedPairCollator:
+    """One row, no padding. With ``prefix_sharing`` every prompt is one block whose K response branches share it
+    (a pair's two, a list's K); without it every sequence is a block of its own, (start, 0, prompt + response)."""
+
     prefix_sharing: bool = True
 
     def __call__(self, features: list[dict]) -> PairBatch:
-        pairs, rated = split_features(features)
-        tokens, blocks, chosen_end, rejected_end, rated_end = [], [], [], [], []
-        for f in pairs:
-            prompt, chosen, rejected = f["prompt_ids"], f["chosen_ids"], f["rejected_ids"]
-            start = len(tokens)
-            if self.prefix_sharing:
-                tokens += prompt + chosen + rejected
-                blocks.append((start, len(prompt), len(chosen), len(rejected)))
-                chosen_end.append(start + len(prompt) + len(chosen) - 1)
-                rejected_end.append(len(tokens) - 1)
-            else:
-                tokens += prompt + chosen
-                blocks.append((start, 0, len(prompt) + len(chosen), 0))
-                chosen_end.append(len(tokens) - 1)
-                second = len(tokens)
-                tokens += prompt + rejected
-                blocks.append((second, 0, len(prompt) + len(rejected), 0))
-                rejected_end.append(len(tokens) - 1)
-        for f in rated:
-            blocks.append((len(tokens), 0, len(f["prompt_ids"]) + len(f["response_ids"]), 0))
-            tokens += f["prompt_ids"] + f["response_ids"]
-            rated_end.append(len(tokens) - 1)
+        pairs, lists, rated = split_features(features)
+        groups = [(f["prompt_ids"], [f["chosen_ids"], f["rejected_ids"]]) for f in pairs]
+        groups += [(f["prompt_ids"], f["responses_ids"]) for f in lists]
+        groups += [(f["prompt_ids"], [f["response_ids"]]) for f in rated]
+        tokens, blocks, ends = [], [], []  # ends: per group, the last token of each response
+        for prompt, responses in groups:
+            shared = self.prefix_sharing and len(responses) > 1
+            group_ends = []
+            for first, response in enumerate(responses):
+                if shared and first:
+                    tokens += response
+                    blocks[-1].append(len(response))
+                else:
+                    blocks.append([len(tokens), len(prompt), len(response)] if shared
+                                  else [len(tokens), 0, len(prompt) + len(response)])
+                    tokens += prompt + response
+                group_ends.append(len(tokens) - 1)
+            ends.append(group_ends)
+        pair_ends = ends[: len(pairs)]
+        order = [e[0] for e in pair_ends] + [e[1] for e in pair_ends] + [i for e in ends[len(pairs):] for i in e]
+        width = max(4, *(len(b) for b in blocks))
+        blocks = [b + [0] * (width - len(b)) for b in blocks]
         return {  # score_index first: the Trainer reads the batch size off the first tensor
-            "score_index": torch.tensor(chosen_end + rejected_end + rated_end, dtype=torch.long),  # (2B + R,)
+            "score_index": torch.tensor(order, dtype=torch.long),  # (S,)
             "input_ids": torch.tensor([tokens], dtype=torch.long),  # (1, N)
             "position_ids": block_positions(blocks).unsqueeze(0),  # (1, N)
-            "pair_blocks": torch.tensor(blocks, dtype=torch.long),  # (num_blocks, 4)
-            **_pair_extras(pairs),
-            **_rated_extras(rated),
-            **_sources(pairs, rated),
+            "pair_blocks": torch.tensor(blocks, dtype=torch.long),  # (num_blocks, 2 + max K)
+            **_labels(pairs, lists, rated),
         }

@@ -1,10 +1,11 @@
-"""Exact attention for prefix-shared, padding-free packed pairs.
+"""Exact attention for prefix-shared, padding-free packed rows.
 
-A packed row holds blocks ``[prompt | chosen | rejected]``: within a block the prompt is causal, each response
-sees the prompt and itself (never the other response; its positions restart at the prompt length), and blocks
-never see each other; sliding-window layers also drop keys a window or more back. This equals running
-``prompt + chosen`` and ``prompt + rejected`` as separate sequences. Two backends compute it (``choose_backend``):
-``sdpa_split`` (two SDPA calls per block; trains everywhere) and ``flex`` (one compiled FlexAttention call per
+A packed row holds blocks ``[prompt | r_1 | ... | r_K]`` (a pair: K = 2, ``[prompt | chosen | rejected]``):
+within a block the prompt is causal, each response branch sees the prompt and itself (never a sibling; its
+positions restart at the prompt length), and blocks never see each other; sliding-window layers also drop keys a
+window or more back. This equals running each ``prompt + r_k`` as a separate sequence. Two backends compute it
+(``choose_backend``): ``sdpa_split`` (one SDPA call per branch; trains everywhere) and ``flex`` (one compiled
+FlexAttention call per
 layer with a block mask per batch; GPUs). ``register_packed_attention`` makes it known to transformers as
 ``discorm_sdpa``, which is plain SDPA for padded batches.
 """
@@ -51,29 +52,29 @@ def _branch_mask(prompt_len: int, branch_len: int, device, window: int | None = 
 
 
 def _split_sdpa(query, key, value, blocks: list[Block], dropout: float, scaling, window: int | None):
-    """query/key/value (1, heads, N, d) -> (1, heads, N, d), two SDPA calls per block."""
+    """query/key/value (1, heads, N, d) -> (1, heads, N, d), one SDPA call per response branch."""
     # torch.split (not per-block slicing): its backward is one concatenation instead of a zero-filled
     # full-length gradient per slice.
-    sizes = [n for _, p, c, r in blocks for n in (p + c, r) if n]
+    sizes = [n for _, p, first, *others in blocks for n in (p + first, *others) if n]
     q_parts, k_parts, v_parts = (t.split(sizes, dim=2) for t in (query, key, value))
     pieces, part = [], 0
-    for _, prompt_len, chosen_len, rejected_len in blocks:
+    for _, prompt_len, first, *others in blocks:
         q, k, v = q_parts[part], k_parts[part], v_parts[part]
-        length = prompt_len + chosen_len
+        length = prompt_len + first
         if window is None or length <= window:
             pieces.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True))
         else:
             mask = _branch_mask(0, length, query.device, window)
             pieces.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling))
         part += 1
-        if rejected_len:
-            q_r, k_r, v_r = q_parts[part], k_parts[part], v_parts[part]
+        for branch_len in (n for n in others if n):
+            q_b, k_b, v_b = q_parts[part], k_parts[part], v_parts[part]
             pieces.append(
                 F.scaled_dot_product_attention(
-                    q_r,
-                    torch.cat([k[:, :, :prompt_len], k_r], dim=2),
-                    torch.cat([v[:, :, :prompt_len], v_r], dim=2),
-                    attn_mask=_branch_mask(prompt_len, rejected_len, query.device, window),
+                    q_b,
+                    torch.cat([k[:, :, :prompt_len], k_b], dim=2),
+                    torch.cat([v[:, :, :prompt_len], v_b], dim=2),
+                    attn_mask=_branch_mask(prompt_len, branch_len, query.device, window),
                     dropout_p=dropout, scale=scaling,
                 )
             )
@@ -134,13 +135,13 @@ def flex_attention_call(query, key, value, **kwargs):
 
 def block_masks(blocks: list[Block], windows: set[int | None], device) -> dict:
     """One FlexAttention BlockMask per window size (None: full attention) for a packed row, built once per batch
-    and reused by every layer. Same mask as ``_split_sdpa``: same block, causal in row order, rejected tokens
-    never see chosen ones, and keys within ``window`` positions."""
+    and reused by every layer. Same mask as ``_split_sdpa``: same block, causal in row order, a branch's tokens see
+    the prompt and their own branch only, and keys within ``window`` positions."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    segments = []  # per token: block index, part (0 prompt, 1 chosen, 2 rejected)
-    for index, (_, prompt_len, chosen_len, rejected_len) in enumerate(blocks):
-        for part, length in enumerate((prompt_len, chosen_len, rejected_len)):
+    segments = []  # per token: block index, part (0 prompt, k the k-th response branch)
+    for index, (_, *lengths) in enumerate(blocks):
+        for part, length in enumerate(lengths):
             segments.append(torch.tensor([[index, part]]).expand(length, 2))
     segments = torch.cat(segments).to(device)
     block, part = segments[:, 0].contiguous(), segments[:, 1].contiguous()
@@ -153,7 +154,7 @@ def block_masks(blocks: list[Block], windows: set[int | None], device) -> dict:
         lowest = position - (window or 0)  # keys must lie after this position
 
         def mask_mod(b, h, q, kv):
-            visible = (block[q] == block[kv]) & (kv <= q) & ~((part[q] == 2) & (part[kv] == 1))
+            visible = (block[q] == block[kv]) & (kv <= q) & ((part[kv] == 0) | (part[kv] == part[q]))
             if window is not None:
                 visible = visible & (position[kv] > lowest[q])
             return visible

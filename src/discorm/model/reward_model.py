@@ -99,7 +99,7 @@ class RewardModel(nn.Module):
         return_token_values: bool = False,
     ) -> RewardModelOutput:
         """Padded: input_ids (B, L) + attention_mask -> B scores. Packed: input_ids (1, N), position_ids (1, N),
-        pair_blocks (nblocks, 4), score_index (S,) -> S scores read at those token positions."""
+        pair_blocks (nblocks, 2 + K), score_index (S,) -> S scores read at those token positions."""
         if pair_blocks is not None:
             blocks = [tuple(block) for block in pair_blocks.tolist()]
             hidden = self._packed_hidden(input_ids, position_ids, blocks)  # (1, N, H)
