@@ -33,6 +33,9 @@ POOLINGS = ("last", "first", "mean")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 FORMATTINGS = ("auto", "explicit", "implicit", "alpaca", "sharegpt", "rated")
 COMBINATIONS = ("fixed", "learned")
+RANKING_LOSSES = ("auto", "plackett_luce", "all_pairs")
+LIST_WEIGHTINGS = ("comparison", "list")
+STRENGTH_LOSSES = ("margin", "scaled_bt")
 
 
 def _arg(default: Any, help: str, **kwargs):
@@ -124,13 +127,16 @@ class DataArguments:
         "noise",
         "Column with a per-pair noise/disagreement level; evaluation reports its correlation with the "
         "predicted spread of distributional heads.")
+    strength_scale: float | None = _arg(
+        None, "The largest |strength| the data's `strength` column may hold (e.g. 3 for -3..3; a negative strength "
+        "means rejected is better); a row beyond it stops the load. HelpSteer3 rows use 3.")
     overwrite_cache: bool = _arg(False, "Re-tokenize even if a cached copy exists.")
     pad_to_multiple_of: int | None = _arg(
         None, "Pad padded batches to a multiple of this (e.g. 8 for tensor cores).")
     prefix_sharing: bool = _arg(
         True,
-        "In packed batches, run each pair as one block [prompt | chosen | rejected] so the prompt is "
-        "computed once (exact).")
+        "In packed batches, run each pair as one block [prompt | chosen | rejected], and each ranked list as one "
+        "block [prompt | r_1 | ... | r_K], so the prompt is computed once (exact).")
     packing: bool = _arg(
         True,
         "Pack the pairs of a batch into one row with no padding (exact; decoder models with last-token "
@@ -154,7 +160,7 @@ class DataArguments:
     def read_options(self) -> ReadOptions:
         rated_heads = tuple(kind for kind, head in HEADS.items() if head.learns_ratings)
         return ReadOptions(self.dataset_dir, self.formatting, self.margin_column, self.soft_label_column,
-                           self.noise_column, self.max_samples, self.strict_data, rated_heads)
+                           self.noise_column, self.max_samples, self.strict_data, rated_heads, self.strength_scale)
 
 
 @dataclass
@@ -215,6 +221,17 @@ class FinetuningArguments:
         "else frozen).")
     rated_loss_weight: float = _arg(
         1.0, "Weight of a rated response's loss against a pair's, when the data mixes both.")
+    ranking_loss: str = _arg(
+        "auto", "Ranked lists: plackett_luce (the likelihood of the whole ranking; heads with a logistic P(a > b): "
+        "scalar), all_pairs (the head's P(a > b) -- Bradley-Terry, Thurstone for a Gaussian -- over every pair "
+        "the ranking orders, each counted once) or auto (the head's first: plackett_luce for scalar).")
+    list_weighting: str = _arg(
+        "comparison", "ranking_loss: all_pairs: each comparison weighs 1 (comparison: a list of 4 weighs 6 pairs) "
+        "or each list weighs 1 in all (list).")
+    strength_loss: str = _arg(
+        "margin", "Pairs with a `strength`: margin (P(chosen > rejected + strength_margin * strength)) or scaled_bt "
+        "(the pair's loss times its strength).")
+    strength_margin: float = _arg(1.0, "strength_loss: margin: the reward margin per unit of strength.")
     reward_normalization: bool = _arg(
         False,
         "After training, shift and scale the reward to mean 0 and std 1 on a reference set (normalization_dataset)"
@@ -237,6 +254,16 @@ class FinetuningArguments:
                               f"head does not have (heads that do: "
                               f"{', '.join(k for k, h in HEADS.items() if h.learns_combination)}).")
         check_range("rated_loss_weight", self.rated_loss_weight, low=0)
+        check_choice("ranking_loss", self.ranking_loss, RANKING_LOSSES)
+        check_choice("list_weighting", self.list_weighting, LIST_WEIGHTINGS)
+        check_choice("strength_loss", self.strength_loss, STRENGTH_LOSSES)
+        check_range("strength_margin", self.strength_margin, low=0)
+        if self.ranking_loss != "auto" and self.ranking_loss not in HEADS[self.head].ranking_losses:
+            logistic = ", ".join(k for k, h in HEADS.items() if "plackett_luce" in h.ranking_losses)
+            raise ConfigError(f"ranking_loss={self.ranking_loss}: the {self.head} head's ranking likelihoods are "
+                              f"{', '.join(HEADS[self.head].ranking_losses)}; plackett_luce needs a head with a "
+                              f"logistic P(a > b) ({logistic}). "
+                              "Use ranking_loss: all_pairs (or auto).")
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("uncertainty", self.uncertainty, (None, *UNCERTAINTIES))
         check_range("ensemble_size", self.ensemble_size, low=1)
@@ -355,6 +382,10 @@ def validate(data_args: DataArguments, finetuning_args: FinetuningArguments, hea
     if not head.supports_margin and any(d is not None and "margin" in d.column_names for d in (train, evaluation)):
         raise ConfigError(f"the data has a `{data_args.margin_column}` column, which the {head.kind} head cannot "
                           "use; drop the column or set margin_column to a name the data lacks.")
+    strengths = any(d is not None and "strength" in d.column_names for d in (train, evaluation))
+    if strengths and finetuning_args.strength_loss == "margin" and not head.supports_margin:
+        raise ConfigError(f"the data has strengths, which strength_loss: margin turns into margins, and the "
+                          f"{head.kind} head honours no margin; set strength_loss: scaled_bt.")
 
 
 def launched_processes() -> int:

@@ -6,7 +6,15 @@ Detected from the columns (``formatting: auto``) or chosen explicitly:
 - implicit: only ``chosen`` and ``rejected``, each a whole dialogue (HH-RLHF ``\\n\\nHuman: ... \\n\\nAssistant:``
   text, or message lists); the shared prompt is split off at the last turn boundary both share;
 - alpaca / sharegpt: LlamaFactory ranking data sets (``dataset_info.json``), with its column mapping and tags;
-- rated: ``prompt``, ``response`` and scores, read into a ``Rated`` record by ``data/ratings.py``.
+- helpsteer3: HelpSteer3-Preference rows (``context``, ``response1``, ``response2``, ``overall_preference``);
+- rated: ``prompt``, ``response`` and scores, read into a ``Rated`` record by ``data/ratings.py``;
+- listwise / ultrafeedback: a prompt with K >= 2 responses and a ranking, scores or votes, read into a ``Ranked``
+  record by ``data/listwise.py``.
+
+Pairs may carry labels beyond "chosen is better": ``margin``, ``soft_label`` (P(chosen preferred)), ``noise``,
+``tie: true`` (neither is better; chosen/rejected is then just an order), ``strength`` (how much better chosen is,
+on the scale ``strength_scale`` declares: 0 is a tie) and ``votes`` (``{"chosen": 3, "rejected": 1, "tie": 0}``,
+annotator counts, trained by a binomial likelihood).
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ LLAMAFACTORY_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "hu
 ACCEPTED_FORMATS = (
     "explicit (prompt, chosen, rejected[, system]); implicit (chosen, rejected as whole dialogues); "
     "alpaca ranking (instruction, input, chosen, rejected) and sharegpt ranking (conversations, chosen, rejected) "
-    "through a dataset_info.json; rated (prompt, response, and a column per attribute or a `scores` object)"
+    "through a dataset_info.json; rated (prompt, response, and a column per attribute or a `scores` object); "
+    "listwise (prompt, responses, and ranking, scores or votes); ultrafeedback (instruction, completions); "
+    "helpsteer3 (context, response1, response2, overall_preference)"
 )
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
 
@@ -51,6 +61,9 @@ class Pair:
     margin: float | None = None
     soft_label: float | None = None
     noise: float | None = None
+    strength: float | None = None
+    tie: bool | None = None
+    votes: tuple[float, float, float] | None = None  # annotators preferring chosen, calling a tie, preferring rejected
     meta: dict = field(default_factory=dict)
 
 
@@ -64,6 +77,7 @@ class FormatSpec:
     margin_column: str = "margin"
     soft_label_column: str = "soft_label"
     noise_column: str = "noise"
+    strength_scale: float | None = None  # the largest |strength| a row may give (None: strengths are refused)
 
     def column(self, key: str) -> str:
         return self.columns.get(key) or LLAMAFACTORY_COLUMNS.get(self.name, {}).get(key) or key
@@ -71,6 +85,12 @@ class FormatSpec:
 
 def detect_format(columns: list[str], where: str) -> str:
     present = set(columns)
+    if "responses" in present:
+        return "listwise"
+    if {"instruction", "completions"} <= present:
+        return "ultrafeedback"
+    if {"response1", "response2", "overall_preference"} <= present:
+        return "helpsteer3"
     if {"chosen", "rejected"} <= present:
         if "prompt" in present:
             return "explicit"
@@ -237,11 +257,32 @@ def _sharegpt(row: dict, spec: FormatSpec, where: str):
     return _with_system(messages, row.get(spec.column("system")), where), [chosen], [rejected]
 
 
-_CONVERTERS = {"explicit": _explicit, "implicit": _implicit, "alpaca": _alpaca, "sharegpt": _sharegpt}
+HELPSTEER3_SCALE = 3.0  # overall_preference runs from -3 to 3
+
+
+def helpsteer3(row: dict, spec: FormatSpec, where: str) -> tuple[list, list, list, dict]:
+    """A HelpSteer3-Preference row -> (prompt, chosen, rejected, labels): the preferred response first, the
+    strength |overall_preference| and a tie where it is 0."""
+    prompt = _messages(row[spec.column("context")], "context", where, "user")
+    first = _messages(row[spec.column("response1")], "response1", where, "assistant")
+    second = _messages(row[spec.column("response2")], "response2", where, "assistant")
+    preference = row[spec.column("overall_preference")]
+    if isinstance(preference, bool) or not isinstance(preference, (int, float)) or not math.isfinite(preference):
+        raise DataError(f"{where}: overall_preference should be a number from -3 to 3, found "
+                        f"{_describe(preference)}.")
+    chosen, rejected = (first, second) if preference <= 0 else (second, first)
+    return prompt, chosen, rejected, {"strength": abs(float(preference)), "tie": preference == 0}
+
+
+_CONVERTERS = {"explicit": _explicit, "implicit": _implicit, "alpaca": _alpaca, "sharegpt": _sharegpt,
+               "helpsteer3": helpsteer3}
 _REQUIRED = {"explicit": ("prompt", "chosen", "rejected"), "implicit": ("chosen", "rejected"),
              "alpaca": ("prompt", "chosen", "rejected"), "sharegpt": ("messages", "chosen", "rejected"),
-             "rated": ("prompt", "response")}
-FORMATS = tuple(_REQUIRED)  # the pair formats above and "rated" (data/ratings.py)
+             "helpsteer3": ("context", "response1", "response2", "overall_preference"),
+             "rated": ("prompt", "response"), "listwise": ("prompt", "responses"),
+             "ultrafeedback": ("instruction", "completions")}
+FORMATS = tuple(_REQUIRED)  # the pair formats above, "rated" (data/ratings.py), the listwise ones (data/listwise.py)
+LISTWISE_FORMATS = ("listwise", "ultrafeedback")
 
 
 def check_columns(columns: list[str], spec: FormatSpec, where: str) -> None:
@@ -264,13 +305,48 @@ def _optional_number(row: dict, column: str, where: str, low=None, high=None) ->
     return float(value)
 
 
+def _votes(row: dict, column: str, where: str) -> tuple[float, float, float] | None:
+    value = row.get(column)
+    if _missing(value):
+        return None
+    counts = _expect(value, dict, column, where)
+    unknown = sorted(set(counts) - {"chosen", "rejected", "tie"})
+    numbers = [counts.get(key, 0) for key in ("chosen", "tie", "rejected")]
+    if unknown or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers) or not sum(
+            numbers):
+        raise DataError(f"{where}: column {column!r} should count annotators, e.g. {{\"chosen\": 3, \"rejected\": 1, "
+                        f"\"tie\": 0}} (non-negative integers, not all 0), found {str(value)[:80]!r}.")
+    return tuple(float(n) for n in numbers)
+
+
+def _strength(row: dict, where: str, scale: float | None, given: float | None) -> float | None:
+    value = given if given is not None else _optional_number(row, "strength", where)
+    if value is None:
+        return None
+    if scale is None:
+        raise DataError(f"{where}: the row has a strength ({value:g}) but no scale is declared; set "
+                        "strength_scale (the largest strength, e.g. 3 for -3..3) in the config.")
+    if abs(value) > scale:
+        raise DataError(f"{where}: strength {value:g} is outside the declared scale [-{scale:g}, {scale:g}]; fix the "
+                        "row or raise strength_scale.")
+    return value
+
+
 def to_pair(row: dict, spec: FormatSpec, where: str) -> Pair:
     """Convert one row; raises DataError for wrong types, SkipPair for unusable but well-formed rows."""
-    prompt, chosen, rejected = _CONVERTERS[spec.name](row, spec, where)
+    prompt, chosen, rejected, *extra = _CONVERTERS[spec.name](row, spec, where)
+    labels = extra[0] if extra else {}
     if not any(m["content"].strip() for m in chosen) or not any(m["content"].strip() for m in rejected):
         raise SkipPair("empty response", f"{where}: empty chosen or rejected response")
     if chosen == rejected:
         raise SkipPair("identical chosen/rejected", f"{where}: chosen and rejected are identical")
+    tie = labels.get("tie", row.get("tie"))
+    if not _missing(tie) and not isinstance(tie, bool):
+        raise DataError(f"{where}: column 'tie' should be true or false, found {_describe(tie)}.")
+    scale = HELPSTEER3_SCALE if spec.name == "helpsteer3" and spec.strength_scale is None else spec.strength_scale
+    strength = _strength(row, where, scale, labels.get("strength"))
+    if strength is not None and strength < 0:  # rejected is the better one: swap, keeping the size
+        chosen, rejected, strength = rejected, chosen, -strength
     return Pair(
         prompt=prompt,
         chosen=chosen,
@@ -278,6 +354,9 @@ def to_pair(row: dict, spec: FormatSpec, where: str) -> Pair:
         margin=_optional_number(row, spec.margin_column, where),
         soft_label=_optional_number(row, spec.soft_label_column, where, 0.0, 1.0),
         noise=_optional_number(row, spec.noise_column, where),
+        strength=strength,
+        tie=bool(tie) or strength == 0 or None,
+        votes=_votes(row, "votes", where),
         meta={"source": where},
     )
 

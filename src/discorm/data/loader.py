@@ -21,7 +21,17 @@ import pyarrow.parquet
 from datasets.fingerprint import update_fingerprint
 
 from discorm.data import demo
-from discorm.data.formats import FORMATS, FormatSpec, Pair, SkipPair, check_columns, detect_format, to_pair
+from discorm.data.formats import (
+    FORMATS,
+    LISTWISE_FORMATS,
+    FormatSpec,
+    Pair,
+    SkipPair,
+    check_columns,
+    detect_format,
+    to_pair,
+)
+from discorm.data.listwise import Ranked, to_ranked
 from discorm.data.ratings import Rated, to_rated
 from discorm.data.templates import Renderer
 from discorm.data.tokenize import DataStats, PairTokenizer, raise_or_count
@@ -32,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 DATASET_INFO = "dataset_info.json"
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"
 
 
 @dataclass(frozen=True)
@@ -50,10 +60,11 @@ class ReadOptions:
     max_samples: int | None = None
     strict: bool = False
     rated_heads: tuple[str, ...] = ()
+    strength_scale: float | None = None
 
     def spec(self, name: str, **kwargs) -> FormatSpec:
         return FormatSpec(name, margin_column=self.margin_column, soft_label_column=self.soft_label_column,
-                          noise_column=self.noise_column, **kwargs)
+                          noise_column=self.noise_column, strength_scale=self.strength_scale, **kwargs)
 
 
 # ----------------------------------------------------------------------------- reading rows
@@ -207,8 +218,9 @@ def read_source(name: str, read: ReadOptions, eval_split: bool = False):
 
 # ----------------------------------------------------------------------------- pairs
 def load_pairs(names: str, read: ReadOptions, stats: DataStats, eval_split: bool = False,
-               attributes: tuple = ()) -> list[Pair | Rated]:
-    """Every row of every source as a Pair or, in rated sources, a Rated response (read with ``attributes``)."""
+               attributes: tuple = ()) -> list[Pair | Rated | Ranked]:
+    """Every row of every source as a Pair, in rated sources a Rated response (read with ``attributes``), in
+    listwise sources a Ranked list."""
     pairs = []
     for name in (n.strip() for n in names.split(",") if n.strip()):
         rows, spec = read_source(name, read, eval_split)
@@ -219,19 +231,23 @@ def load_pairs(names: str, read: ReadOptions, stats: DataStats, eval_split: bool
 
 
 def pairs_from_rows(rows: list[tuple[str, dict]], spec: FormatSpec | None, where: str, read: ReadOptions,
-                    stats: DataStats, attributes: tuple = ()) -> Iterator[tuple[dict, Pair | Rated]]:
-    """(row, Pair) for every usable row of one source (``spec`` None: detected from the columns), or (row, Rated)
-    in a rated source, read with the head's ``attributes``; skipped rows are counted in ``stats``."""
+                    stats: DataStats, attributes: tuple = ()) -> Iterator[tuple[dict, Pair | Rated | Ranked]]:
+    """(row, Pair) for every usable row of one source (``spec`` None: detected from the columns), (row, Rated)
+    in a rated source, read with the head's ``attributes``, (row, Ranked) in a listwise one; skipped rows are
+    counted in ``stats``."""
     if spec is None:
         spec = read.spec(detect_format(list(rows[0][1]), where) if read.formatting == "auto" else read.formatting)
     check_columns(list(rows[0][1]), spec, where)
-    rated = spec.name == "rated"
+    rated, listwise = spec.name == "rated", spec.name in LISTWISE_FORMATS
     for row_where, row in rows:
         stats.read += 1
         stats.rated += rated
+        stats.lists += listwise
         try:
-            pair = (to_rated(row, spec, attributes, row_where, read.rated_heads) if rated
-                    else to_pair(row, spec, row_where))
+            if rated:
+                pair = to_rated(row, spec, attributes, row_where, read.rated_heads)
+            else:
+                pair = to_ranked(row, spec, row_where) if listwise else to_pair(row, spec, row_where)
         except SkipPair as skip:
             raise_or_count(stats, skip.reason, str(skip), read.strict)
             continue
@@ -240,18 +256,27 @@ def pairs_from_rows(rows: list[tuple[str, dict]], spec: FormatSpec | None, where
         yield row, pair
 
 
-def _record(pair: Pair | Rated) -> dict:
-    """A Pair or Rated response as one row of the raw data set (the same columns for both)."""
-    rated = isinstance(pair, Rated)
-    return {"prompt": pair.prompt, "chosen": None if rated else pair.chosen,
-            "rejected": None if rated else pair.rejected, "response": pair.response if rated else None,
-            "scores": pair.scores if rated else None, "margin": None if rated else pair.margin,
-            "soft_label": None if rated else pair.soft_label, "noise": None if rated else pair.noise,
-            "source": pair.meta.get("source", "")}
+PAIR_FIELDS = ("chosen", "rejected", "margin", "soft_label", "noise", "strength", "tie")
+VOTE_COLUMNS = ("votes_chosen", "votes_tie", "votes_rejected")
+
+
+def _record(pair: Pair | Rated | Ranked) -> dict:
+    """A Pair, Rated response or Ranked list as one row of the raw data set (the same columns for all)."""
+    record = {"prompt": pair.prompt, "source": pair.meta.get("source", ""), "response": None, "scores": None,
+              "responses": None, "levels": None, "votes": None, **dict.fromkeys(PAIR_FIELDS + VOTE_COLUMNS)}
+    if isinstance(pair, Rated):
+        record.update(response=pair.response, scores=pair.scores)
+    elif isinstance(pair, Ranked):
+        record.update(responses=pair.responses, levels=pair.levels, votes=pair.votes)
+    else:
+        record.update({key: getattr(pair, key) for key in PAIR_FIELDS})
+        record.update(dict(zip(VOTE_COLUMNS, pair.votes or (None,) * 3)))
+    return record
 
 
 _IDS = datasets.Sequence(datasets.Value("int32"))
 TOKENIZED = {"prompt_ids": _IDS, "chosen_ids": _IDS, "rejected_ids": _IDS, "response_ids": _IDS,
+             "responses_ids": datasets.Sequence(_IDS),
              "length": datasets.Value("int32"), "truncated": datasets.Value("bool"),
              "dropped": datasets.Value("string"), "lengths": _IDS, "pair_tokens": datasets.Value("int64"),
              "padded_tokens": datasets.Value("int64")}
@@ -275,7 +300,7 @@ def tokenized_dataset(names: str, tokenizer, renderer: Renderer, cutoff_len: int
     fingerprint = update_fingerprint(raw._fingerprint, encode.encode_record, key)
     cache = cache_root() / "datasets" / f"{fingerprint}.arrow"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    removed = ["prompt", "chosen", "rejected", "response"]
+    removed = ["prompt", "chosen", "rejected", "response", "responses"]
     features = datasets.Features({k: v for k, v in raw.features.items() if k not in removed} | TOKENIZED)
     tokenized = raw.map(encode.encode_record, num_proc=num_proc if num_proc and num_proc > 1 else None,
                         remove_columns=removed, features=features, new_fingerprint=fingerprint,
@@ -289,7 +314,8 @@ def tokenized_dataset(names: str, tokenizer, renderer: Renderer, cutoff_len: int
     stats.pair_tokens += sum(n for n, k in zip(table.column("pair_tokens").to_pylist(), keep) if k)
     stats.padded_tokens += sum(n for n, k in zip(table.column("padded_tokens").to_pylist(), keep) if k)
     kept = tokenized if all(keep) else tokenized.select([i for i, k in enumerate(keep) if k])
-    optional = ("margin", "soft_label", "noise", "scores", "response_ids", "chosen_ids", "rejected_ids")
+    optional = ("margin", "soft_label", "noise", "scores", "response_ids", "chosen_ids", "rejected_ids", "strength",
+                "tie", *VOTE_COLUMNS, "responses_ids", "levels", "votes")
     kept_table = kept.with_format("arrow")[:]
     empty = [c for c in optional if c in table.column_names and kept_table.column(c).null_count == len(kept_table)]
     kept = kept.remove_columns(["truncated", "dropped", "lengths", "pair_tokens", "padded_tokens", *empty])
@@ -299,13 +325,17 @@ def tokenized_dataset(names: str, tokenizer, renderer: Renderer, cutoff_len: int
 
 
 def split_kinds(dataset: datasets.Dataset | None) -> tuple[datasets.Dataset | None, datasets.Dataset | None]:
-    """A tokenized data set -> (its pairs, its rated responses), None where there are none."""
+    """A tokenized data set -> (its pairs, its rated responses), None where there are none. Ranked lists are in
+    neither: the Trainer's periodic evaluation reads pairs and ratings, ``discorm eval`` reads lists."""
     if dataset is None:
         return None, None
-    if "response_ids" not in dataset.column_names:
+    if "response_ids" not in dataset.column_names and "responses_ids" not in dataset.column_names:
         return dataset, None
-    rated = dataset.filter(lambda ids: ids is not None, input_columns="response_ids")
-    pairs = dataset.filter(lambda ids: ids is None, input_columns="response_ids")
+    none = [None] * len(dataset)
+    response, responses = (dataset[c] if c in dataset.column_names else none for c in ("response_ids", "responses_ids"))
+    kind = ["rated" if r is not None else "list" if rs is not None else "pair" for r, rs in zip(response, responses)]
+    rated = dataset.select([i for i, k in enumerate(kind) if k == "rated"])
+    pairs = dataset.select([i for i, k in enumerate(kind) if k == "pair"])
     return (pairs if len(pairs) else None), (rated if len(rated) else None)
 
 

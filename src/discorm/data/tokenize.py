@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from discorm.data.formats import Message, Pair, check_text, to_conversation
+from discorm.data.listwise import Ranked
 from discorm.data.ratings import Rated
 from discorm.data.templates import Renderer
 from discorm.errors import DataError
 
 DEFAULT_CUTOFF_LEN = 1024  # DataArguments.cutoff_len's default, for models saved without one
 SKIP_REASONS = ("empty response", "identical chosen/rejected", "truncated to identical", "malformed")
-RATED_SKIP_REASONS = ("no scores",)  # listed in the summary only when they happen
+RATED_SKIP_REASONS = ("no scores", "all tied")  # listed in the summary only when they happen
 
 
 @dataclass
@@ -31,7 +32,8 @@ class DataStats:
     """What happened to the pairs of a data set, for the one-line summary."""
 
     read: int = 0
-    rated: int = 0  # of `read`, rated responses (the others are pairs)
+    rated: int = 0  # of `read`, rated responses
+    lists: int = 0  # of `read`, ranked lists (the others are pairs)
     dropped: Counter = field(default_factory=Counter)
     truncated: int = 0
     lengths: list[int] = field(default_factory=list)  # tokens of every sequence (prompt + response)
@@ -45,8 +47,9 @@ class DataStats:
     def summary(self, name: str = "data") -> str:
         reasons = [*SKIP_REASONS, *(r for r in RATED_SKIP_REASONS if self.dropped.get(r))]
         drops = ", ".join(f"{reason} {self.dropped.get(reason, 0)}" for reason in reasons)
-        read = f"{self.read} pairs" if not self.rated else (
-            f"{self.read} rows ({self.read - self.rated} pairs, {self.rated} rated responses)")
+        kinds = [f"{self.read - self.rated - self.lists} pairs"] + [f"{n} {name}" for n, name in (
+            (self.lists, "ranked lists"), (self.rated, "rated responses")) if n]
+        read = f"{self.read} pairs" if len(kinds) == 1 else f"{self.read} rows ({', '.join(kinds)})"
         text = f"{name}: {read} read, {self.kept} kept; dropped: {drops}; truncated {self.truncated}"
         if self.lengths:
             p50, p90, p99 = np.percentile(self.lengths, [50, 90, 99]).round().astype(int)
@@ -161,10 +164,12 @@ class PairTokenizer(Encoder):
         super().__init__(tokenizer, renderer, cutoff_len)
         self.strict = strict
 
-    def __call__(self, pair: Pair | Rated, stats: DataStats) -> dict | None:
+    def __call__(self, pair: Pair | Rated | Ranked, stats: DataStats) -> dict | None:
         where = pair.meta.get("source", "")
         if isinstance(pair, Rated):
             return self._rated(pair, stats, where)
+        if isinstance(pair, Ranked):
+            return self._ranked(pair, stats, where)
         encoded = self.encode(pair.prompt, [pair.chosen, pair.rejected], where)
         prompt_ids, (chosen, rejected) = encoded.prompt_ids, encoded.response_ids
         if encoded.truncated:
@@ -178,10 +183,28 @@ class PairTokenizer(Encoder):
         stats.padded_tokens += 2 * len(prompt_ids) + len(chosen) + len(rejected)
         example = {"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected,
                    "length": len(prompt_ids) + max(len(chosen), len(rejected)), "source": where}
-        for key in ("margin", "soft_label", "noise"):
+        for key in ("margin", "soft_label", "noise", "strength", "tie"):
             if getattr(pair, key) is not None:
                 example[key] = getattr(pair, key)
+        if pair.votes is not None:
+            example.update(zip(VOTE_COLUMNS, pair.votes))
         return example
+
+    def _ranked(self, ranked: Ranked, stats: DataStats, where: str) -> dict | None:
+        """A list's K responses are encoded together, so the prompt is cut the same way for all of them."""
+        encoded = self.encode(ranked.prompt, ranked.responses, where)
+        prompt_ids, responses = encoded.prompt_ids, encoded.response_ids
+        if encoded.truncated:
+            stats.truncated += 1
+        if len({tuple(r) for r in responses}) < len(responses):
+            reason = "truncated to identical" if encoded.truncated else "identical chosen/rejected"
+            raise_or_count(stats, reason, f"{where}: two responses of the list are identical as tokens", self.strict)
+            return None
+        stats.lengths += [len(prompt_ids) + len(r) for r in responses]
+        stats.pair_tokens += len(prompt_ids) + sum(map(len, responses))
+        stats.padded_tokens += len(responses) * len(prompt_ids) + sum(map(len, responses))
+        return {"prompt_ids": prompt_ids, "responses_ids": responses, "levels": ranked.levels, "votes": ranked.votes,
+                "length": len(prompt_ids) + max(map(len, responses)), "source": where}
 
     def encode_record(self, record: dict) -> dict:
         """One row of the raw data set (pair or rated response, see ``data/loader.py``) -> its tokens and what
@@ -190,12 +213,15 @@ class PairTokenizer(Encoder):
         meta = {"source": record["source"]}
         if record["response"] is not None:
             item = Rated(record["prompt"], record["response"], record["scores"], meta=meta)
+        elif record.get("responses") is not None:
+            item = Ranked(record["prompt"], record["responses"], record["levels"], record["votes"], meta=meta)
         else:
             item = Pair(record["prompt"], record["chosen"], record["rejected"], meta=meta)
         stats = DataStats()
         example = self(item, stats) or {}
         return {"prompt_ids": example.get("prompt_ids", []), "chosen_ids": example.get("chosen_ids"),
                 "rejected_ids": example.get("rejected_ids"), "response_ids": example.get("response_ids"),
+                "responses_ids": example.get("responses_ids"),
                 "length": example.get("length", 0), "truncated": bool(stats.truncated),
                 "dropped": next(iter(stats.dropped), None), "lengths": stats.lengths,
                 "pair_tokens": stats.pair_tokens, "padded_tokens": stats.padded_tokens}
@@ -211,6 +237,9 @@ class PairTokenizer(Encoder):
         stats.padded_tokens += length
         return {"prompt_ids": encoded.prompt_ids, "response_ids": encoded.response_ids[0], "scores": rated.scores,
                 "length": length, "source": where}
+
+
+VOTE_COLUMNS = ("votes_chosen", "votes_tie", "votes_rejected")
 
 
 def raise_or_count(stats: DataStats, reason: str, detail: str, strict: bool) -> None:

@@ -1,6 +1,7 @@
-"""The training objective in one place: the head's pairwise negative log-likelihood (margins, soft labels),
-the head's regulariser and reward centring, and for rated responses the head's rating likelihood, with their
-coefficients taken from the *current* training config (never from a run being continued)."""
+"""The training objective in one place: the head's likelihood of every label a batch carries -- pairs (margins,
+soft labels, ties, strengths, votes), ranked lists (Plackett-Luce, or every pair the ranking orders; votes) and
+rated responses -- plus the head's regulariser and reward centring, with their coefficients taken from the
+*current* training config (never from a run being continued)."""
 
 from __future__ import annotations
 
@@ -9,47 +10,205 @@ from dataclasses import dataclass, field
 import torch
 
 from discorm.config import FinetuningArguments
+from discorm.data.collator import PairBatch
 from discorm.model.heads import RewardHead, head_class
 
 
 @dataclass
-class PairwiseLoss:
-    """pairs = mean_b NLL(pc_b, pr_b; margin_b, y_b) + head regulariser + c * mean((r_c + r_r)^2).
+class Comparisons:
+    """Comparisons of two scored sequences: indices ``a``, ``b`` (M,) into the batch's scores, ``outcomes``
+    (M, 3) counts of (a wins, tie, b wins), ``margin`` (M,) or None, ``weights`` (M,) and ``units`` (M,) the
+    observations each stands for (1 a label, n annotator votes), and ``keys`` for the head's per-pair weights."""
 
-    Scalar head, hard labels: NLL = -logsigmoid(r_c - r_r - margin). A batch of B pairs and R rated responses
-    counts every example once: loss = (B * pairs + w * R * mean_r rated_loss_r) / (B + R), w =
-    rated_loss_weight; with no rated responses it is `pairs`, with no pairs the mean rated loss (times w)."""
+    a: torch.Tensor
+    b: torch.Tensor
+    outcomes: torch.Tensor
+    margin: torch.Tensor | None
+    weights: torch.Tensor
+    units: torch.Tensor
+    keys: list[str] | None
+
+
+@dataclass
+class PairwiseLoss:
+    """loss = sum_m w_m NLL_m / sum_m units_m over every comparison (a pair, or a pair a list orders, or a list's
+    Plackett-Luce terms) + head regulariser + c * mean((r_a + r_b)^2).
+
+    Scalar head, hard labels: NLL = -logsigmoid(r_c - r_r - margin), and with plain pairs the loss is their mean.
+    A ranked list of K gives K(K-1)/2 comparisons under ``all_pairs`` (each 1/C of a unit with
+    ``list_weighting: list``), or K - 1 units of Plackett-Luce likelihood; a pair or list with n annotator votes
+    counts n units. Rated responses: loss = (U * comparisons + w * R * mean_r rated_loss_r) / (U + R), U the
+    comparison units, w = rated_loss_weight."""
 
     head: RewardHead
     loss_options: dict = field(default_factory=dict)  # the head's unsaved options (variance_penalty, ...)
     center_rewards_coefficient: float | None = None
     rated_loss_weight: float = 1.0
+    ranking_loss: str = "all_pairs"
+    list_weighting: str = "comparison"
+    strength_loss: str = "margin"
+    strength_margin: float = 1.0
 
     @classmethod
     def from_args(cls, head: RewardHead, args: FinetuningArguments) -> PairwiseLoss:
         # the config's options are this head's only when it names this head (`discorm eval` of a run need not)
         options = head_class(head.kind).resolve_options(args.head_options if args.head == head.kind else {})
         loss_options = {o.name: options[o.name] for o in head.options if not o.saved}
-        return cls(head, loss_options, args.center_rewards_coefficient, args.rated_loss_weight)
+        ranking = head.ranking_losses[0] if args.ranking_loss == "auto" else args.ranking_loss
+        return cls(head, loss_options, args.center_rewards_coefficient, args.rated_loss_weight, ranking,
+                   args.list_weighting, args.strength_loss, args.strength_margin)
 
     def __call__(self, pc: torch.Tensor, pr: torch.Tensor, margin: torch.Tensor | None = None,
                  soft_label: torch.Tensor | None = None, rated: torch.Tensor | None = None,
                  scores: torch.Tensor | None = None, score_mask: torch.Tensor | None = None,
                  keys: list[str] | None = None) -> torch.Tensor:
         """pc, pr: (B, K) head params of chosen and rejected; rated (R, K) with scores and score_mask (R, A);
-        keys: where each pair was read (the first B entries), for the head's per-pair weights (an ensemble's
-        bootstrap) -> scalar loss."""
-        count = 0 if rated is None else rated.shape[0]
+        keys: where each pair was read, for the head's per-pair weights (an ensemble's bootstrap) -> scalar loss.
+        The pairs-and-ratings form of ``batch_loss``."""
+        params = torch.cat([pc, pr, *([] if rated is None else [rated])])
+        labels = {"margin": margin, "soft_label": soft_label, "scores": scores, "score_mask": score_mask,
+                  "sources": keys}
+        return self.batch_loss(params, {k: v for k, v in labels.items() if v is not None})
+
+    def batch_loss(self, params: torch.Tensor, batch: PairBatch) -> torch.Tensor:
+        """params (S, K) in the collators' score order (see :class:`PairBatch`) and the batch's labels -> the loss."""
+        pairs, lists, rated = split_scores(params, batch)
+        keys = batch.get("sources")
+        count = rated.shape[0]
         if count:
-            rated_part = self.rated_loss_weight * self.head.rated_loss(rated, scores, score_mask).mean()
-            if not pc.shape[0]:
+            rated_part = self.rated_loss_weight * self.head.rated_loss(rated, batch["scores"],
+                                                                       batch["score_mask"]).mean()
+            if not pairs + sum(lists):
                 return rated_part
-        weights = self.head.pair_weights(keys[: pc.shape[0]] if keys else None)
-        loss = self.head.pair_loss(pc, pr, margin, soft_label, weights).mean()
-        loss = loss + self.head.regulariser(pc, pr, **self.loss_options)
-        if self.center_rewards_coefficient:
-            rewards = self.head.mean(pc) + self.head.mean(pr)
-            loss = loss + self.center_rewards_coefficient * rewards.square().mean()
+        comparisons = [self.pair_comparisons(pairs, batch, keys, params.device),
+                       *self.list_comparisons(pairs, lists, batch, keys)]
+        comparisons = concat([c for c in comparisons if c is not None and len(c.a)])
+        total, units = params.new_zeros(()), params.new_zeros(())
+        if comparisons is not None:
+            pa, pb = params[comparisons.a], params[comparisons.b]
+            weights = self.head.pair_weights(comparisons.keys)
+            weights = comparisons.weights if weights is None else comparisons.weights[:, None] * weights.to(params)
+            total = self.head.outcome_loss(pa, pb, comparisons.outcomes, comparisons.margin,
+                                           None if bool((weights == 1).all()) else weights).sum()
+            units = comparisons.units.sum()
+        if self.ranking_loss == "plackett_luce":
+            for params_l, levels, key in self.ranked_lists(params, pairs, lists, batch, keys):
+                weight = self.head.pair_weights([key])
+                nll = self.head.plackett_luce(params_l, levels)
+                total = total + (nll if weight is None else nll * weight.to(params).mean())
+                units = units + len(levels) - 1
+        loss = total / units
+        if comparisons is not None:
+            loss = loss + self.head.regulariser(pa, pb, **self.loss_options)
+            if self.center_rewards_coefficient:
+                rewards = self.head.mean(pa) + self.head.mean(pb)
+                loss = loss + self.center_rewards_coefficient * rewards.square().mean()
         if count:
-            loss = (pc.shape[0] * loss + count * rated_part) / (pc.shape[0] + count)
+            loss = (units * loss + count * rated_part) / (units + count)
         return loss
+
+    def pair_comparisons(self, pairs: int, batch: PairBatch, keys: list[str] | None,
+                         device: torch.device | None = None) -> Comparisons | None:
+        """A pair (chosen b, rejected pairs + b): a win of chosen, a soft label, a tie, or annotator votes; a
+        strength moves the margin (strength_loss: margin) or scales the pair's weight (scaled_bt)."""
+        if not pairs:
+            return None
+        ones = torch.ones(pairs, device=device)
+        soft = batch.get("soft_label", ones)
+        outcomes = torch.stack([soft, torch.zeros_like(soft), 1 - soft], dim=-1)
+        if "tie" in batch:
+            tie = batch["tie"].bool()[:, None]
+            outcomes = torch.where(tie, torch.tensor([0.0, 1.0, 0.0], device=outcomes.device), outcomes)
+        if "votes_chosen" in batch:
+            votes = torch.stack([batch["votes_chosen"], batch["votes_tie"], batch["votes_rejected"]], dim=-1)
+            outcomes = torch.where(votes[:, :1].isnan(), outcomes, votes)
+        margin, weights = batch.get("margin"), ones
+        if "strength" in batch:
+            strength = batch["strength"].nan_to_num(0.0)
+            if self.strength_loss == "margin":
+                margin = strength * self.strength_margin + (0 if margin is None else margin)
+            else:  # scaled_bt: a pair weighs its strength (a tie, strength 0, weighs 1)
+                weights = torch.where(strength > 0, strength, ones)
+        index = torch.arange(pairs, device=device)
+        return Comparisons(index, index + pairs, outcomes, margin, weights, outcomes.sum(-1),
+                           keys[:pairs] if keys else None)
+
+    def list_comparisons(self, pairs: int, lists: list[int], batch: PairBatch, keys: list[str] | None):
+        """Per list labelled by annotator votes, its counted comparisons; per ranked list under ``all_pairs``,
+        every pair of responses once (the better one first, or a tie)."""
+        if not lists:
+            return []
+        start, found = 2 * pairs, []
+        levels = batch["list_levels"]
+        for number, size in enumerate(lists):
+            key = keys[pairs + number] if keys else None
+            level = levels[start - 2 * pairs : start - 2 * pairs + size]
+            if bool((level >= 0).all()) and self.ranking_loss != "plackett_luce":
+                i, j = torch.triu_indices(size, size, 1, device=level.device)
+                outcomes = torch.stack([level[i] < level[j], level[i] == level[j], level[i] > level[j]], -1).float()
+                share = torch.full((len(i),), 1.0 / len(i) if self.list_weighting == "list" else 1.0)
+                found.append(Comparisons(start + i, start + j, outcomes, None, share, share,
+                                         None if key is None else [f"{key}#{a}>{b}" for a, b in zip(i.tolist(),
+                                                                                                     j.tolist())]))
+            start += size
+        if "list_votes" in batch:
+            votes = batch["list_votes"]
+            i, j = votes[:, 0].long() + 2 * pairs, votes[:, 1].long() + 2 * pairs
+            counts = votes[:, 2:]
+            owner = torch.bucketize(votes[:, 0].long().cpu(), torch.tensor(lists).cumsum(0), right=True)
+            found.append(Comparisons(i, j, counts, None, torch.ones(len(i)), counts.sum(-1),
+                                     None if not keys else [f"{keys[pairs + int(o)]}#{int(a)}>{int(b)}"
+                                                            for o, a, b in zip(owner, votes[:, 0], votes[:, 1])]))
+        return found
+
+    def ranked_lists(self, params, pairs: int, lists: list[int], batch: PairBatch, keys):
+        """(params (K, P), levels (K,), key) of every ranked list, for the Plackett-Luce likelihood."""
+        start = 2 * pairs
+        for number, size in enumerate(lists):
+            level = batch["list_levels"][start - 2 * pairs : start - 2 * pairs + size]
+            if bool((level >= 0).all()):
+                yield params[start : start + size], level, keys[pairs + number] if keys else None
+            start += size
+
+
+def ordered_rewards(head: RewardHead, params: torch.Tensor, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's mean rewards of (the better, the worse) response of every comparison with a winner that a
+    pair or a ranked list makes, for the training accuracy."""
+    pairs, lists, _ = split_scores(params, batch)
+    rewards = head.mean(params)
+    better, worse = [rewards[:pairs]], [rewards[pairs : 2 * pairs]]
+    start = 2 * pairs
+    for size in lists:
+        level = batch["list_levels"][start - 2 * pairs : start - 2 * pairs + size]
+        if bool((level >= 0).all()):
+            i, j = torch.triu_indices(size, size, 1, device=level.device)
+            i, j = i[level[i] != level[j]], j[level[i] != level[j]]
+            first_better = level[i] < level[j]
+            better.append(rewards[start + torch.where(first_better, i, j)])
+            worse.append(rewards[start + torch.where(first_better, j, i)])
+        start += size
+    return torch.cat(better), torch.cat(worse)
+
+
+def split_scores(params: torch.Tensor, batch: PairBatch) -> tuple[int, list[int], torch.Tensor]:
+    """-> (number of pairs B, list sizes, rated params (R, K)) of params laid out as [chosen (B) | rejected (B) |
+    list responses | rated (R)]."""
+    rated = batch["scores"].shape[0] if "scores" in batch else 0
+    lists = batch["list_sizes"].tolist() if "list_sizes" in batch else []
+    pairs = (params.shape[0] - rated - sum(lists)) // 2
+    return pairs, lists, params[params.shape[0] - rated :]
+
+
+def concat(parts: list[Comparisons]) -> Comparisons | None:
+    if not parts:
+        return None
+    device = parts[0].outcomes.device
+
+    def cat(name):
+        return torch.cat([getattr(p, name).to(device) for p in parts])
+
+    margins = [p.margin for p in parts]
+    margin = None if all(m is None for m in margins) else torch.cat(
+        [torch.zeros(len(p.a), device=device) if m is None else m for p, m in zip(parts, margins)])
+    keys = None if any(p.keys is None for p in parts) else [k for p in parts for k in p.keys]
+    return Comparisons(cat("a"), cat("b"), cat("outcomes"), margin, cat("weights"), cat("units"), keys)

@@ -15,7 +15,7 @@ from discorm.config import FinetuningArguments
 from discorm.data.collator import PairBatch, model_inputs
 from discorm.files import write_text
 from discorm.model.reward_model import RewardModel
-from discorm.train.loss import PairwiseLoss
+from discorm.train.loss import PairwiseLoss, ordered_rewards
 from discorm.train.preemption import StepSync
 
 
@@ -64,15 +64,14 @@ class PairwiseTrainer(Trainer):
         return optimizer
 
     def compute_loss(self, model, inputs: PairBatch, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**model_inputs(inputs))  # one pass over all 2B + R sequences (padded or packed)
-        scores = inputs.get("scores")
-        pc, pr, rated = split_batch(outputs.head_params, 0 if scores is None else scores.shape[0])
-        with torch.autocast(pc.device.type, enabled=False):  # the loss in float32, also under bf16
-            loss = self.loss_fn(pc, pr, inputs.get("margin"), inputs.get("soft_label"), rated, scores,
-                                inputs.get("score_mask"), inputs.get("sources"))
+        outputs = model(**model_inputs(inputs))  # one pass over every scored sequence (padded or packed)
+        params = outputs.head_params
+        with torch.autocast(params.device.type, enabled=False):  # the loss in float32, also under bf16
+            loss = self.loss_fn.batch_loss(params, inputs)
         if model.training:
-            loss = self.sync.record(loss, self.loss_fn.head.mean(pc), self.loss_fn.head.mean(pr),
-                                    inputs.get("sources"), self.state.global_step + 1, model)
+            with torch.no_grad():
+                better, worse = ordered_rewards(self.loss_fn.head, params, inputs)
+            loss = self.sync.record(loss, better, worse, inputs.get("sources"), self.state.global_step + 1, model)
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs: PairBatch, prediction_loss_only, ignore_keys=None):

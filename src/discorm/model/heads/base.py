@@ -12,6 +12,7 @@ options and capabilities, and decorate it with :func:`register_head`.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -76,6 +77,31 @@ class ExportSpec:
     offset: float = 0.0
 
 
+TIE_MODELS = {
+    "rao_kupper": "P(a > b) = sigmoid(d - eta), P(b > a) = sigmoid(-d - eta), the rest a tie (theta = e^eta)",
+    "davidson": "P(a > b), P(tie), P(b > a) in proportion to e^(d/2), nu, e^(-d/2)",
+    "thurstone": "P(a > b) = Phi((d - eta) / s), P(b > a) = Phi((-d - eta) / s), the rest a tie (Glenn-David)",
+    "atoms": "a tie when the two atoms drawn lie within eta of each other (P(a > b) the rest of P(X_a > X_b))",
+}  # d = mu_a - mu_b - margin; s the spread of X_a - X_b; the tie parameter is eta (nu for davidson)
+
+
+def tie_options(models: tuple[str, ...], learnable: bool = True) -> tuple[HeadOption, ...]:
+    """The tie options of a head whose P(a > b) extends to a tie by ``models`` (``TIE_MODELS``)."""
+    return (
+        HeadOption("tie_model", "none", "ties (tie: true, equal ranks, strength 0): their likelihood, "
+                   f"{' or '.join(models)}; none: a tie counts as half a win for each side", choices=("none", *models)),
+        HeadOption("tie_param", 1.0, "tie_model: the tie parameter (eta, or nu for davidson), its starting value "
+                   "when learned", low=1e-6),
+        HeadOption("learn_tie_param", learnable, "tie_model: learn the tie parameter with the head (false: keep "
+                   "tie_param)"),
+    )
+
+
+def split_ties(outcomes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, 3) counts of (a wins, tie, b wins) -> (wins of a, wins of b), a tie counting half to each."""
+    return outcomes[:, 0] + 0.5 * outcomes[:, 1], outcomes[:, 2] + 0.5 * outcomes[:, 1]
+
+
 def soft_label_loss(log_p: torch.Tensor, log_not_p: torch.Tensor, soft_label: torch.Tensor | None) -> torch.Tensor:
     """-[y log P + (1 - y) log(1 - P)] per pair; with no soft label, y = 1 (chosen preferred): -log P."""
     if soft_label is None:
@@ -96,6 +122,9 @@ class RewardHead(nn.Module):
     learns_ratings: ClassVar[bool] = False  # learns from rated responses (rated_loss, attributes_from)
     learns_combination: ClassVar[bool] = False  # combines attributes with weights fitted on pairs (fit_combination)
     epistemic: ClassVar[bool] = False  # knows its epistemic uncertainty (heads/uncertainty.py): lcb, uwo reward modes
+    ranking_losses: ClassVar[tuple[str, ...]] = ("all_pairs",)  # likelihoods of a ranking it computes; first: auto
+    tie_models: ClassVar[tuple[str, ...]] = ()  # tie likelihoods it computes (TIE_MODELS), with tie_options
+    tie_model: str = "none"
     uncertainty: ClassVar[str] = ""  # laplace or ensemble for the heads that wrap another (heads/uncertainty.py)
     attributes: tuple[Attribute, ...] = ()  # rated qualities it predicts; empty: it learns from pairs only
 
@@ -210,6 +239,43 @@ class RewardHead(nn.Module):
         log_p, log_not_p = self.log_prob_pair(pc, pr, margin)
         loss = soft_label_loss(log_p, log_not_p, soft_label)
         return loss if weights is None else loss * weights.to(loss)
+
+    # ------------------------------------------------------------------ ties, rankings, votes
+    def init_ties(self, tie_model: str = "none", tie_param: float = 1.0, learn_tie_param: bool = True) -> None:
+        """Called by heads with ``tie_options``: the tie parameter, stored as its log (a parameter when learned)."""
+        self.tie_model, self.tie_param, self.learn_tie_param = tie_model, tie_param, learn_tie_param
+        if tie_model != "none":
+            value = torch.tensor(math.log(tie_param))
+            if learn_tie_param:
+                self.tie_log = nn.Parameter(value)
+            else:
+                self.register_buffer("tie_log", value)
+
+    def tie_value(self) -> torch.Tensor:
+        return self.tie_log.float().exp()
+
+    def log_prob_outcomes(self, pa: torch.Tensor, pb: torch.Tensor, margin: torch.Tensor | None = None):
+        """(M, 3): log P(a > b), log P(tie), log P(b > a) under the head's tie model."""
+        raise NotImplementedError(f"the {self.kind} head has no tie model (tie_model: none)")
+
+    def outcome_loss(self, pa, pb, outcomes, margin=None, weights=None) -> torch.Tensor:
+        """Per-comparison negative log-likelihood, (M,): ``outcomes`` (M, 3) counts (a wins, tie, b wins) -- one
+        label is a count of 1, annotator votes a count each (a binomial, or with ties a trinomial likelihood).
+        Without a tie model a tie counts as half a win for each side. ``weights``: as for ``pair_loss``."""
+        if self.tie_model == "none":
+            wins, losses = split_ties(outcomes)
+            count = wins + losses
+            soft = None if bool((losses == 0).all()) else wins / count
+            scale = count if weights is None else count.view(-1, *[1] * (weights.dim() - 1)) * weights
+            return self.pair_loss(pa, pb, margin, soft, None if bool((scale == 1).all()) else scale)
+        log_p = self.log_prob_outcomes(pa, pb, margin)
+        loss = -torch.where(outcomes > 0, outcomes * log_p, torch.zeros_like(log_p)).sum(-1)
+        return loss if weights is None else loss * weights.to(loss)
+
+    def plackett_luce(self, params: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        """The negative log-likelihood of one ranking of K responses (params (K, P), levels (K,), 0 best), a
+        scalar; ties share the denominator of their level (Breslow)."""
+        raise NotImplementedError(f"the {self.kind} head has no Plackett-Luce likelihood")
 
     def pair_weights(self, keys: list[str] | None) -> torch.Tensor | None:
         """Per-pair loss weights from where each pair was read (None: every pair weighs 1)."""

@@ -7,7 +7,8 @@ import math
 import torch
 from torch import nn
 
-from discorm.model.heads.base import HeadOption, RewardHead, register_head
+from discorm.errors import ConfigError
+from discorm.model.heads.base import HeadOption, RewardHead, register_head, tie_options
 
 
 @register_head
@@ -26,11 +27,17 @@ class CategoricalHead(RewardHead):
                    low=1e-6),
         HeadOption("entropy_coef", 0.0, "categorical: subtracts entropy_coef * entropy of the batch-mean "
                    "distribution", saved=False),
+        *tie_options(("atoms",), learnable=False),
     )
     distributional = True
+    tie_models = ("atoms",)
 
-    def __init__(self, hidden_size: int, num_atoms: int = 11, atom_range: float = 5.0):
+    def __init__(self, hidden_size: int, num_atoms: int = 11, atom_range: float = 5.0, **ties):
         super().__init__()
+        if ties.get("tie_model", "none") != "none" and ties.get("learn_tie_param", False):
+            raise ConfigError("tie_model: atoms has a fixed threshold tie_param (a tie: atoms within it), which has no "
+                              "gradient to learn from; set learn_tie_param: false.")
+        self.init_ties(**ties)
         self.num_atoms, self.atom_range = num_atoms, atom_range
         self.logits = nn.Linear(hidden_size, num_atoms)
         nn.init.normal_(self.logits.weight, std=1 / math.sqrt(hidden_size + 1))
@@ -80,6 +87,17 @@ class CategoricalHead(RewardHead):
             prob = torch.einsum("bi,bj,bij->b", p_c, p_r, win)
         prob = prob.clamp(1e-30, 1 - 1e-7)
         return prob.log(), torch.log1p(-prob)
+
+    def log_prob_outcomes(self, pa, pb, margin=None):
+        """Over the atom pairs (a_i, a_j) drawn independently: a tie when |a_i - a_j - margin| <= eta."""
+        atoms = self.atoms.to(pa.device)
+        gap = (atoms[:, None] - atoms[None, :]).expand(pa.shape[0], -1, -1)  # (M, K, K)
+        if margin is not None:
+            gap = gap - margin.float()[:, None, None]
+        eta = float(self.tie_value()) + 1e-6 * self.atom_range
+        outcome = torch.stack([gap > eta, gap.abs() <= eta, gap < -eta], dim=1).float()  # (M, 3, K, K)
+        probs = torch.einsum("mi,mj,moij->mo", self.probs(pa), self.probs(pb), outcome)
+        return probs.clamp_min(1e-30).log()
 
     def regulariser(self, pc, pr, entropy_coef: float = 0.0, **_):
         if not entropy_coef:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from discorm.model.heads.base import ExportSpec, HeadOption, RewardHead, register_head
+from discorm.model.heads.base import ExportSpec, HeadOption, RewardHead, register_head, tie_options
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +30,15 @@ class GaussianHead(RewardHead):
     options = (
         HeadOption("variance_penalty", 0.0, "gaussian: adds variance_penalty * mean(var_chosen + var_rejected)",
                    low=0.0, saved=False),
+        *tie_options(("thurstone",)),
     )
+    tie_models = ("thurstone",)
     distributional = True
     export_labels = (1, 2)
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, **ties):
         super().__init__()
+        self.init_ties(**ties)
         self.value = nn.Linear(hidden_size, 1, bias=False)
         self.variance = nn.Linear(hidden_size, 1)
         nn.init.normal_(self.value.weight, std=1 / math.sqrt(hidden_size + 1))
@@ -69,6 +72,18 @@ class GaussianHead(RewardHead):
             diff = diff - margin
         z = diff / (pc[:, 1] + pr[:, 1]).sqrt()
         return torch.special.log_ndtr(z), torch.special.log_ndtr(-z)
+
+    def log_prob_outcomes(self, pa, pb, margin=None):
+        """Thurstone with a tie threshold eta (Glenn-David): X_a - X_b ~ N(d, s^2) is a win above eta, a loss below
+        -eta, a tie between."""
+        diff = pa[:, 0] - pb[:, 0] - (0 if margin is None else margin)
+        spread = (pa[:, 1] + pb[:, 1]).sqrt()
+        value = self.tie_value()
+        win = torch.special.log_ndtr((diff - value) / spread)
+        loss = torch.special.log_ndtr((-diff - value) / spread)
+        upper = torch.special.log_ndtr((value - diff) / spread)  # log P(not a win)
+        tie = upper + torch.log1p(-(loss - upper).exp().clamp_max(1 - 1e-7))
+        return torch.stack([win, tie, loss], dim=-1)
 
     def regulariser(self, pc, pr, variance_penalty: float = 0.0, **_):
         if not variance_penalty:

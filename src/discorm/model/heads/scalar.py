@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from discorm.model.heads.base import ExportSpec, HeadOption, RewardHead, register_head
+from discorm.model.heads.base import ExportSpec, HeadOption, RewardHead, register_head, tie_options
 
 logger = logging.getLogger(__name__)
 
@@ -23,12 +23,16 @@ class ScalarHead(RewardHead):
     options = (
         HeadOption("bias", False, "scalar: give the value layer a bias (pairwise losses cannot see it; imported "
                    "heads may carry one)"),
+        *tie_options(("rao_kupper", "davidson")),
     )
     export_labels = (1,)
     supports_temperature = True
+    ranking_losses = ("plackett_luce", "all_pairs")
+    tie_models = ("rao_kupper", "davidson")
 
-    def __init__(self, hidden_size: int, bias: bool = False):
+    def __init__(self, hidden_size: int, bias: bool = False, **ties):
         super().__init__()
+        self.init_ties(**ties)
         self.bias = bias
         self.value = nn.Linear(hidden_size, 1, bias=bias)
         nn.init.normal_(self.value.weight, std=1 / math.sqrt(hidden_size + 1))
@@ -49,6 +53,25 @@ class ScalarHead(RewardHead):
 
     def prob_pair(self, pc, pr, temperature=1.0):
         return torch.sigmoid((pc[:, 0] - pr[:, 0]) / temperature)
+
+    def log_prob_outcomes(self, pa, pb, margin=None):
+        """Rao-Kupper: a win needs d > eta, P(tie) = sigmoid(eta - d) - sigmoid(-eta - d). Davidson:
+        (e^(d/2), nu, e^(-d/2)) normalised."""
+        diff = pa[:, 0] - pb[:, 0] - (0 if margin is None else margin)
+        value = self.tie_value()
+        if self.tie_model == "davidson":
+            logits = torch.stack([diff / 2, value.log().expand_as(diff), -diff / 2], dim=-1)
+            return logits.log_softmax(-1)
+        win, loss = F.logsigmoid(diff - value), F.logsigmoid(-diff - value)
+        upper = F.logsigmoid(value - diff)  # log P(a does not win) = log(1 - sigmoid(d - eta))
+        tie = upper + torch.log1p(-(loss - upper).exp().clamp_max(1 - 1e-7))
+        return torch.stack([win, tie, loss], dim=-1)
+
+    def plackett_luce(self, params, levels):
+        rewards = params[:, 0]
+        at_or_below = levels[None, :] >= levels[:, None]  # [i, j]: j is ranked at i's level or below
+        denominators = torch.logsumexp(rewards[None, :].masked_fill(~at_or_below, -math.inf), dim=-1)
+        return (denominators - rewards).sum()
 
     def export_spec(self, num_labels):
         """The value layer is the score layer; a bias (imported heads) goes to config.discorm_reward_bias and not

@@ -56,6 +56,8 @@ class EpistemicHead(RewardHead):
         self.attributes = member.attributes
         self.member_distributional = member.distributional
         self.export_labels = member.export_labels
+        self.ranking_losses, self.tie_models = member.ranking_losses, member.tie_models
+        self.tie_model = member.tie_model
 
     def saved_options(self) -> dict:
         return self.first_member.saved_options()
@@ -128,6 +130,15 @@ class LaplaceHead(EpistemicHead):
 
     def pair_loss(self, pc, pr, margin=None, soft_label=None, weights=None):
         return self.member.pair_loss(self._m(pc), self._m(pr), margin, soft_label, weights)
+
+    def log_prob_outcomes(self, pa, pb, margin=None):
+        return self.member.log_prob_outcomes(self._m(pa), self._m(pb), margin)
+
+    def outcome_loss(self, pa, pb, outcomes, margin=None, weights=None):
+        return self.member.outcome_loss(self._m(pa), self._m(pb), outcomes, margin, weights)
+
+    def plackett_luce(self, params, levels):
+        return self.member.plackett_luce(self._m(params), levels)
 
     def regulariser(self, pc, pr, **loss_options):
         return self.member.regulariser(self._m(pc), self._m(pr), **loss_options)
@@ -275,6 +286,20 @@ class EnsembleHead(EpistemicHead):
         if weights is not None:
             losses = losses * weights.to(losses)
         return losses.mean(-1)
+
+    def log_prob_outcomes(self, pa, pb, margin=None):
+        """The members' outcome probabilities, averaged (the ensemble's predictive distribution)."""
+        probs = torch.stack([m.log_prob_outcomes(a, b, margin).exp()
+                             for m, a, b in zip(self.members, self.split(pa), self.split(pb))]).mean(0)
+        return probs.clamp_min(1e-30).log()
+
+    def outcome_loss(self, pa, pb, outcomes, margin=None, weights=None):
+        """Each member's own NLL with its bootstrap weights (M, K), averaged over the members: (M,)."""
+        return torch.stack([m.outcome_loss(a, b, outcomes, margin, None if weights is None else weights[:, k])
+                            for k, (m, a, b) in enumerate(zip(self.members, self.split(pa), self.split(pb)))]).mean(0)
+
+    def plackett_luce(self, params, levels):
+        return torch.stack([m.plackett_luce(p, levels) for m, p in zip(self.members, self.split(params))]).mean()
 
     def regulariser(self, pc, pr, **loss_options):
         return torch.stack([m.regulariser(c, r, **loss_options)
