@@ -36,7 +36,7 @@ def _set(fmt, subsets, sizes=None):
 
 
 def test_registry_names_are_the_serialized_values_and_unique():
-    assert [f.name for f in FORMATS] == ["rewardbench2", "rewardbench", "pairs", "rated"]
+    assert [f.name for f in FORMATS] == ["rewardbench2", "rewardbench", "pairs", "rated", "listwise"]
     assert all(format_named(f.name) is f for f in FORMATS) and len(BY_NAME) == len(FORMATS)
     with pytest.raises(ValueError, match="unknown evaluation format 'csv'"):
         format_named("csv")

@@ -54,8 +54,11 @@ def evaluated(tiny_llama, tmp_path_factory):
           {"id": "tied:0", "prompt": "p", "subset": "Ties", "chosen": ["c 4", "d 3"], "rejected": ["r 1"]},
           {"id": "9", "prompt": "p", "subset": "Math", "chosen": ["c 2"], "rejected": ["r 1", "s 3"]}]
     rated = [{"prompt": f"p {i}", "response": f"r {i % 3}", "score": float(i % 3)} for i in range(6)]
+    lists = [{"prompt": f"l {i}", "responses": ["x 3", f"y {i}", "z 2"], "ranking": [0, [2, 1]] if i else [0, 2, 1]}
+             for i in range(4)]
     sets = {"my <pairs>": write_jsonl(tmp_path / "p.jsonl", pairs), "rb": write_jsonl(tmp_path / "v1.jsonl", v1),
-            "rb2": write_jsonl(tmp_path / "v2.jsonl", v2), "points": write_jsonl(tmp_path / "r.jsonl", rated)}
+            "rb2": write_jsonl(tmp_path / "v2.jsonl", v2), "points": write_jsonl(tmp_path / "r.jsonl", rated),
+            "lists": write_jsonl(tmp_path / "l.jsonl", lists)}
     run = run_dir(tiny_llama, tmp_path, head="regression")
     options = EvalOptions(show_progress=False, resamples=50)
     try:
@@ -77,7 +80,7 @@ def test_every_section_and_every_number_of_eval_results(evaluated):
     checked = {tuple(json.loads(key)) for key, _ in page.cells}
     assert {("sets", "rb", "rewardbench", "overall"), ("sets", "rb2", "rewardbench2", "overall"),
             ("sets", "rb2", "subsets", "Ties", "score"), ("rated_sets", "points", "attributes", "score", "rmse"),
-            ("compare", "sets", "my <pairs>", "p_value"), ("sets", "my <pairs>", "confidently_wrong", 0,
+            ("compare", "sets", "my <pairs>", "p_value"), ("sets", "lists", "listwise", "kendall_tau"), ("sets", "my <pairs>", "confidently_wrong", 0,
                                                            "reward_gap")} <= checked
 
 

@@ -1,7 +1,8 @@
 """Evaluation-set formats: one :class:`EvalFormat` entry per format, holding everything that differs between them.
 
 A set's format is the first entry of ``FORMATS`` whose ``detect`` accepts its rows (``pairs`` accepts any);
-``rated`` is never detected from rows: a set is rated when the pair reader returns rated responses. ``name`` is
+``rated`` and ``listwise`` are never detected from rows: a set is rated (listwise) when the pair reader returns
+rated responses (ranked lists). ``name`` is
 the value written as ``"format"`` in eval_results.json. An entry gives the per-item credit rule, an optional
 composite subset (scored as a whole, not item by item: RewardBench 2's Ties), an optional summary of the subset
 scores (written under its key in the set's results) with the report table that shows it, and how rows become
@@ -68,6 +69,7 @@ class EvalFormat:
     summary: Summary | None = None
     text_lists: bool = False  # rows hold lists of chosen and rejected texts (else: pairs read by the pair reader)
     rated: bool = False  # items are rated responses, evaluated by eval/rated.py (else: rankings, eval/results.py)
+    listwise: bool = False  # items are ranked lists: best-of-K, rank correlations and ties (eval/results.py)
 
     def is_composite(self, subset: str | None) -> bool:
         return self.composite is not None and subset == self.composite.subset
@@ -120,7 +122,8 @@ REWARDBENCH = EvalFormat("rewardbench", detect=_has_v1_subsets, credit=strict_cr
 REWARDBENCH2 = EvalFormat("rewardbench2", detect=_has_text_lists, composite=Composite(TIES, ties_score),
                           summary=Summary("rewardbench2", "RewardBench 2", v2_summary, _v2_table), text_lists=True)
 RATED = EvalFormat("rated", rated=True)
-FORMATS = (REWARDBENCH2, REWARDBENCH, PAIRS, RATED)  # in the order detection tries them
+LISTWISE = EvalFormat("listwise", listwise=True)
+FORMATS = (REWARDBENCH2, REWARDBENCH, PAIRS, RATED, LISTWISE)  # in the order detection tries them
 BY_NAME = {f.name: f for f in FORMATS}
 
 

@@ -22,7 +22,8 @@ from discorm.eval.formats import format_named
 from discorm.files import write_text
 
 TEXT_LIMIT = 1200  # characters of a prompt or response shown for a wrongly ranked item
-SECTIONS = ("summary", "rewardbench", "subsets", "calibration", "scores", "length", "wrong", "rated", "compare")
+SECTIONS = ("summary", "rewardbench", "subsets", "listwise", "calibration", "scores", "length", "wrong", "rated",
+            "compare")
 TEMPLATE = "report.html.j2"
 
 

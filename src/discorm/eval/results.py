@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import stats
 
 from discorm.eval.bias import length_diagnostics
 from discorm.eval.sets import EvalSet
 from discorm.eval.stats import bootstrap_interval, bootstrap_statistic_interval
-from discorm.metrics import pairwise_metrics, reliability_bins
+from discorm.metrics import expected_calibration_error, pairwise_metrics, reliability_bins
 
 WRONG_SHOWN = 5  # most confidently wrong items kept per set
 SCHEMA = 1  # eval_results.json's "discorm_eval" version
@@ -38,8 +39,8 @@ class RewardOptions:
 def ranking(eval_set: EvalSet, scores: list[np.ndarray]) -> dict:
     """Accuracy, per-subset scores and the RewardBench summaries for per-item scores (rewards or lengths)."""
     fmt = eval_set.format
-    credit = np.array([np.nan if fmt.is_composite(item.subset) else fmt.credit(list(s))
-                       for item, s in zip(eval_set.items, scores)])
+    credit = np.array([np.nan if fmt.is_composite(item.subset) else best_credit(s, item.num_correct)
+                       if fmt.listwise else fmt.credit(list(s)) for item, s in zip(eval_set.items, scores)])
     subsets = {}
     for name in eval_set.subsets:
         members = [i for i, item in enumerate(eval_set.items) if item.subset == name]
@@ -110,9 +111,57 @@ def set_results(model, eval_set: EvalSet, params: list[torch.Tensor], reward: Re
         summary[key] = {**model_rank[key], "length_baseline": baseline[key]}
     summary["length"] = {**length_diagnostics(rewards, lengths, num_correct, credit),
                          "baseline_accuracy": baseline["accuracy"]}
+    if eval_set.format.listwise:
+        summary["listwise"] = listwise_metrics(head, eval_set, params, rewards)
     records = _records(model, eval_set, params, rewards, lengths, credit, owner, prob)
     summary["confidently_wrong"] = _confidently_wrong(records)
     return summary, records
+
+
+def listwise_metrics(head, eval_set: EvalSet, params: list[torch.Tensor], rewards: list[np.ndarray]) -> dict:
+    """Ranked lists: best-of-K accuracy (the top reward on a best-ranked response, ties at the top sharing the
+    credit), the mean Kendall tau-b and Spearman rho of the rewards with the reference levels (lists with at least
+    two levels), and over the pairs of tied responses (equal levels) the tie accuracy (P(tie) the most likely of the
+    head's three outcomes) and, over every within-list pair, the calibration of P(tie) (ECE, Brier) -- for heads
+    with a tie model."""
+    taus, rhos = [], []
+    tie_p, is_tie = [], []
+    for item, reward, p in zip(eval_set.items, rewards, params):
+        levels = np.array(item.levels)
+        if len(set(item.levels)) > 1 and len(reward) > 2:
+            taus.append(stats.kendalltau(-levels, reward).statistic)
+            rhos.append(stats.spearmanr(-levels, reward).statistic)
+        i, j = np.triu_indices(len(levels), 1)
+        is_tie.append(levels[i] == levels[j])
+        if head.tie_model != "none":
+            with torch.no_grad():
+                tie_p.append(head.log_prob_outcomes(p[i].float(), p[j].float()).exp().numpy())
+    sizes = [len(item.levels) for item in eval_set.items]
+    out = {"lists": len(eval_set.items), "mean_k": float(np.mean(sizes)),
+           "best_of_k_accuracy": float(np.mean([best_credit(r, item.num_correct)
+                                                for item, r in zip(eval_set.items, rewards)])),
+           "kendall_tau": _nanmean(taus), "spearman": _nanmean(rhos), "tie_accuracy": None, "tie_ece": None,
+           "tie_brier": None, "ties": int(sum(int(t.sum()) for t in is_tie))}
+    if tie_p:
+        probs, ties = np.concatenate(tie_p), np.concatenate(is_tie)  # every item has a tie model's outcomes
+        if ties.any():
+            out["tie_accuracy"] = float((probs[ties].argmax(-1) == 1).mean())
+        out["tie_ece"] = expected_calibration_error(probs[:, 1], ties.astype(float))
+        out["tie_brier"] = float(np.mean((probs[:, 1] - ties) ** 2))
+    return out
+
+
+def best_credit(scores, num_correct: int) -> float:
+    """Best-of-K: the share of the responses tied at the top reward that are best-ranked (the first
+    ``num_correct``)."""
+    scores = np.asarray(scores, dtype=float)
+    top = scores == scores.max()
+    return float(top[:num_correct].sum() / top.sum())
+
+
+def _nanmean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and not np.isnan(v)]
+    return float(np.mean(values)) if values else None
 
 
 def _subset_entry(eval_set: EvalSet, name: str, score: float, baseline: float, credit: np.ndarray, rewards,

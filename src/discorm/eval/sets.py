@@ -9,7 +9,10 @@ rule, summaries), detected from the rows:
   subsets or prior sets, optional ``id``): ties count as wrong and the section scores are computed;
 - ``rewardbench2``: ``prompt``, ``chosen`` and ``rejected`` as lists of texts, ``subset``, ``id``;
 - ``rated``: rated responses (``data/ratings.py``) for a head that predicts attributes; an item is one response
-  with its ratings, evaluated by how well the predicted attributes follow them (``eval/rated.py``).
+  with its ratings, evaluated by how well the predicted attributes follow them (``eval/rated.py``);
+- ``listwise``: ranked lists (``data/listwise.py``); an item is the list, best level first, with its rank levels
+  (a list labelled by votes: levels by net wins), scored by best-of-K accuracy, Kendall tau and Spearman with the
+  reference ranking, and on tied responses by tie accuracy and the calibration of P(tie).
 
 A source is anything ``dataset`` accepts (file, folder, dataset_info.json name, Hub id ``id:split``), or
 ``hub_id:*``: every split of a Hub data set, each split's name becoming the ``subset`` (how RewardBench reads its
@@ -28,11 +31,12 @@ import datasets
 import yaml
 
 from discorm.data.formats import Message, to_conversation
+from discorm.data.listwise import Ranked
 from discorm.data.loader import ReadOptions, pairs_from_rows, read_source
 from discorm.data.ratings import Rated
 from discorm.data.tokenize import DataStats, Encoder
 from discorm.errors import ConfigError, DataError
-from discorm.eval.formats import RATED, EvalFormat, detect_format
+from discorm.eval.formats import LISTWISE, RATED, EvalFormat, detect_format
 
 
 @dataclass
@@ -47,6 +51,7 @@ class EvalItem:
     target: float = 1.0  # P(chosen preferred): 1, or the soft label of a pair
     noise: float | None = None
     ratings: list[float] | None = None  # a rated response: one per attribute, NaN where not rated
+    levels: list[int] | None = None  # a ranked list: each response's rank level, 0 best (in item order)
 
     @property
     def key(self) -> str:
@@ -152,6 +157,16 @@ def _encode(encoder: Encoder, prompt, responses, num_correct: int, row: dict, wh
                     1.0 if target is None else target, noise)
 
 
+def levels_from_votes(votes: list[list[float]], size: int) -> list[int]:
+    """Rank levels from annotator votes: by net wins (wins - losses over every comparison), equal nets tied."""
+    net = [0.0] * size
+    for i, j, wins, _, losses in votes:
+        net[int(i)] += wins - losses
+        net[int(j)] += losses - wins
+    distinct = sorted(set(net), reverse=True)
+    return [distinct.index(value) for value in net]
+
+
 def load_eval_set(name: str, source: str, encoder: Encoder, read: ReadOptions, attributes: tuple = (),
                   only_rows: set[str] | None = None) -> EvalSet:
     """Read, detect, convert and encode one named set (rated rows with the model's ``attributes``); with
@@ -175,6 +190,13 @@ def load_eval_set(name: str, source: str, encoder: Encoder, read: ReadOptions, a
                 fmt = RATED
                 item = _encode(encoder, pair.prompt, [pair.response], 1, row, pair.meta["source"], stats)
                 item.ratings = pair.scores
+            elif isinstance(pair, Ranked):
+                fmt = LISTWISE
+                levels = pair.levels or levels_from_votes(pair.votes, len(pair.responses))
+                order = sorted(range(len(levels)), key=levels.__getitem__)  # best level first
+                item = _encode(encoder, pair.prompt, [pair.responses[i] for i in order], levels.count(0), row,
+                               pair.meta["source"], stats)
+                item.levels = [levels[i] for i in order]
             else:
                 item = _encode(encoder, pair.prompt, [pair.chosen, pair.rejected], 1, row, pair.meta["source"],
                                stats, pair.soft_label, pair.noise)
