@@ -80,7 +80,8 @@ def test_every_section_and_every_number_of_eval_results(evaluated):
     checked = {tuple(json.loads(key)) for key, _ in page.cells}
     assert {("sets", "rb", "rewardbench", "overall"), ("sets", "rb2", "rewardbench2", "overall"),
             ("sets", "rb2", "subsets", "Ties", "score"), ("rated_sets", "points", "attributes", "score", "rmse"),
-            ("compare", "sets", "my <pairs>", "p_value"), ("sets", "lists", "listwise", "kendall_tau"), ("sets", "my <pairs>", "confidently_wrong", 0,
+            ("compare", "sets", "my <pairs>", "p_value"), ("sets", "lists", "listwise", "kendall_tau"),
+            ("sets", "my <pairs>", "confidently_wrong", 0,
                                                            "reward_gap")} <= checked
 
 

@@ -4,7 +4,8 @@ Four kinds of pairs, generated deterministically (no download): a correct vs an 
 answer that follows an explicit format instruction vs one that breaks it, an on-topic vs an off-topic reply, and a
 direct answer vs an evasive one. The train and test splits use disjoint numbers, facts and topics, so held-out
 accuracy measures generalisation, not memory. ``demo_rated`` rates single responses of the same kinds on three
-attributes (correctness, relevance, format), for the regression and multi-objective heads.
+attributes (correctness, relevance, format), for the regression and multi-objective heads. ``demo_ranked`` ranks
+four responses per prompt (listwise, with ties) and ``demo_graded`` gives pairs a strength on -3..3, with ties.
 """
 
 from __future__ import annotations
@@ -147,4 +148,58 @@ def rated_rows(split: str = "train", seed: int = 10) -> list[dict]:
     return out
 
 
-BUILTIN = {"demo": rows, "demo_rated": rated_rows}  # `<name>_test` is the test split of each
+def _others(rng: random.Random, pair: dict, topics: list[str]) -> tuple[str, str]:
+    """An off-topic fact and an evasion that differ from the pair's responses."""
+    facts = [TOPICS[t] for t in topics if TOPICS[t] not in (pair["chosen"], pair["rejected"])]
+    evasions = [e for e in EVASIONS if e not in (pair["chosen"], pair["rejected"])]
+    return rng.choice(facts), rng.choice(evasions)
+
+
+def _split_topics(split: str) -> list[str]:
+    return sorted(TOPICS)[:14] if split == "train" else sorted(TOPICS)[14:]
+
+
+def ranked_rows(split: str = "train", seed: int = 20) -> list[dict]:
+    """Lists of four responses per demo prompt (400 / 100), ranked by quality level: the preferred answer (level
+    0); the demo's other answer when it attempts the task (a wrong sum, a broken format: level 1); an off-topic
+    fact and an evasion (level 2, tied with an off-topic or evasive other answer). Shuffled per row."""
+    rng = random.Random(seed + 200)
+    out = []
+    for kind, pair in _generate(split, seed):
+        fact, evasion = _others(rng, pair, _split_topics(split))
+        responses = [(pair["chosen"], 0), (pair["rejected"], 1 if kind in (0, 1) else 2), (fact, 2), (evasion, 2)]
+        rng.shuffle(responses)
+        levels = sorted({level for _, level in responses})
+        ranking = [[i for i, (_, level) in enumerate(responses) if level == want] for want in levels]
+        out.append({"prompt": pair["prompt"], "responses": [text for text, _ in responses],
+                    "ranking": [group[0] if len(group) == 1 else group for group in ranking]})
+    return out
+
+
+def graded_rows(split: str = "train", seed: int = 30) -> list[dict]:
+    """Demo pairs with a strength on -3..3 (400 / 100): 3 for an on-topic answer against an evasion or an off-topic
+    one, 2 for a right against a wrong sum or a kept against a broken format; a quarter of the rows are ties
+    (strength 0: two off-topic facts, or two evasions). A negative strength: the first response is the better."""
+    rng = random.Random(seed + 300)
+    out = []
+    for kind, pair in _generate(split, seed):
+        if rng.random() < 0.25:
+            fact, evasion = _others(rng, pair, _split_topics(split))
+            first, second = (fact, TOPICS[rng.choice([t for t in _split_topics(split) if TOPICS[t] != fact])]) \
+                if rng.random() < 0.5 else (evasion, rng.choice([e for e in EVASIONS if e != evasion]))
+            out.append({"prompt": pair["prompt"], "chosen": first, "rejected": second, "strength": 0})
+            continue
+        strength = 2 if kind in (0, 1) else 3
+        if rng.random() < 0.5:
+            out.append({"prompt": pair["prompt"], "chosen": pair["chosen"], "rejected": pair["rejected"],
+                        "strength": strength})
+        else:  # the better response second: a negative strength
+            out.append({"prompt": pair["prompt"], "chosen": pair["rejected"], "rejected": pair["chosen"],
+                        "strength": -strength})
+    return out
+
+
+BUILTIN = {"demo": rows, "demo_rated": rated_rows, "demo_ranked": ranked_rows,
+           "demo_graded": graded_rows}  # `<name>_test` is the test split of each
+BUILTIN_FORMATS = {"demo_rated": "rated", "demo_ranked": "listwise"}  # the others: explicit pairs
+BUILTIN_STRENGTH_SCALE = 3.0  # demo_graded's strengths

@@ -1,6 +1,7 @@
 """Sources -> rows -> Pairs (and Rated responses) -> tokenized ``datasets.Dataset``s.
 
-A ``dataset`` entry is, in this order: ``demo`` / ``demo_test`` / ``demo_rated`` / ``demo_rated_test`` (built in); a
+A ``dataset`` entry is, in this order: ``demo``, ``demo_rated``, ``demo_ranked``, ``demo_graded`` and their
+``_test`` splits (built in); a
 name in
 ``dataset_dir/dataset_info.json`` (LlamaFactory); a local file or folder (jsonl, json, parquet, csv); a Hugging Face
 Hub id (optionally ``id:split``). Several entries are joined with commas and mixed: pairs and rated responses
@@ -185,8 +186,9 @@ def read_source(name: str, read: ReadOptions, eval_split: bool = False):
     base = name.removesuffix("_test")
     if base in demo.BUILTIN:
         rows = demo.BUILTIN[base]("test" if name.endswith("_test") or eval_split else "train")
-        fmt = "rated" if base == "demo_rated" else "explicit"
-        return [(f"{base} row {i}", row) for i, row in enumerate(rows)], read.spec(fmt)
+        spec = read.spec(demo.BUILTIN_FORMATS.get(base, "explicit"))
+        spec.strength_scale = spec.strength_scale or demo.BUILTIN_STRENGTH_SCALE
+        return [(f"{base} row {i}", row) for i, row in enumerate(rows)], spec
     info = _dataset_info(read)
     if info is not None and name in info:
         where = f"{read.dataset_dir}/{DATASET_INFO}[{name!r}]"

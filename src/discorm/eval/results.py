@@ -39,8 +39,9 @@ class RewardOptions:
 def ranking(eval_set: EvalSet, scores: list[np.ndarray]) -> dict:
     """Accuracy, per-subset scores and the RewardBench summaries for per-item scores (rewards or lengths)."""
     fmt = eval_set.format
-    credit = np.array([np.nan if fmt.is_composite(item.subset) else best_credit(s, item.num_correct)
-                       if fmt.listwise else fmt.credit(list(s)) for item, s in zip(eval_set.items, scores)])
+    credit = np.array([np.nan if fmt.is_composite(item.subset) or (fmt.listwise and len(set(item.levels)) == 1)
+                       else best_credit(s, item.num_correct) if fmt.listwise else fmt.credit(list(s))
+                       for item, s in zip(eval_set.items, scores)])
     subsets = {}
     for name in eval_set.subsets:
         members = [i for i, item in enumerate(eval_set.items) if item.subset == name]
@@ -48,7 +49,7 @@ def ranking(eval_set: EvalSet, scores: list[np.ndarray]) -> dict:
             subsets[name] = fmt.composite.score(_composite_rows(eval_set, scores, members),
                                                 f"{eval_set.source} ({name})")
         else:
-            subsets[name] = float(credit[members].mean())
+            subsets[name] = float(np.nanmean(credit[members])) if (~np.isnan(credit[members])).any() else None
     out = {"accuracy": float(np.nanmean(credit)) if (~np.isnan(credit)).any() else None,
            "credit": credit, "subsets": subsets}
     if fmt.summary is not None:
@@ -120,10 +121,10 @@ def set_results(model, eval_set: EvalSet, params: list[torch.Tensor], reward: Re
 
 def listwise_metrics(head, eval_set: EvalSet, params: list[torch.Tensor], rewards: list[np.ndarray]) -> dict:
     """Ranked lists: best-of-K accuracy (the top reward on a best-ranked response, ties at the top sharing the
-    credit), the mean Kendall tau-b and Spearman rho of the rewards with the reference levels (lists with at least
-    two levels), and over the pairs of tied responses (equal levels) the tie accuracy (P(tie) the most likely of the
-    head's three outcomes) and, over every within-list pair, the calibration of P(tie) (ECE, Brier) -- for heads
-    with a tie model."""
+    credit; lists whose responses are all tied are left out), the mean Kendall tau-b and Spearman rho of the
+    rewards with the reference levels (lists of three or more, with at least two levels), and over the pairs of
+    tied responses (equal levels) the tie accuracy (P(tie) the most likely of the head's three outcomes) and, over
+    every within-list pair, the calibration of P(tie) (ECE, Brier) -- for heads with a tie model."""
     taus, rhos = [], []
     tie_p, is_tie = [], []
     for item, reward, p in zip(eval_set.items, rewards, params):
@@ -138,8 +139,8 @@ def listwise_metrics(head, eval_set: EvalSet, params: list[torch.Tensor], reward
                 tie_p.append(head.log_prob_outcomes(p[i].float(), p[j].float()).exp().numpy())
     sizes = [len(item.levels) for item in eval_set.items]
     out = {"lists": len(eval_set.items), "mean_k": float(np.mean(sizes)),
-           "best_of_k_accuracy": float(np.mean([best_credit(r, item.num_correct)
-                                                for item, r in zip(eval_set.items, rewards)])),
+           "best_of_k_accuracy": _nanmean([best_credit(r, item.num_correct) for item, r in
+                                           zip(eval_set.items, rewards) if len(set(item.levels)) > 1]),
            "kendall_tau": _nanmean(taus), "spearman": _nanmean(rhos), "tie_accuracy": None, "tie_ece": None,
            "tie_brier": None, "ties": int(sum(int(t.sum()) for t in is_tie))}
     if tie_p:

@@ -161,12 +161,14 @@ def run_evaluation(model_path: str, sets: dict[str, str], out_dir: str | Path, o
 
 
 def flat_metrics(results: dict) -> dict[str, float]:
-    """The headline numbers of an evaluation as one flat map: ``eval_<metric>`` of the first set of pairs and
+    """The headline numbers of an evaluation as one flat map: ``eval_<metric>`` of the first set of pairs (with a
+    listwise set's ``eval_best_of_k_accuracy``, ``eval_kendall_tau``, ``eval_tie_accuracy``, ...) and
     ``eval_rated_<attribute>_<metric>`` of rated sets (what ``run_rm`` returns and ``discorm train`` prints)."""
     flat = {}
     first = next(iter(results["sets"].values()), None)
     if first is not None:
         flat.update({f"eval_{key}": first[key] for key in FLAT_METRICS if first.get(key) is not None})
+        flat.update({f"eval_{key}": value for key, value in first.get("listwise", {}).items() if value is not None})
         if results["model"]["temperature"] != 1.0:
             flat["eval_temperature"] = results["model"]["temperature"]
     for summary in results.get("rated_sets", {}).values():

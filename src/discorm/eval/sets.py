@@ -12,7 +12,8 @@ rule, summaries), detected from the rows:
   with its ratings, evaluated by how well the predicted attributes follow them (``eval/rated.py``);
 - ``listwise``: ranked lists (``data/listwise.py``); an item is the list, best level first, with its rank levels
   (a list labelled by votes: levels by net wins), scored by best-of-K accuracy, Kendall tau and Spearman with the
-  reference ranking, and on tied responses by tie accuracy and the calibration of P(tie).
+  reference ranking, and on tied responses by tie accuracy and the calibration of P(tie). A set of pairs with
+  ties is read as lists of two (a tie: both at level 0; its accuracy leaves the ties out).
 
 A source is anything ``dataset`` accepts (file, folder, dataset_info.json name, Hub id ``id:split``), or
 ``hub_id:*``: every split of a Hub data set, each split's name becoming the ``subset`` (how RewardBench reads its
@@ -200,7 +201,13 @@ def load_eval_set(name: str, source: str, encoder: Encoder, read: ReadOptions, a
             else:
                 item = _encode(encoder, pair.prompt, [pair.chosen, pair.rejected], 1, row, pair.meta["source"],
                                stats, pair.soft_label, pair.noise)
+                if pair.tie:  # neither is better: both best-ranked
+                    item.num_correct, item.levels = 2, [0, 0]
             items.append(item)
+        if any(item.levels == [0, 0] for item in items) and fmt is not LISTWISE:
+            fmt = LISTWISE  # pairs with ties: ranked lists of two, so that the ties are evaluated as ties
+            for item in items:
+                item.levels = item.levels or [0, 1]
     if not items:
         raise DataError(f"{source}: no usable items remain for the evaluation set {name!r}. "
                         f"{stats.summary(name)}")

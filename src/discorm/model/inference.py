@@ -1,9 +1,10 @@
 """Batched inference with a reward model, for training's post-training stages, evaluation, scoring and the
 server alike: no gradient, length-sorted batches, results in input order.
 
-``score_ids`` scores token sequences in padded batches; ``score_pairs`` scores tokenized pairs packed with the
-prompt computed once wherever ``padded_reason`` finds that the model runs packed batches exactly (the same rule
-training's collator choice uses); ``describe`` turns head parameters into the reward and the head's summary.
+``score_ids`` scores token sequences in padded batches; ``score_groups`` scores K responses to one prompt (and
+``score_pairs`` a pair, the group of two) packed with the prompt computed once wherever ``padded_reason`` finds
+that the model runs packed batches exactly (the same rule training's collator choice uses); ``describe`` turns head
+parameters into the reward and the head's summary.
 """
 
 from __future__ import annotations
@@ -69,33 +70,50 @@ def score_ids(model, sequences: list[list[int]], batch_size: int = 8, show_progr
 
 
 @torch.no_grad()
-def score_pairs(model, examples: list[dict], batch_size: int = 8, show_progress: bool = False,
-                description: str = "Scoring pairs", features: bool = False):
-    """Tokenized pairs (prompt_ids, chosen_ids, rejected_ids) -> head params (N, 2, K) as [chosen, rejected],
-    float32 on the CPU; with ``features`` also the pooled features the head read, (N, 2, H)."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["prompt_ids"]) + len(
-        examples[i]["chosen_ids"]) + len(examples[i]["rejected_ids"]))
+def score_groups(model, groups: list[dict], batch_size: int = 8, show_progress: bool = False,
+                 description: str = "Scoring", features: bool = False):
+    """Tokenized groups of responses to one prompt (``prompt_ids``, ``responses_ids``: K >= 1 lists) -> head params
+    per group, each (K, P) float32 on the CPU, in input order; with ``features`` also the pooled features the head
+    read, each (K, H). Packed, a group is one block whose K branches share the prompt (computed once), wherever
+    ``padded_reason`` finds packing exact for the model; else every prompt + response is padded on its own."""
+    order = sorted(range(len(groups)), key=lambda i: len(groups[i]["prompt_ids"]) + sum(
+        map(len, groups[i]["responses_ids"])))
     packed = padded_reason(model) is None
-    params_out, pooled_out = [None] * len(examples), [None] * len(examples)
+    params_out, pooled_out = [None] * len(groups), [None] * len(groups)
     with evaluating(model):
         for start in tqdm(range(0, len(order), batch_size), desc=description, disable=not show_progress):
             index = order[start : start + batch_size]
-            batch = [examples[i] for i in index]
+            batch = [groups[i] for i in index]
             if packed:
-                inputs = PackedPairCollator(prefix_sharing=True)(batch)
+                inputs = PackedPairCollator(prefix_sharing=True)(
+                    [{"prompt_ids": g["prompt_ids"], "responses_ids": g["responses_ids"]} for g in batch])
                 out = model(**model_inputs(inputs, _device(model)))
-                params, pooled = out.head_params, out.pooled
+                params, pooled = out.head_params.float().cpu(), out.pooled.cpu() if features else None
             else:
-                seqs = [f["prompt_ids"] + f[key] for key in ("chosen_ids", "rejected_ids") for f in batch]
+                seqs = [g["prompt_ids"] + r for g in batch for r in g["responses_ids"]]
                 params, pooled = score_ids(model, seqs, batch_size=len(seqs), features=True)
-            params = params.float().cpu().view(2, len(batch), -1)  # chosen first, then rejected
-            pooled = pooled.cpu().view(2, len(batch), -1) if features else None
-            for row, i in enumerate(index):
-                params_out[i] = params[:, row]
-                if features:
-                    pooled_out[i] = pooled[:, row]
-    params = torch.stack(params_out) if params_out else torch.zeros(0, 2, 1)
-    return (params, torch.stack(pooled_out) if pooled_out else torch.zeros(0, 2, 1)) if features else params
+            sizes = [len(g["responses_ids"]) for g in batch]
+            for i, part in zip(index, params.split(sizes)):
+                params_out[i] = part
+            if features:
+                for i, part in zip(index, pooled.split(sizes)):
+                    pooled_out[i] = part
+    return (params_out, pooled_out) if features else params_out
+
+
+def score_pairs(model, examples: list[dict], batch_size: int = 8, show_progress: bool = False,
+                description: str = "Scoring pairs", features: bool = False):
+    """Tokenized pairs (prompt_ids, chosen_ids, rejected_ids) -> head params (N, 2, K) as [chosen, rejected],
+    float32 on the CPU; with ``features`` also the pooled features the head read, (N, 2, H). A pair is the group
+    of two responses (``score_groups``)."""
+    groups = [{"prompt_ids": e["prompt_ids"], "responses_ids": [e["chosen_ids"], e["rejected_ids"]]}
+              for e in examples]
+    found = score_groups(model, groups, batch_size, show_progress, description, features)
+    params, pooled = found if features else (found, None)
+    params = torch.stack(params) if params else torch.zeros(0, 2, 1)
+    if not features:
+        return params
+    return params, torch.stack(pooled) if pooled else torch.zeros(0, 2, 1)
 
 
 def describe(model, params: torch.Tensor, reward_mode: str | None = None, reward_alpha: float | None = None,
