@@ -1,10 +1,11 @@
 """Batched inference with a reward model, for training's post-training stages, evaluation, scoring and the
 server alike: no gradient, length-sorted batches, results in input order.
 
-``score_ids`` scores token sequences in padded batches; ``score_groups`` scores K responses to one prompt (and
-``score_pairs`` a pair, the group of two) packed with the prompt computed once wherever ``padded_reason`` finds
-that the model runs packed batches exactly (the same rule training's collator choice uses); ``describe`` turns head
-parameters into the reward and the head's summary.
+``score_ids`` scores token sequences in padded batches. ``score_groups`` scores K responses to one prompt packed
+with the prompt computed once, wherever ``padded_reason`` finds that the model runs packed batches exactly (the
+same rule training's collator choice uses); ``score_pairs`` scores pairs (groups of two), ``score_sequences``
+token sequences, grouping those that share a prefix (as an RL batch's completions of one prompt do).
+``describe`` turns head parameters into the reward and the head's summary.
 """
 
 from __future__ import annotations
@@ -101,6 +102,64 @@ def score_groups(model, groups: list[dict], batch_size: int = 8, show_progress: 
     return (params_out, pooled_out) if features else params_out
 
 
+MIN_SHARED_PREFIX = 16  # tokens two sequences must share before they are scored as one group
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    size = min(len(a), len(b))
+    diff = next((i for i in range(size) if a[i] != b[i]), size)
+    return diff
+
+
+def shared_prefix_groups(sequences: list[list[int]], min_shared: int = MIN_SHARED_PREFIX) -> list[tuple[int, list]]:
+    """Sequences -> groups (shared prefix length P, member indices) such that every member starts with the same P
+    tokens and has at least one token more: what an RL batch of G completions per prompt (rendered as whole texts)
+    holds. Sequences are visited in lexicographic order, so those sharing a prefix are neighbours; a sequence joins
+    the current group when it shares at least ``min_shared`` tokens and half the group's prefix with it."""
+    order = sorted(range(len(sequences)), key=lambda i: sequences[i])
+    groups: list[tuple[int, list]] = []
+    for i in order:
+        sequence = sequences[i]
+        if groups:
+            shared, members = groups[-1]
+            common = _common_prefix(sequences[members[0]], sequence)
+            if common >= min_shared and 2 * common >= shared:
+                groups[-1] = (min(shared, common, len(sequence) - 1), [*members, i])
+                continue
+        groups.append((len(sequence) - 1, [i]))
+    return groups
+
+
+@torch.no_grad()
+def score_sequences(model, sequences: list[list[int]], batch_size: int = 8, show_progress: bool = False,
+                    features: bool = False):
+    """Token sequences -> head params (N, K) float32 on the CPU, in input order, like ``score_ids``; where packing
+    is exact for the model, sequences sharing a prefix (``shared_prefix_groups``) are scored as one block whose
+    prefix is computed once, about ``batch_size`` sequences per forward pass."""
+    if padded_reason(model) is not None or not sequences:
+        return score_ids(model, sequences, batch_size, show_progress, features)
+    groups = shared_prefix_groups(sequences)
+    blocks = [{"prompt_ids": sequences[members[0]][:shared],
+               "responses_ids": [sequences[i][shared:] for i in members]} for shared, members in groups]
+    params_out, pooled_out = [None] * len(sequences), [None] * len(sequences)
+    chunk, chunks = [], []
+    for number in range(len(groups)):  # about batch_size sequences per pass
+        chunk.append(number)
+        if sum(len(groups[g][1]) for g in chunk) >= batch_size:
+            chunks.append(chunk)
+            chunk = []
+    chunks += [chunk] if chunk else []
+    for chunk in tqdm(chunks, desc="Scoring", disable=not show_progress):
+        found = score_groups(model, [blocks[g] for g in chunk], batch_size=len(chunk), features=features)
+        params, pooled = found if features else (found, [None] * len(chunk))
+        for g, group_params, group_pooled in zip(chunk, params, pooled):
+            for row, i in enumerate(groups[g][1]):
+                params_out[i] = group_params[row]
+                pooled_out[i] = None if group_pooled is None else group_pooled[row]
+    params = torch.stack(params_out)
+    return (params, torch.stack(pooled_out)) if features else params
+
+
 def score_pairs(model, examples: list[dict], batch_size: int = 8, show_progress: bool = False,
                 description: str = "Scoring pairs", features: bool = False):
     """Tokenized pairs (prompt_ids, chosen_ids, rejected_ids) -> head params (N, 2, K) as [chosen, rejected],
@@ -140,6 +199,6 @@ def score_inputs(model, inputs: list, batch_size: int = 8, show_progress: bool =
                  reward_k: float | None = None) -> list[dict]:
     """Texts, chat message lists, {"messages"} or {"prompt", "response"} -> ``describe`` records."""
     encoder = Encoder.for_model(model)
-    params = score_ids(model, [encoder.encode_item(item, f"input {i}") for i, item in enumerate(inputs)],
-                       batch_size, show_progress)
+    params = score_sequences(model, [encoder.encode_item(item, f"input {i}") for i, item in enumerate(inputs)],
+                             batch_size, show_progress)
     return describe(model, params, reward_mode, reward_alpha, reward_k)
