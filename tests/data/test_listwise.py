@@ -121,3 +121,15 @@ def test_training_and_evaluation_on_lists(tiny_llama, tmp_path, head, extra):
     assert listwise["ties"] == 1
     assert (listwise["tie_accuracy"] is not None) == (head == "gaussian")
     assert math.isfinite(metrics["eval_accuracy"])
+
+
+def test_dataset_info_entries_name_the_listwise_layouts(tokenizer, tmp_path):
+    _write(tmp_path / "uf.jsonl", [{"instruction": "q", "completions": [
+        {"response": "a", "fine-grained_score": 2.0}, {"response": "b", "fine-grained_score": 4.0}]}])
+    _write(tmp_path / "ranked.jsonl", [{"question": "q", "answers": ["x", "y", "z"], "ranking": [1, 0, 2]}])
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "uf": {"file_name": "uf.jsonl", "ranking": True, "formatting": "ultrafeedback"},
+        "mine": {"file_name": "ranked.jsonl", "ranking": True, "formatting": "listwise",
+                 "columns": {"prompt": "question", "responses": "answers"}}}))
+    train, _, summaries = build_datasets(DataArguments(dataset="uf,mine", dataset_dir=str(tmp_path)), tokenizer)
+    assert sorted(train["levels"]) == [[1, 0], [1, 0, 2]] and "2 ranked lists" in summaries[0]
