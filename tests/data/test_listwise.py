@@ -133,3 +133,17 @@ def test_dataset_info_entries_name_the_listwise_layouts(tokenizer, tmp_path):
                  "columns": {"prompt": "question", "responses": "answers"}}}))
     train, _, summaries = build_datasets(DataArguments(dataset="uf,mine", dataset_dir=str(tmp_path)), tokenizer)
     assert sorted(train["levels"]) == [[1, 0], [1, 0, 2]] and "2 ranked lists" in summaries[0]
+
+
+def test_preview_shows_a_list_and_laplace_fits_on_its_comparisons(tiny_llama, tmp_path, capsys):
+    from discorm.cli import main
+    from discorm.train.stages import ordered_pairs
+
+    data = _write(tmp_path / "lists.jsonl", [LIST, {**LIST, "prompt": "Again", "ranking": [0, 1, 2, 3]}])
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model_name_or_path: {tiny_llama}\ndataset: {data}\ncutoff_len: 64\n")
+    assert main(["data", "preview", str(config), "--n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "list 0: prompt" in out and "--- response 3 (rank level 2)" in out and "2 ranked lists" in out
+    train, _, _ = build_datasets(DataArguments(dataset=str(data)), AutoTokenizer.from_pretrained(tiny_llama))
+    assert len(ordered_pairs(train)) == 5 + 6  # [2, [0, 1], 3]: 5 ordered pairs; a strict ranking of 4: 6

@@ -1,5 +1,5 @@
-"""`discorm data preview`: N examples (pairs or rated responses) exactly as the model sees them, with token counts
-and the data summary."""
+"""`discorm data preview`: N examples (pairs, ranked lists or rated responses) exactly as the model sees them, with
+token counts and the data summary."""
 
 from __future__ import annotations
 
@@ -34,12 +34,28 @@ def _rated(tokenizer, index: int, example: dict, names: list[str]) -> list[str]:
     ]
 
 
+def _ranked(tokenizer, index: int, example: dict) -> list[str]:
+    prompt, responses = example["prompt_ids"], example["responses_ids"]
+    levels = example.get("levels")
+    lines = [RULE, f"list {index}: prompt {len(prompt)} tokens, {len(responses)} responses of "
+             f"{', '.join(str(len(r)) for r in responses)} tokens (one block, the prompt computed once)",
+             "--- prompt " + "-" * 60, tokenizer.decode(prompt)]
+    for number, response in enumerate(responses):
+        label = f"rank level {levels[number]}" if levels else "labelled by votes"
+        lines += [f"--- response {number} ({label}) " + "-" * 40, tokenizer.decode(response)]
+    return lines
+
+
 def preview(tokenizer, dataset, n: int, attribute_names: list[str], summaries: list[str]) -> str:
     """The first ``n`` examples of a tokenized data set as text, then the data summary lines."""
     lines = []
     for index in range(min(n, len(dataset))):
         example = dataset[index]
-        rated = example.get("response_ids") is not None
-        lines += _rated(tokenizer, index, example, attribute_names) if rated else _pair(tokenizer, index, example)
+        if example.get("response_ids") is not None:
+            lines += _rated(tokenizer, index, example, attribute_names)
+        elif example.get("responses_ids") is not None:
+            lines += _ranked(tokenizer, index, example)
+        else:
+            lines += _pair(tokenizer, index, example)
     lines += [RULE, *summaries]
     return "\n".join(lines)

@@ -85,15 +85,29 @@ def fit_normalization(model: RewardModel, scored: Scored, name: str) -> tuple[fl
     return mean, std
 
 
+def ordered_pairs(dataset) -> list[dict]:
+    """The pairs of a tokenized data set, and every (better, worse) pair of responses its ranked lists order."""
+    pairs, _ = split_kinds(dataset)
+    found = list(pairs) if pairs is not None else []
+    if "responses_ids" in dataset.column_names:
+        lists = dataset.filter(lambda ids, levels: ids is not None and levels is not None,
+                               input_columns=["responses_ids", "levels"])
+        for row in lists:
+            levels, responses = row["levels"], row["responses_ids"]
+            found += [{"prompt_ids": row["prompt_ids"], "chosen_ids": responses[i], "rejected_ids": responses[j]}
+                      for i in range(len(levels)) for j in range(len(levels)) if levels[i] < levels[j]]
+    return found
+
+
 def fit_laplace(model: RewardModel, dataset, name: str, batch_size: int = 16,
                 prior_precision: float | None = None) -> float:
     """Fit the Laplace posterior of the head's last layer on the pairs of a tokenized data set (one pass over their
     pooled features, see ``model/heads/uncertainty.py``); stores it in the head and returns the prior precision."""
-    pairs, _ = split_kinds(dataset)
-    if pairs is None or not len(pairs):
+    pairs = ordered_pairs(dataset)
+    if not pairs:
         raise ConfigError(f"uncertainty: laplace fits its posterior on the training pairs, and {name} has none; add "
-                          "preference pairs to `dataset`, or use uncertainty: ensemble.")
-    params, pooled = score_pairs(model, list(pairs), batch_size, description="Laplace posterior", features=True)
+                          "preference pairs or ranked lists to `dataset`, or use uncertainty: ensemble.")
+    params, pooled = score_pairs(model, pairs, batch_size, description="Laplace posterior", features=True)
     head = model.head
     prob = head.prob_pair(params[:, 0], params[:, 1])
     readout = mean_readout(head.member, pooled.flatten(0, 1))
