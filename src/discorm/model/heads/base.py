@@ -74,6 +74,7 @@ class ExportSpec:
     config: dict = field(default_factory=dict)
     files: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     offset: float = 0.0
+    labels: tuple[str, ...] = ("reward",)  # the name of each label (row of ``weight``), config.discorm_labels
 
 
 def soft_label_loss(log_p: torch.Tensor, log_not_p: torch.Tensor, soft_label: torch.Tensor | None) -> torch.Tensor:
