@@ -169,10 +169,10 @@ KEYED = [Security(require_key)]
 
 @router.get("/health")
 async def health(server: ServerDep):
-    """Liveness and load: the model, its head and reward mode, the queue depth."""
+    """Liveness and load: the model, its head and reward mode, the queue depth, the most items per request."""
     return {"status": "ok", "model": server.name, "head": server.model.head.kind,
             "reward_mode": server.model.rm_config.reward_mode, "queue_depth": server.batcher.pending_items,
-            "max_queue_items": server.max_queue_items}
+            "max_queue_items": server.max_queue_items, "max_items": server.max_items}
 
 
 @router.get("/metrics", dependencies=KEYED)
