@@ -60,7 +60,10 @@ def test_classify_answers_in_vllms_shape_with_the_reward_last(client, gaussian):
     one = client.post("/classify", json={"model": "rm", "input": texts[0]}).json()  # verl: one text per call
     assert len(one["data"]) == 1 and one["data"][-1]["probs"][-1] == pytest.approx(
         model.score(texts[:1])[0]["reward"], abs=1e-5)
+    chat = client.post("/classify", json={"model": "rm", "messages": CONVERSATIONS[1]}).json()  # vLLM's chat form
+    assert chat["data"][-1]["probs"][-1] == pytest.approx(model.score(CONVERSATIONS[1:2])[0]["reward"], abs=1e-5)
     assert client.post("/classify", json={"model": "rm", "input": []}).status_code == 422
+    assert client.post("/classify", json={"model": "rm", "input": "t", "messages": CONVERSATIONS[0]}).status_code == 422
     bad = client.post("/classify", json={"model": "rm", "input": ["fine", ""]})
     assert bad.status_code == 422 and bad.json()["items"] == [1]
 

@@ -5,8 +5,8 @@
 - ``POST /score`` also takes TRL's ``{"prompts": [...], "completions": [...]}`` (texts or messages).
 - ``POST /get_reward`` (OpenRLHF): ``{"query": [rendered texts], "prompts", "labels"}`` -> ``{"rewards", "scores"}``
   and, for a distributional or uncertainty-aware head, ``extra_logs`` with the mean, spreads and a quantile.
-- ``POST /classify`` (vLLM's pooling API, verl's reward loop): ``{"model", "input"}`` -> ``{"data": [{"index",
-  "probs"}]}``, the reward last in ``probs``.
+- ``POST /classify`` (vLLM's pooling API, verl's reward loop): ``{"model", "input"}`` (or ``"messages"``) ->
+  ``{"data": [{"index", "probs"}]}``, the reward last in ``probs``.
 - With a policy tokenizer (``--policy-tokenizer``) every rendered text is read back into messages and rendered
   with the model's own template (``data/retemplate.py``); without one, texts are scored as given.
 - ``GET /health`` (open to all) and ``GET /metrics`` (Prometheus); with an API key every other route needs it.
@@ -236,7 +236,7 @@ async def classify(body: Annotated[ClassifyRequest, Depends(JSONBody(ClassifyReq
                    deadline: Deadline):
     """vLLM's pooling API as verl's reward loop reads it (``data[i].probs[-1]``): per input ``probs`` = [reward] for
     a scalar head, [mean, sigma, reward] for a distributional one; the reward by the request's reward options."""
-    sequences = encode_items(body.input, server.reader.encode_item)
+    sequences = encode_items(body.items(), server.reader.encode_item)
     records = await score_sequences(server, sequences, body.options(), deadline)
     spread = server.model.head.distributional
     data = [{"index": i, "object": "classification", "label": "reward", "num_classes": 3 if spread else 1,

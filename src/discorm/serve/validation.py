@@ -149,12 +149,24 @@ def _one_or_many(value: Any) -> Any:
 
 class ClassifyRequest(RewardOptions):
     """``POST /classify`` (vLLM's pooling API, as verl's reward loop calls it): ``{"model", "input": text or
-    [text, ...]}`` plus reward options; vLLM's other keys (``use_activation``, ...) are ignored."""
+    [text, ...]}``, or vLLM's chat form ``{"model", "messages": [...]}`` (one conversation), plus reward options;
+    vLLM's other keys (``use_activation``, ...) are ignored."""
 
     model_config = ConfigDict(extra="ignore")
-    EXPECTED: ClassVar[str] = '{"model": name, "input": text or [text, ...]}'
+    EXPECTED: ClassVar[str] = '{"model": name, "input": text or [text, ...]} or {"model": name, "messages": [...]}'
     model: Any = None
-    input: Annotated[Texts, BeforeValidator(_one_or_many)]
+    input: Annotated[Texts, BeforeValidator(_one_or_many)] | None = None
+    messages: Annotated[list[Any], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_shape(self):
+        if (self.input is None) == (self.messages is None):
+            raise PydanticCustomError("shape", 'give "input" (texts) or "messages" (one conversation), not both')
+        return self
+
+    def items(self) -> list:
+        """The scoring inputs: the texts, or the one conversation."""
+        return self.input if self.input is not None else [self.messages]
 
 
 # pydantic's error types in the server's words: {key} the key, {item} the item index, {input} the value given and
