@@ -5,8 +5,9 @@ by the quickstart gives the rewards, read in-process through the reward function
     python examples/grpo_trl.py                # 3 GRPO steps each way; mean reward, its spread and sigma per step
     python examples/grpo_trl.py --rm saves/gauss --via server --reward-mode lower_quantile --reward-alpha 0.1
 
-Needs TRL (`pip install trl`, in the dev extra). The printed sigma is the reward model's own (a distributional
-head: the mean predicted sigma of the step's completions); the spread is the standard deviation of the rewards.
+Needs TRL (`pip install trl`, in the dev extra); each step is 2 prompts x 2 completions of up to 24 tokens. The
+printed sigma is the reward model's own (a distributional head: the mean predicted sigma of the step's
+completions); the spread is the standard deviation of the step's rewards. Both ways give the same rewards.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def reward_server(rm: str):
 
 
 def train(policy: str, reward, via: str, opts, out: Path) -> None:
-    config = GRPOConfig(output_dir=str(out / via), max_steps=opts.steps, per_device_train_batch_size=8,
-                        num_generations=4, max_completion_length=opts.max_tokens, learning_rate=1e-6, beta=0.0,
+    config = GRPOConfig(output_dir=str(out / via), max_steps=opts.steps, per_device_train_batch_size=4,
+                        num_generations=2, max_completion_length=opts.max_tokens, learning_rate=1e-6, beta=0.0,
                         logging_steps=1, bf16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
                         save_strategy="no", seed=0, disable_tqdm=True)
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": text}]} for text in PROMPTS])
@@ -83,7 +84,7 @@ def main() -> None:
     parser.add_argument("--rm", default="saves/quickstart", help="a DiscoRM run directory (the reward model)")
     parser.add_argument("--via", choices=["function", "server", "both"], default="both")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=32, help="longest completion")
+    parser.add_argument("--max-tokens", type=int, default=24, help="longest completion")
     parser.add_argument("--reward-mode", default=None, help="e.g. lower_quantile (default: the model's own)")
     parser.add_argument("--reward-alpha", type=float, default=None)
     opts = parser.parse_args()

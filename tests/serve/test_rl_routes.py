@@ -147,6 +147,10 @@ def test_score_cli_re_templates_and_names_bad_rows(gaussian, llama3, tmp_path, c
     bad = ["score", str(run), "--input", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "bad_out.jsonl")]
     assert main([*bad, "--policy-tokenizer", str(tmp_path / "policy")]) == 2
     assert "bad.jsonl:1: the text does not begin like a conversation" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "Hi", "completion": "a"}) + "\n"
+                                        + json.dumps({"completion": "no prompt"}) + "\n")
+    assert main(bad) == 2
+    assert "bad.jsonl:2: the completion has no prompt" in capsys.readouterr().err
     assert main([*args, "--policy-tokenizer", str(tmp_path / "no-such-policy")]) == 2
     assert "--policy-tokenizer / policy_tokenizer" in capsys.readouterr().err
     assert main(["serve", str(run), "--policy-tokenizer", str(tmp_path / "no-such-policy")]) == 2
