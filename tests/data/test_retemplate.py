@@ -13,7 +13,7 @@ from discorm.data.retemplate import ChatFormat, Retemplater
 from discorm.data.templates import Renderer
 from discorm.data.tokenize import Encoder
 from discorm.errors import ConfigError, DataError, ModelError
-from tests.conftest import build_model
+from tests.conftest import build_model, default_model_dir
 from tests.policies import CONVERSATIONS, POLICIES, policy_tokenizer, rollout
 
 
@@ -107,3 +107,15 @@ def test_a_foreign_text_without_a_policy_tokenizer_warns_once(models, tiny_llama
         model.score([foreign])
     assert len(caplog.records) == 1
     assert "input 1 does not look like" in caplog.text and "--policy-tokenizer" in caplog.text
+
+
+@pytest.mark.slow
+def test_the_default_models_own_template_as_the_policy(models):
+    """SmolLM2's real chat template (a default system prompt when there is none) against the tiny ChatML one."""
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    model = models["chatml"]
+    expected = [r["reward"] for r in model.score(CONVERSATIONS)]
+    for variant in ({"eos": True}, {"eos": False, "pad": 1}):
+        texts = [rollout(tokenizer, conversation, **variant) for conversation in CONVERSATIONS]
+        assert [r["reward"] for r in model.score(texts, policy_tokenizer=tokenizer)] == pytest.approx(expected,
+                                                                                                     abs=1e-5)
