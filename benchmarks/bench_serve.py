@@ -1,13 +1,15 @@
 """Load check of `discorm serve`, without and with a mix of faulty clients, on loopback, bounded in time.
 
-Starts the server in-process on a free 127.0.0.1 port, with an API key, and a model (a run directory, or a tiny
-random model built on the spot). Phase 1: N good clients send /score requests back to back for --seconds.
+Starts the server in-process on a free 127.0.0.1 port, with an API key, re-templating from a policy tokenizer (the
+model's own), and a model (a run directory, or a tiny random model built on the spot); an unknown policy tokenizer
+must be refused at start. Phase 1: N good clients send /score requests back to back for --seconds.
 Phase 2: the same good clients, interleaved with faulty ones for another --seconds: malformed JSON, oversized
-bodies, bad items, unknown keys, bad reward options, a wrong API key, slow clients (a body trickling in, a byte at
-a time) and clients that disconnect mid-request, one of each kind, all in a separate process (so that their own
-work does not hold the server's interpreter lock). Prints good-request throughput and p50/p99 latency for both
-phases, what the faulty requests got, and the number of good requests that failed and of faulty requests answered
-otherwise than expected, which must both be 0.
+bodies, bad items, unknown keys, bad reward options, a wrong API key, completions without a prompt, no
+completions, an empty completion, policy texts that cannot be parsed, an empty /classify input, slow clients (a
+body trickling in, a byte at a time) and clients that disconnect mid-request, one of each kind, all in a separate
+process (so that their own work does not hold the server's interpreter lock). Prints good-request throughput and
+p50/p99 latency for both phases, what the faulty requests got, and the number of good requests that failed and of
+faulty requests answered otherwise than expected, which must both be 0.
 
     python benchmarks/bench_serve.py                       # tiny model, 8 good clients, 3 rounds of 2 x 10 s
     python benchmarks/bench_serve.py --model saves/quickstart --clients 4 --seconds 20 --rounds 2
@@ -49,6 +51,12 @@ FAULTS = {  # kind -> (route, httpx request arguments, the status it must get)
     "unknown-key": ("/score", {"json": {"inputs": REQUEST, "reward_mod": "mean"}, "headers": KEY}, 422),
     "bad-options": ("/score", {"json": {"inputs": REQUEST, "reward_alpha": 1.5}, "headers": KEY}, 422),
     "wrong-key": ("/score", {"json": REQUEST, "headers": {"X-API-Key": "guess"}}, 401),
+    "no-prompt": ("/score", {"json": {"prompts": ["Hi"], "completions": ["a", "b"]}, "headers": KEY}, 422),
+    "no-completions": ("/score", {"json": {"prompts": [], "completions": []}, "headers": KEY}, 422),
+    "empty-completion": ("/score", {"json": {"prompts": [[{"role": "user", "content": "Hi"}]], "completions": [[]]},
+                                    "headers": KEY}, 422),
+    "unparseable": ("/get_reward", {"json": {"query": ["not rendered by any chat template"]}, "headers": KEY}, 422),
+    "empty-classify": ("/classify", {"json": {"model": "rm", "input": []}, "headers": KEY}, 422),
 }
 RAW_FAULTS = {"slow": 408, "disconnecting": "disconnected"}  # on a raw socket
 
@@ -56,6 +64,7 @@ RAW_FAULTS = {"slow": 408, "disconnecting": "disconnected"}  # on a raw socket
 def start_server(model_dir: str, batch_size: int):
     import uvicorn
 
+    from discorm.errors import ModelError
     from discorm.model.reward_model import RewardModel
     from discorm.serve.server import create_app
 
@@ -63,7 +72,14 @@ def start_server(model_dir: str, batch_size: int):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(model, batch_size, max_body_bytes=MAX_BODY, request_timeout_s=TIMEOUT_S, api_key=API_KEY)
+    try:
+        create_app(model, policy_tokenizer="./no-such-policy-tokenizer")
+        print("an unknown policy tokenizer was accepted at start")
+        sys.exit(1)
+    except ModelError as err:
+        print(f"an unknown policy tokenizer is refused at start: {str(err)[:100]}...")
+    app = create_app(model, batch_size, max_body_bytes=MAX_BODY, request_timeout_s=TIMEOUT_S, api_key=API_KEY,
+                     policy_tokenizer=model.tokenizer)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:

@@ -90,7 +90,7 @@ def _cmd_score(args) -> None:
     from discorm.serve.scoring import score_file
 
     n = score_file(args.model, args.input, args.output, batch_size=args.batch_size, reward_mode=args.reward_mode,
-                   reward_alpha=args.reward_alpha, reward_k=args.reward_k)
+                   reward_alpha=args.reward_alpha, reward_k=args.reward_k, policy_tokenizer=args.policy_tokenizer)
     print(f"scored {n} rows -> {args.output}")
 
 
@@ -98,7 +98,7 @@ def _cmd_export(args) -> None:
     from discorm.serve.export import export_sequence_classification
 
     out = export_sequence_classification(args.run_dir, args.out, merge_lora=args.merge_lora, dtype=args.dtype,
-                                         num_labels=args.num_labels, force=args.force)
+                                         num_labels=args.num_labels, force=args.force, multi_label=args.multi_label)
     print(f"exported to {out}")
 
 
@@ -106,7 +106,8 @@ def _cmd_serve(args) -> None:
     from discorm.serve.server import serve
 
     serve(args.model, host=args.host, port=args.port, max_batch_size=args.batch_size, api_key=args.api_key,
-          max_items=args.max_items, max_queue_items=args.max_queue, request_timeout_s=args.timeout)
+          max_items=args.max_items, max_queue_items=args.max_queue, request_timeout_s=args.timeout,
+          policy_tokenizer=args.policy_tokenizer)
 
 
 def _positive(kind):
@@ -122,6 +123,10 @@ def _positive(kind):
         return value
 
     return parse
+
+
+POLICY_HELP = ("texts are rendered by this tokenizer's chat template (the RL policy's): read them back into messages "
+               "and render them with the reward model's own template (default: score texts as given)")
 
 
 def finish_distributed() -> None:
@@ -200,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--reward-k", type=float, default=None,
                        help="mean_minus_std, lcb: the number of standard deviations k; uwo: the weight of the "
                        "epistemic variance (default: the model's reward_k)")
+    score.add_argument("--policy-tokenizer", default=None, metavar="PATH_OR_NAME", help=POLICY_HELP)
     score.set_defaults(func=_cmd_score)
 
     export = sub.add_parser("export", help="write an AutoModelForSequenceClassification checkpoint")
@@ -210,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     export.add_argument("--num-labels", type=int, default=1,
                         help="gaussian heads: 2 also exports the log-variance as a second label; "
-                             "multi_objective heads: 1 + the number of attributes also exports each attribute")
+                             "multi_objective heads: 1 + the number of attributes also exports each attribute "
+                             "(needs --multi-label)")
+    export.add_argument("--multi-label", action="store_true",
+                        help="allow --num-labels above 1 (verl/vLLM read the last label, RewardBench the largest)")
     export.set_defaults(func=_cmd_export)
 
     serve = sub.add_parser("serve", help="serve rewards over HTTP")
@@ -226,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="most items waiting (503 + Retry-After beyond)")
     serve.add_argument("--timeout", type=_positive(float), default=30.0,
                        help="seconds a request may take (408 / 503 beyond)")
+    serve.add_argument("--policy-tokenizer", default=None, metavar="PATH_OR_NAME", help=POLICY_HELP)
     serve.set_defaults(func=_cmd_serve)
     return parser
 

@@ -267,7 +267,7 @@ def test_server_reports_spreads_in_extra_logs(tiny_llama, tmp_path):
     with TestClient(create_app(model)) as client:
         texts = [model.tokenizer.apply_chat_template(chat, tokenize=False) for chat in CHATS]
         answer = client.post("/get_reward", json={"query": texts, "reward_mode": "min"}).json()
-        assert set(answer["extra_logs"]) == {"sigma", "sigma_aleatoric", "sigma_epistemic"}
+        assert set(answer["extra_logs"]) == {"mean", "sigma", "sigma_aleatoric", "sigma_epistemic", "quantile_0.1"}
         scored = client.post("/score", json={"inputs": CHATS}).json()
     as_texts, expected = model.score(texts, reward_mode="min"), model.score(CHATS)
     assert answer["rewards"] == pytest.approx([r["reward"] for r in as_texts], abs=1e-5)

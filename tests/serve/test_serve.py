@@ -63,7 +63,8 @@ def test_score_then_export_gives_identical_rewards(tiny_llama, tmp_path, finetun
 def test_gaussian_export_carries_the_variance(tiny_llama, tmp_path):
     model = _trained_run(tiny_llama, tmp_path, head="gaussian")
     records = model.score(CHATS)
-    export_sequence_classification(str(tmp_path / "run"), str(tmp_path / "export"), num_labels=2)
+    export_sequence_classification(str(tmp_path / "run"), str(tmp_path / "export"), num_labels=2,
+                                   multi_label=True)
     single, _ = _classifier_rewards(tmp_path / "export", model, CHATS)
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     var = torch.nn.functional.softplus(single[:, 1] + config["discorm_variance_bias"]) + 1e-4

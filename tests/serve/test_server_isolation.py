@@ -206,7 +206,7 @@ def test_health_and_prometheus_metrics(model):
     with running(app) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
         health = client.get("/health").json()
         assert health == {"status": "ok", "model": "tiny-run", "head": "gaussian", "reward_mode": "mean",
-                          "queue_depth": 0, "max_queue_items": 1024}
+                          "queue_depth": 0, "max_queue_items": 1024, "max_items": 256}
         for _ in range(3):
             client.post("/score", json=CHATS[:2])
         client.post("/score", content=b"{oops", headers={"content-type": "application/json"})

@@ -139,9 +139,10 @@ def test_save_load_export_round_trips_keep_attributes_and_constants(trained_run,
     again = RewardModel.from_pretrained(tmp_path / "again").eval()
     assert again.rm_config == model.rm_config and again.score(items) == records
 
-    export_sequence_classification(str(run / "run"), str(tmp_path / "export"), num_labels=3)
+    export_sequence_classification(str(run / "run"), str(tmp_path / "export"), num_labels=3, multi_label=True)
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     assert config["discorm_attributes"] == ["a", "b"] and config["id2label"]["1"] == "a"
+    assert config["discorm_labels"] == ["reward", "a", "b"]
     norm = config["discorm_reward_normalization"]
     assert norm["mean"] == pytest.approx(model.rm_config.reward_mean) and norm["std"] == model.rm_config.reward_std
     assert config["std"] == 1.0 and config["mean"] == config["discorm_reward_shift"]  # OpenRLHF's keys

@@ -17,7 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from discorm.data.collator import PackedPairCollator, model_inputs, pad_sequences
+from discorm.data.retemplate import Retemplater
 from discorm.data.tokenize import Encoder
+from discorm.model.loading import load_policy_tokenizer
 
 
 @contextmanager
@@ -196,9 +198,11 @@ def _item(values: dict, i: int) -> dict:
 
 def score_inputs(model, inputs: list, batch_size: int = 8, show_progress: bool = False,
                  reward_mode: str | None = None, reward_alpha: float | None = None,
-                 reward_k: float | None = None) -> list[dict]:
-    """Texts, chat message lists, {"messages"} or {"prompt", "response"} -> ``describe`` records."""
-    encoder = Encoder.for_model(model)
-    params = score_sequences(model, [encoder.encode_item(item, f"input {i}") for i, item in enumerate(inputs)],
+                 reward_k: float | None = None, policy_tokenizer=None) -> list[dict]:
+    """Texts, chat message lists, {"messages"} or {"prompt", "response"} -> ``describe`` records; with
+    ``policy_tokenizer`` (a tokenizer or its path / name) texts rendered by the policy's chat template are
+    re-templated (``data/retemplate.py``). Items sharing a prompt are scored as groups (``score_sequences``)."""
+    reader = Retemplater(Encoder.for_model(model), load_policy_tokenizer(policy_tokenizer))
+    params = score_sequences(model, [reader.encode_item(item, f"input {i}") for i, item in enumerate(inputs)],
                              batch_size, show_progress)
     return describe(model, params, reward_mode, reward_alpha, reward_k)

@@ -156,6 +156,17 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, cache_dir: str | 
     return tokenizer
 
 
+def load_policy_tokenizer(policy) -> PreTrainedTokenizerBase | None:
+    """The policy's tokenizer for re-templating (``data/retemplate.py``): a tokenizer as it is, or one loaded from a
+    built-in name, a folder or a Hub id; None stays None."""
+    if policy is None or isinstance(policy, PreTrainedTokenizerBase):
+        return policy
+    try:
+        return load_tokenizer(str(policy))
+    except ModelError as err:
+        raise ModelError(f"--policy-tokenizer / policy_tokenizer {policy!r}: {err}") from None
+
+
 def load_backbone(path: str, options: LoadOptions | None = None) -> PreTrainedModel:
     """The base transformer without any LM head (``AutoModel``): a reward model never computes vocab logits."""
     options = options or LoadOptions()

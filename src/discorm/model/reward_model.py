@@ -227,12 +227,13 @@ class RewardModel(nn.Module):
             self.backbone.enable_input_require_grads()
 
     def score(self, inputs, batch_size: int = 8, show_progress: bool = False, reward_mode: str | None = None,
-              **reward_options) -> list[dict]:
+              policy_tokenizer=None, **reward_options) -> list[dict]:
         """Score texts, chat message lists or {"prompt", "response"} dicts (see ``model/inference.py``), each
         encoded as training encodes it. ``reward_mode`` (and ``reward_alpha`` / ``reward_k``) apply to this call
-        only."""
+        only. ``policy_tokenizer``: texts were rendered by this tokenizer's chat template; they are read back into
+        messages and rendered with the model's own."""
         return score_inputs(self, inputs, batch_size=batch_size, show_progress=show_progress,
-                            reward_mode=reward_mode, **reward_options)
+                            reward_mode=reward_mode, policy_tokenizer=policy_tokenizer, **reward_options)
 
     # ----------------------------------------------------------------- save / load
     def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None) -> None:

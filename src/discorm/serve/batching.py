@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from discorm.model.inference import score_ids
+from discorm.model.inference import score_ids, score_sequences
 from discorm.serve.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class MicroBatcher:
         """Head params per sequence (K,), or the reason it failed; a failed batch is retried item by item."""
         self.metrics.batches.inc()
         try:
-            params = score_ids(self.model, sequences, self.max_batch_size)
+            params = score_sequences(self.model, sequences, self.max_batch_size)  # shared prompts once
             if bool(torch.isfinite(params).all()):
                 self.metrics.items_scored.inc(len(sequences))
                 return list(params)

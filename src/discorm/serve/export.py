@@ -2,10 +2,13 @@
 OpenRLHF and RewardBench load) with the tokenizer and chat template it was trained with.
 
 The contract: label 0 is the head's mean reward (``logits[0] - config.discorm_reward_shift``, the normalisation
-folded in, ``config.mean`` / ``config.std`` as OpenRLHF reads them); extra labels (``--num-labels``) are the
-head's own (a Gaussian's variance logit, per-attribute means); constants the bias-free score layer cannot hold
-live in ``config.discorm_*``; the pad token never occurs in rendered conversations, so the score is read at the
-last real token. README "Scoring, export, serving" lists every field.
+folded in; ``config.value_head_prefix``, ``config.mean`` and ``config.std`` as OpenRLHF's reward model class reads
+them, so its normalised reward is DiscoRM's); extra labels (``--num-labels`` with ``--multi-label``) are the
+head's own (a Gaussian's variance logit, per-attribute means), every label named in ``config.discorm_labels`` and
+``id2label``; constants the bias-free score layer cannot hold live in ``config.discorm_*``; the pad token never
+occurs in rendered conversations, and the exported chat template ends a whole conversation at its final
+end-of-turn token, so a consumer that renders with it and pads reads the score where DiscoRM does.
+docs/using/rl.md says which consumer reads which label.
 """
 
 from __future__ import annotations
@@ -53,10 +56,18 @@ def _normalized(spec, rm_config) -> tuple[torch.Tensor, dict]:
         shift = (rm_config.reward_mean - spec.offset) / rm_config.reward_std
         extra["discorm_reward_normalization"] = {"mean": rm_config.reward_mean, "std": rm_config.reward_std,
                                                  "reference": rm_config.normalized_on}
-        extra["mean"], extra["std"] = shift, 1.0
     if shift or extra:
         extra["discorm_reward_shift"] = shift
+    extra["mean"], extra["std"] = shift, 1.0  # OpenRLHF: (logit - mean) / std is DiscoRM's reward
     return weight, extra
+
+
+def scoring_template(template: str) -> str:
+    """``template`` with the whitespace after a whole conversation's last token dropped (ChatML's ``\n`` after
+    ``<|im_end|>``), as DiscoRM renders it: consumers read the score at the last token of what the template gives.
+    A prompt rendered with the generation prompt keeps its trailing whitespace."""
+    return ("{%- set discorm_rendered %}" + template + "{% endset -%}"
+            "{{ discorm_rendered if add_generation_prompt else discorm_rendered.rstrip() }}")
 
 
 def check_destination(run_dir: str, out: str, force: bool) -> None:
@@ -72,9 +83,16 @@ def check_destination(run_dir: str, out: str, force: bool) -> None:
 
 
 def export_sequence_classification(run_dir: str, out: str, merge_lora: bool = False, dtype: str | None = None,
-                                   num_labels: int = 1, force: bool = False) -> Path:
+                                   num_labels: int = 1, force: bool = False, multi_label: bool = False) -> Path:
     """Write ``run_dir`` as a sequence-classification checkpoint in ``out`` (built in a temporary folder next to
-    it, then renamed into place; a folder that is there already is replaced only with ``force``)."""
+    it, then renamed into place; a folder that is there already is replaced only with ``force``). ``num_labels``
+    above 1 needs ``multi_label``: consumers that read the last label (verl, vLLM) or the top one (RewardBench's
+    pipeline) would take another label for the reward."""
+    if num_labels > 1 and not multi_label:
+        raise ModelError(f"--num-labels {num_labels} writes a checkpoint that RL consumers misread by default: TRL "
+                         "and OpenRLHF read label 0 (the reward), but verl and vLLM read the last label and "
+                         "RewardBench's pipeline the largest one. Pass --multi-label to write it anyway, or export "
+                         "--num-labels 1 for RL.")
     check_destination(run_dir, out, force)
     model = RewardModel.from_pretrained(run_dir, quantized=False)  # a QLoRA adapter merges into full weights
     if model.is_lora:
@@ -97,6 +115,8 @@ def export_sequence_classification(run_dir: str, out: str, merge_lora: bool = Fa
     template = model.rm_config.template
     if template in BUILTIN_TEMPLATES and BUILTIN_TEMPLATES[template]:
         tokenizer.chat_template = BUILTIN_TEMPLATES[template]
+    if isinstance(tokenizer.chat_template, str):
+        tokenizer.chat_template = scoring_template(tokenizer.chat_template)
     pad_id, added = choose_pad_token(tokenizer)
     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
     backbone = model.backbone
@@ -109,6 +129,10 @@ def export_sequence_classification(run_dir: str, out: str, merge_lora: bool = Fa
     config.architectures = None
     config.discorm_head = head.kind
     config.discorm_reward_mode = "mean"
+    config.discorm_labels = list(spec.labels)
+    config.id2label = dict(enumerate(spec.labels))
+    config.label2id = {label: i for i, label in enumerate(spec.labels)}
+    config.value_head_prefix = "score"  # OpenRLHF: the name of the value head's linear layer
     classifier = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
     inner = getattr(classifier, classifier.base_model_prefix)
     inner.load_state_dict(backbone.state_dict())

@@ -1,5 +1,6 @@
 """``discorm score``: a file of pairs (any format the data layer reads) or of single responses -> JSONL of rewards,
-each conversation encoded as training encodes it (``model/inference.py`` does the scoring)."""
+each conversation encoded as training encodes it (``model/inference.py`` does the scoring). With a policy tokenizer,
+texts rendered by the policy's chat template are re-templated (``data/retemplate.py``)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,25 @@ from pathlib import Path
 
 from discorm.data.formats import FormatSpec, SkipPair, detect_format, to_pair
 from discorm.data.loader import read_path
+from discorm.data.retemplate import Retemplater
 from discorm.data.tokenize import Encoder
 from discorm.errors import DataError
 from discorm.files import write_jsonl
-from discorm.model.inference import describe, score_ids, score_pairs
+from discorm.model.inference import describe, score_pairs, score_sequences
+from discorm.model.loading import load_policy_tokenizer
 from discorm.model.reward_model import RewardModel
 from discorm.model.rm_config import check_reward_options
 
 
 def score_file(model_dir: str, input_path: str, output_path: str, batch_size: int = 8,
                reward_mode: str | None = None, reward_alpha: float | None = None,
-               reward_k: float | None = None) -> int:
-    """Score a file of pairs or of single responses (text, messages, prompt + response); writes JSONL."""
+               reward_k: float | None = None, policy_tokenizer: str | None = None) -> int:
+    """Score a file of pairs or of single responses (text, messages, prompt + response, TRL's prompt +
+    completion); writes JSONL."""
     path = Path(input_path)
     if not path.exists():
         raise DataError(f"{input_path} does not exist; pass a .jsonl/.json/.parquet/.csv file of rows to score.")
+    policy = load_policy_tokenizer(policy_tokenizer)
     rows = read_path(path)
     model = RewardModel.from_pretrained(model_dir).eval()
     check_reward_options(reward_mode, reward_alpha, reward_k, model.head)
@@ -45,17 +50,18 @@ def score_file(model_dir: str, input_path: str, output_path: str, batch_size: in
         records = [{"index": i, "chosen": c, "rejected": r, "p_chosen": p}
                    for i, (c, r, p) in enumerate(zip(chosen, rejected, prob))]
     else:
-        items = []
+        reader, sequences = Retemplater(encoder, policy), []
         for where, row in rows:
             if "text" in row:
-                items.append(row["text"])
+                sequences.append(reader.encode_item(row["text"], where))
             elif "messages" in row or ("prompt" in row and "response" in row):
-                items.append(row)
+                sequences.append(reader.encode_item(row, where))
+            elif "completion" in row:
+                sequences.append(reader.encode_joined(row.get("prompt"), row["completion"], where))
             else:
-                raise DataError(f"{where}: expected 'text', 'messages', 'prompt'+'response' or 'chosen'+'rejected' "
-                                f"columns, found {sorted(row)}.")
-        params = score_ids(model, [encoder.encode_item(item, where) for item, (where, _) in zip(items, rows)],
-                           batch_size, show_progress=True)
+                raise DataError(f"{where}: expected 'text', 'messages', 'prompt'+'response', 'prompt'+'completion' "
+                                f"or 'chosen'+'rejected' columns, found {sorted(row)}.")
+        params = score_sequences(model, sequences, batch_size, show_progress=True)
         records = [{"index": i, **record} for i, record in enumerate(describe(model, params, **options))]
     write_jsonl(output_path, records)
     return len(records)

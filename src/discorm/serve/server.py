@@ -2,8 +2,13 @@
 
 - ``POST /score``: a list of inputs, or ``{"inputs": [...], "reward_mode", "reward_alpha", "reward_k"}`` ->
   ``{"rewards", "reward_mode"}`` plus the head's ``means``/``sigmas``/``attributes``/... per input.
-- ``POST /get_reward`` (OpenRLHF): ``{"query": [rendered texts], ...}`` -> ``{"rewards", "scores"}`` (and
-  ``extra_logs`` with the spreads of a model with epistemic uncertainty).
+- ``POST /score`` also takes TRL's ``{"prompts": [...], "completions": [...]}`` (texts or messages).
+- ``POST /get_reward`` (OpenRLHF): ``{"query": [rendered texts], "prompts", "labels"}`` -> ``{"rewards", "scores"}``
+  and, for a distributional or uncertainty-aware head, ``extra_logs`` with the mean, spreads and a quantile.
+- ``POST /classify`` (vLLM's pooling API, verl's reward loop): ``{"model", "input"}`` (or ``"messages"``) ->
+  ``{"data": [{"index", "probs"}]}``, the reward last in ``probs``.
+- With a policy tokenizer (``--policy-tokenizer``) every rendered text is read back into messages and rendered
+  with the model's own template (``data/retemplate.py``); without one, texts are scored as given.
 - ``GET /health`` (open to all) and ``GET /metrics`` (Prometheus); with an API key every other route needs it.
 
 Refusals are JSON ``{"error", "items"?}``: 400 malformed JSON, 401 missing or wrong API key, 408 the body did
@@ -20,6 +25,8 @@ import ipaddress
 import logging
 import math
 import os
+import time
+import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
@@ -37,12 +44,15 @@ except ModuleNotFoundError as missing:
     raise DiscoRMError(f"the reward server needs FastAPI, uvicorn and prometheus-client ({missing.name} is not "
                        "installed): pip install 'discorm[serve]'.") from None
 
+from discorm.data.retemplate import Retemplater
 from discorm.data.tokenize import Encoder
 from discorm.model.inference import describe
+from discorm.model.loading import load_policy_tokenizer
 from discorm.model.reward_model import RewardModel
 from discorm.serve.batching import ItemsFailed, MicroBatcher, QueueFull
 from discorm.serve.metrics import RequestMetrics, ServerMetrics
 from discorm.serve.validation import (
+    ClassifyRequest,
     RequestError,
     RewardOptions,
     RewardRequest,
@@ -65,7 +75,7 @@ class Server:
     """What the routes of one app share (``app.state.server``)."""
 
     model: RewardModel
-    encoder: Encoder
+    reader: Retemplater  # the model's Encoder, reading texts in the policy's format when there is one
     batcher: MicroBatcher
     metrics: ServerMetrics
     name: str
@@ -125,6 +135,11 @@ class JSONBody:
 
 async def score_sequences(server: Server, sequences: list[list[int]], options: dict, deadline: float) -> list[dict]:
     """Queue the sequences, wait for their head params until the deadline and describe them with ``options``."""
+    return described(server, await head_params(server, sequences, deadline), options)
+
+
+async def head_params(server: Server, sequences: list[list[int]], deadline: float):
+    """Queue the sequences and wait for their head params (N, K) until the deadline."""
     try:
         future = server.batcher.submit(sequences)
     except QueueFull as err:
@@ -136,6 +151,11 @@ async def score_sequences(server: Server, sequences: list[list[int]], options: d
                            headers=BUSY) from None
     except ItemsFailed as err:
         raise RequestError(422, str(err), items=sorted(err.failures)) from None
+    return params
+
+
+def described(server: Server, params, options: dict) -> list[dict]:
+    """``describe`` records of the head params with ``options``; 422 naming the items whose reward is not finite."""
     records = describe(server.model, params, **options)
     bad = [i for i, r in enumerate(records) if not math.isfinite(r["reward"])]
     if bad:
@@ -149,10 +169,10 @@ KEYED = [Security(require_key)]
 
 @router.get("/health")
 async def health(server: ServerDep):
-    """Liveness and load: the model, its head and reward mode, the queue depth."""
+    """Liveness and load: the model, its head and reward mode, the queue depth, the most items per request."""
     return {"status": "ok", "model": server.name, "head": server.model.head.kind,
             "reward_mode": server.model.rm_config.reward_mode, "queue_depth": server.batcher.pending_items,
-            "max_queue_items": server.max_queue_items}
+            "max_queue_items": server.max_queue_items, "max_items": server.max_items}
 
 
 @router.get("/metrics", dependencies=KEYED)
@@ -165,8 +185,12 @@ async def prometheus_metrics(request: Request, server: ServerDep) -> Response:
 @router.post("/score", dependencies=KEYED)
 async def score(body: Annotated[ScoreRequest, Depends(JSONBody(ScoreRequest))], server: ServerDep,
                 deadline: Deadline):
-    """Rewards of the inputs (texts, chat messages, ``{"prompt", "response"}``), with the request's reward options."""
-    sequences = encode_items(body.inputs, server.encoder.encode_item)
+    """Rewards of the inputs (texts, chat messages, ``{"prompt", "response"}``) or of TRL's prompts + completions,
+    with the request's reward options."""
+    if body.inputs is not None:
+        sequences = encode_items(body.inputs, server.reader.encode_item)
+    else:
+        sequences = encode_items(body.pairs(), lambda pair, where: server.reader.encode_joined(*pair, where))
     records = await score_sequences(server, sequences, body.options(), deadline)
     answer = {"rewards": [r["reward"] for r in records], "reward_mode": records[0]["reward_mode"]}
     for key in records[0].keys() - {"reward", "reward_mode"}:  # "means", "sigmas", "sigmas_epistemic", ...
@@ -187,16 +211,41 @@ def plural(key: str) -> str:
 @router.post("/get_reward", dependencies=KEYED)
 async def get_reward(body: Annotated[RewardRequest, Depends(JSONBody(RewardRequest))], server: ServerDep,
                      deadline: Deadline):
-    """OpenRLHF's remote reward model: rewards of texts already rendered with the chat template; the spreads of a
-    model with epistemic uncertainty (``sigma``, ``sigma_aleatoric``, ``sigma_epistemic``) in ``extra_logs``."""
-    sequences = encode_items(body.query, server.encoder.encode_text)
-    records = await score_sequences(server, sequences, body.options(), deadline)
+    """OpenRLHF's remote reward model: rewards of rendered conversations (prompt + response; ``prompts`` and
+    ``labels`` are accepted and not needed). For a distributional head or one with epistemic uncertainty,
+    ``extra_logs`` holds per query the ``mean``, the spreads (``sigma``, ``sigma_aleatoric``, ``sigma_epistemic``)
+    and, for a distributional head, the quantile at the request's ``reward_alpha`` (``quantile_<alpha>``)."""
+    sequences = encode_items(body.query, server.reader.encode_item)
+    params = await head_params(server, sequences, deadline)
+    records = described(server, params, body.options())
     rewards = [r["reward"] for r in records]
     answer = {"rewards": rewards, "scores": rewards}
-    logged = [key for key in ("sigma", "sigma_aleatoric", "sigma_epistemic") if key in records[0]]
-    if server.model.head.epistemic and logged:
+    head = server.model.head
+    if head.distributional or head.epistemic:
+        logged = [key for key in ("mean", "sigma", "sigma_aleatoric", "sigma_epistemic") if key in records[0]]
         answer["extra_logs"] = {key: [r[key] for r in records] for key in logged}
+    if head.distributional:
+        alpha = body.reward_alpha if body.reward_alpha is not None else server.model.rm_config.reward_alpha
+        quantiles = described(server, params, {"reward_mode": "lower_quantile", "reward_alpha": alpha})
+        answer["extra_logs"][f"quantile_{alpha:g}"] = [r["reward"] for r in quantiles]
     return answer
+
+
+@router.post("/classify", dependencies=KEYED)
+async def classify(body: Annotated[ClassifyRequest, Depends(JSONBody(ClassifyRequest))], server: ServerDep,
+                   deadline: Deadline):
+    """vLLM's pooling API as verl's reward loop reads it (``data[i].probs[-1]``): per input ``probs`` = [reward] for
+    a scalar head, [mean, sigma, reward] for a distributional one; the reward by the request's reward options."""
+    sequences = encode_items(body.items(), server.reader.encode_item)
+    records = await score_sequences(server, sequences, body.options(), deadline)
+    spread = server.model.head.distributional
+    data = [{"index": i, "object": "classification", "label": "reward", "num_classes": 3 if spread else 1,
+             "probs": [r["mean"], r["sigma"], r["reward"]] if spread else [r["reward"]]}
+            for i, r in enumerate(records)]
+    tokens = sum(map(len, sequences))
+    return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
+            "model": body.model if isinstance(body.model, str) else server.name, "data": data,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0}}
 
 
 async def refused(_request: Request, err: RequestError) -> JSONResponse:
@@ -235,9 +284,10 @@ def is_loopback(host: str) -> bool:
 
 def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_bytes: int = 4_000_000,
                api_key: str | None = None, max_queue_items: int = 1024, request_timeout_s: float = 30.0,
-               name: str | None = None, max_wait_ms: float = 5.0) -> FastAPI:
+               name: str | None = None, max_wait_ms: float = 5.0, policy_tokenizer=None) -> FastAPI:
     """The ASGI app. ``api_key``: when set, every scoring route and /metrics need it (``Authorization: Bearer
-    KEY``, ``X-API-Key: KEY`` or ``?api_key=KEY``); /health stays open for liveness probes."""
+    KEY``, ``X-API-Key: KEY`` or ``?api_key=KEY``); /health stays open for liveness probes. ``policy_tokenizer``
+    (a tokenizer, its folder or name): texts are rendered by its chat template and are re-templated."""
     if max_queue_items < max_items:
         raise ConfigError(f"the queue ({max_queue_items} items) must hold at least one full request ({max_items} "
                           "items).")
@@ -245,7 +295,8 @@ def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_b
     metrics = ServerMetrics()
     batcher = MicroBatcher(model, max_batch_size, max_wait_ms, max_queue_items, metrics)
     app = FastAPI(title="DiscoRM reward server", lifespan=lifespan)
-    app.state.server = Server(model, Encoder.for_model(model), batcher, metrics, name or model.rm_config.base_model,
+    reader = Retemplater(Encoder.for_model(model), load_policy_tokenizer(policy_tokenizer))
+    app.state.server = Server(model, reader, batcher, metrics, name or model.rm_config.base_model,
                               api_key, max_items, max_body_bytes, max_queue_items, request_timeout_s)
     app.include_router(router)
     app.add_middleware(RequestMetrics, metrics=metrics)
@@ -257,7 +308,8 @@ def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_b
 
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 16,
           api_key: str | None = None, max_items: int = 256, max_queue_items: int = 1024,
-          request_timeout_s: float = 30.0, max_body_bytes: int = 4_000_000) -> None:
+          request_timeout_s: float = 30.0, max_body_bytes: int = 4_000_000,
+          policy_tokenizer: str | None = None) -> None:
     """Load a model and serve it until SIGTERM / Ctrl-C (in-flight requests are finished first). A host other
     than a loopback address needs an API key (``api_key`` or the DISCORM_API_KEY environment variable)."""
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
@@ -270,9 +322,11 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch_s
             raise ConfigError(f"{key} {value} must be positive.")
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port} is not a TCP port; use a number from 1 to 65535 (0: any free port).")
+    policy = load_policy_tokenizer(policy_tokenizer)  # before the model: an unknown name fails fast
     model = RewardModel.from_pretrained(model_dir)
     app = create_app(model, max_batch_size, max_items, max_body_bytes, api_key=api_key,
-                     max_queue_items=max_queue_items, request_timeout_s=request_timeout_s, name=str(model_dir))
+                     max_queue_items=max_queue_items, request_timeout_s=request_timeout_s, name=str(model_dir),
+                     policy_tokenizer=policy)
     logger.info("serving %s (%s head) on http://%s:%d%s", model_dir, model.head.kind, host, port,
                 " (API key required)" if api_key else "")
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=request_timeout_s + 5)

@@ -93,25 +93,80 @@ class RewardOptions(BaseModel):
 
 
 class ScoreRequest(RewardOptions):
-    """``POST /score``: ``{"inputs": [...]}`` plus reward options and no other key, or the inputs as a bare list."""
+    """``POST /score``: ``{"inputs": [...]}`` or TRL's ``{"prompts": [...], "completions": [...]}`` plus reward
+    options and no other key, or the inputs as a bare list."""
 
     model_config = ConfigDict(extra="forbid")
-    EXPECTED: ClassVar[str] = 'a list of inputs or {"inputs": [...]}'
-    inputs: Inputs
+    EXPECTED: ClassVar[str] = 'a list of inputs, {"inputs": [...]} or {"prompts": [...], "completions": [...]}'
+    inputs: Inputs | None = None
+    prompts: Annotated[list[Any], BeforeValidator(_within_limit)] | None = None
+    completions: Inputs | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _bare_list(cls, data: Any) -> Any:
         return {"inputs": data} if isinstance(data, list) else data
 
+    @model_validator(mode="after")
+    def _one_shape(self):
+        if (self.inputs is None) == (self.completions is None and self.prompts is None):
+            raise PydanticCustomError("shape", 'give "inputs", or "prompts" and "completions" (one prompt per '
+                                      "completion), not both")
+        return self
+
+    def pairs(self) -> list[tuple[Any, Any]]:
+        """(prompt, completion) per completion; 422 naming the completions without a prompt (and the reverse)."""
+        prompts, completions = self.prompts or [], self.completions or []
+        if len(prompts) != len(completions):
+            unpaired = list(range(min(len(prompts), len(completions)), max(len(prompts), len(completions))))
+            what = "completion(s) have no prompt" if len(completions) > len(prompts) else "prompt(s) have no completion"
+            raise RequestError(422, f"item(s) {unpaired}: the {what}; send one prompt per completion "
+                                    f"({len(prompts)} prompts, {len(completions)} completions)", items=unpaired)
+        return list(zip(prompts, completions))
+
 
 class RewardRequest(RewardOptions):
-    """``POST /get_reward`` (OpenRLHF): ``{"query": [text, ...]}`` plus reward options; other keys (``prompts``,
-    ``labels``, ...) are ignored."""
+    """``POST /get_reward`` (OpenRLHF): ``{"query": [text, ...]}`` plus reward options, and OpenRLHF's ``prompts``
+    (one per query when given) and ``labels``; other keys are ignored."""
 
     model_config = ConfigDict(extra="ignore")
     EXPECTED: ClassVar[str] = '{"query": [text, ...]}'
     query: Texts
+    prompts: list[Any] | None = None
+    labels: Any = None
+
+    @model_validator(mode="after")
+    def _a_prompt_per_query(self):
+        if self.prompts is not None and len(self.prompts) != len(self.query):
+            raise PydanticCustomError("shape", "{prompts} prompts for {queries} queries; OpenRLHF sends one prompt "
+                                      "per query", {"prompts": len(self.prompts), "queries": len(self.query)})
+        return self
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class ClassifyRequest(RewardOptions):
+    """``POST /classify`` (vLLM's pooling API, as verl's reward loop calls it): ``{"model", "input": text or
+    [text, ...]}``, or vLLM's chat form ``{"model", "messages": [...]}`` (one conversation), plus reward options;
+    vLLM's other keys (``use_activation``, ...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    EXPECTED: ClassVar[str] = '{"model": name, "input": text or [text, ...]} or {"model": name, "messages": [...]}'
+    model: Any = None
+    input: Annotated[Texts, BeforeValidator(_one_or_many)] | None = None
+    messages: Annotated[list[Any], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_shape(self):
+        if (self.input is None) == (self.messages is None):
+            raise PydanticCustomError("shape", 'give "input" (texts) or "messages" (one conversation), not both')
+        return self
+
+    def items(self) -> list:
+        """The scoring inputs: the texts, or the one conversation."""
+        return self.input if self.input is not None else [self.messages]
 
 
 # pydantic's error types in the server's words: {key} the key, {item} the item index, {input} the value given and
@@ -126,6 +181,7 @@ WORDING = {
     "string_unicode": "key {input!r:.60} is not valid Unicode text (it holds a lone surrogate)",
     "too_many_items": "{msg}",
     "reward_options": "{msg}",
+    "shape": "{msg}",
 }
 
 

@@ -75,6 +75,7 @@ class ExportSpec:
     config: dict = field(default_factory=dict)
     files: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     offset: float = 0.0
+    labels: tuple[str, ...] = ("reward",)  # the name of each label (row of ``weight``), config.discorm_labels
 
 
 TIE_MODELS = {

@@ -106,4 +106,5 @@ class GaussianHead(RewardHead):
             weight = torch.cat([weight, self.variance.weight.detach().float()])
             config["discorm_variance_bias"] = float(self.variance.bias.detach())
         variance = {f"variance.{k}": v.detach().contiguous().float() for k, v in self.variance.state_dict().items()}
-        return ExportSpec(weight, config, {"discorm_head.safetensors": variance})
+        return ExportSpec(weight, config, {"discorm_head.safetensors": variance},
+                          labels=("reward", "variance_logit")[:num_labels])

@@ -256,10 +256,9 @@ class MultiObjectiveHead(RewardHead):
         if num_labels > 1:
             rows += list(weight)
             config["discorm_attribute_bias"] = bias.tolist()
-            config["id2label"] = {i: label for i, label in enumerate(["reward", *names])}
-            config["label2id"] = {label: i for i, label in enumerate(["reward", *names])}
         files = {}
         if self.distributional:
             files["discorm_head.safetensors"] = {
                 f"variance.{k}": v.detach().contiguous().float() for k, v in self.variance.state_dict().items()}
-        return ExportSpec(torch.stack(rows), config, files, offset=float(self.weights.float() @ bias))
+        return ExportSpec(torch.stack(rows), config, files, offset=float(self.weights.float() @ bias),
+                          labels=("reward", *names)[:num_labels])

@@ -1,0 +1,1 @@
+"""DiscoRM rewards in other libraries' training loops (``trl``: GRPO / RLOO reward functions)."""
