@@ -126,3 +126,20 @@ def test_quickstart_reaches_target_accuracy(smol_dir, tmp_path, example):
     assert results["eval_accuracy"] >= 0.80
     assert (tmp_path / "qs" / "eval" / "calibration.png").is_file()
     assert (tmp_path / "qs" / "training_loss.png").is_file()
+
+
+@pytest.mark.parametrize("example, target", [("listwise.yaml", 0.80), ("ties_strength.yaml", 0.80)])
+def test_listwise_and_ties_examples_print_best_of_k_accuracy(smol_dir, tmp_path, example, target):
+    """The examples as a user runs them (`discorm train`), on the built-in demo_ranked / demo_graded sets."""
+    done = subprocess.run([sys.executable, "-m", "discorm.cli", "train", str(REPO / "examples" / example),
+                           f"output_dir={tmp_path / 'run'}", "disable_tqdm=true"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("held-out best-of-K accuracy"))
+    assert float(line.split(":")[1].split()[0]) >= target, done.stdout
+    results = json.loads((tmp_path / "run" / "eval" / "eval_results.json").read_text())
+    listwise = results["sets"]["heldout"]["listwise"]
+    if example == "ties_strength.yaml":
+        assert listwise["ties"] > 0 and listwise["tie_accuracy"] is not None
+    else:
+        assert listwise["mean_k"] == 4 and listwise["kendall_tau"] > 0.3

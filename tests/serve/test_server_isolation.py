@@ -26,19 +26,19 @@ def model(tiny_llama, tmp_path_factory):
 def slow_scoring(monkeypatch):
     """Scoring that takes `delay["s"]` seconds per micro-batch (a loaded server, in the test only)."""
     delay = {"s": 1.0}
-    real = batching.score_ids
+    real = batching.score_sequences
 
     def slow(model, sequences, batch_size=8):
         time.sleep(delay["s"])
         return real(model, sequences, batch_size)
 
-    monkeypatch.setattr(batching, "score_ids", slow)
+    monkeypatch.setattr(batching, "score_sequences", slow)
     return delay
 
 
 def _poisoned(monkeypatch, model):
     """Scoring fails for any micro-batch holding the word 'poison' and gives nan for 'nanify' (test injection)."""
-    real = batching.score_ids
+    real = batching.score_sequences
 
     def scorer(m, sequences, batch_size=8):
         texts = [model.tokenizer.decode(s) for s in sequences]
@@ -50,7 +50,7 @@ def _poisoned(monkeypatch, model):
                 params[row] = float("nan")
         return params
 
-    monkeypatch.setattr(batching, "score_ids", scorer)
+    monkeypatch.setattr(batching, "score_sequences", scorer)
 
 
 def test_a_failing_micro_batch_is_retried_item_by_item(model, monkeypatch):

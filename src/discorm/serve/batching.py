@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from discorm.model.inference import score_ids, score_sequences
+from discorm.model.inference import score_sequences
 from discorm.serve.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class MicroBatcher:
 
     def _score_one(self, sequence: list[int]) -> torch.Tensor | str:
         try:
-            params = score_ids(self.model, [sequence], 1)[0]
+            params = score_sequences(self.model, [sequence], 1)[0]
         except Exception as err:  # noqa: BLE001 - the reason goes back to the one request holding the item
             self.metrics.item_failures.inc()
             return f"scoring failed ({type(err).__name__}: {str(err)[:200]})"
