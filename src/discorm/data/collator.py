@@ -105,6 +105,9 @@ def pad_sequences(seqs: list[list[int]], pad_token_id: int, padding_side: str = 
 
 @dataclass
 class PairwiseDataCollatorWithPadding:
+    """Padded batches: every pair as two sequences, prompt + chosen and prompt + rejected, then the rated
+    responses, padded to the longest ((2B + R, L)). The plain twin of :class:`PackedPairCollator`."""
+
     pad_token_id: int
     pad_to_multiple_of: int | None = None
     padding_side: str = "right"
@@ -122,6 +125,10 @@ class PairwiseDataCollatorWithPadding:
 
 @dataclass
 class PackedPairCollator:
+    """Packed batches: the pairs (and rated responses) of a batch in one row with no padding, each pair as one
+    block ``[prompt | chosen | rejected]`` with ``prefix_sharing`` (the prompt computed once) or as two
+    sequences without it; exact, the padded collator is its test oracle."""
+
     prefix_sharing: bool = True
 
     def __call__(self, features: list[dict]) -> PairBatch:

@@ -1,0 +1,112 @@
+"""Every shell command and Python snippet of the documentation that is marked runnable runs here, on a tiny
+random model standing in for the built-in default model; the ones marked skip are listed, skipped, with their
+reason (`pytest -rs` prints them). The marker convention is in tests/docs/snippets.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_tokenizer
+from tests.docs.snippets import all_snippets, is_fresh
+
+REPO = Path(__file__).resolve().parents[2]
+SNIPPETS = all_snippets()
+RUN_PAGES = list(dict.fromkeys(s.page for s in SNIPPETS if s.action in ("run", "file")))
+SKIPPED = [s for s in SNIPPETS if s.action == "skip"]
+TIMEOUT_S = 900
+
+
+def test_every_code_block_is_marked():
+    unmarked = [s.where for s in SNIPPETS if s.action is None]
+    assert not unmarked, ("code blocks without <!-- run -->, <!-- skip: REASON --> or <!-- file: NAME --> above "
+                          f"them: {unmarked}")
+    assert SKIPPED and RUN_PAGES
+
+
+@pytest.mark.parametrize("snippet", SKIPPED, ids=[s.where for s in SKIPPED])
+def test_skipped_snippet(snippet):
+    pytest.skip(f"{snippet.where}: {snippet.reason}")
+
+
+def _tiny_default_model(path: Path) -> None:
+    """A 4-block random Llama with the test tokenizer, where the built-in default model is cached (the quick
+    start trains its last 4 blocks)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = make_tokenizer(path)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    LlamaForCausalLM(config).save_pretrained(path)
+
+
+def _sample_files(work: Path) -> None:
+    """pairs.jsonl (explicit pairs) and rows.jsonl (prompt + response rows) from the built-in held-out pairs."""
+    from discorm.data.demo import BUILTIN
+
+    pairs = [row for row in BUILTIN["demo"]("test")][:24]
+    with open(work / "pairs.jsonl", "w") as f:
+        f.writelines(json.dumps(p) + "\n" for p in pairs)
+    with open(work / "rows.jsonl", "w") as f:
+        f.writelines(json.dumps({"prompt": p["prompt"], "response": p["chosen"]}) + "\n" for p in pairs[:8])
+
+
+def _env(home: Path) -> dict:
+    env = dict(os.environ, DISCORM_HOME=str(home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg", TOKENIZERS_PARALLELISM="false")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _run(snippet, work: Path, env: dict) -> None:
+    if snippet.action == "file":
+        (work / snippet.file).write_text(snippet.code)
+        return
+    if snippet.is_python:
+        script = work / f"snippet_{snippet.line}.py"
+        script.write_text(snippet.code)
+        command = [sys.executable, script.name]
+    else:
+        command = ["bash", "-euo", "pipefail", "-c", snippet.code]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    output = (done.stdout + done.stderr)[-4000:]
+    assert done.returncode == 0, f"{snippet.where} failed (exit {done.returncode}):\n{snippet.code}\n{output}"
+    print(f"{snippet.where}: ok in {time.perf_counter() - start:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def sandboxes(tmp_path_factory):
+    """{'fresh': a folder with examples/ and sample data, 'trained': the same after the quick start}, and the
+    DiscoRM home whose cached default model is the tiny one."""
+    root = tmp_path_factory.mktemp("docs_sandbox")
+    home = root / "home"
+    _tiny_default_model(home / "models" / "smollm2-135m-instruct")
+    fresh = root / "fresh"
+    shutil.copytree(REPO / "examples", fresh / "examples")
+    _sample_files(fresh)
+    trained = root / "trained"
+    shutil.copytree(fresh, trained)
+    done = subprocess.run(["discorm", "train", "examples/quickstart.yaml"], cwd=trained, env=_env(home),
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return {"fresh": fresh, "trained": trained, "home": home}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", RUN_PAGES)
+def test_page_snippets_run(page, sandboxes, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(sandboxes["fresh" if is_fresh(page) else "trained"], work, symlinks=True)
+    env = _env(sandboxes["home"])
+    for snippet in (s for s in SNIPPETS if s.page == page and s.action in ("run", "file")):
+        _run(snippet, work, env)
