@@ -5,7 +5,7 @@ The contract: label 0 is the head's mean reward (``logits[0] - config.discorm_re
 folded in, ``config.mean`` / ``config.std`` as OpenRLHF reads them); extra labels (``--num-labels``) are the
 head's own (a Gaussian's variance logit, per-attribute means); constants the bias-free score layer cannot hold
 live in ``config.discorm_*``; the pad token never occurs in rendered conversations, so the score is read at the
-last real token. README "Scoring, export, serving" lists every field.
+last real token. docs/using/scoring.md ("The label contract") lists every field.
 """
 
 from __future__ import annotations
