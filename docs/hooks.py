@@ -18,6 +18,7 @@ HELP_WIDTH = "100"
 
 
 def _subparser(parser: argparse.ArgumentParser, words: list[str]) -> argparse.ArgumentParser:
+    # argparse has no public way to reach a subcommand's parser: its _SubParsersAction holds them by name
     for word in words:
         actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         if not actions or word not in actions[0].choices:

@@ -46,15 +46,30 @@ def test_site_builds_strict(site):
         assert (site / page).is_file(), page
 
 
-def test_search_finds_every_key_command_head_and_reward_mode(site):
-    from discorm.config import reference_markdown
+def _shipped_heads() -> dict:
+    """The heads DiscoRM registers (a test module may register its own while the suite runs)."""
     from discorm.model.heads import HEADS
+
+    return {kind: head for kind, head in HEADS.items() if head.__module__.startswith("discorm.")}
+
+
+def _config_fields() -> list:
+    """(class, field) of every DiscoRM config key of the argument dataclasses (the rest of TrainingArguments is
+    documented by transformers)."""
+    from discorm.config import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
+
+    return [(cls, f) for cls in (ModelArguments, DataArguments, FinetuningArguments, TrainingArguments)
+            for f in fields(cls) if cls is not TrainingArguments or f.name in TrainingArguments.__annotations__]
+
+
+def test_search_finds_every_key_command_head_and_reward_mode(site):
     from discorm.model.rm_config import REWARD_MODES
 
     index = json.loads((site / "search" / "search_index.json").read_text())
     text = " ".join(doc["title"] + " " + doc["text"] for doc in index["docs"])
-    words = [*_keys(reference_markdown()), *HEADS, *REWARD_MODES, "train", "eval", "score", "export", "serve",
-             "preview", "pull", "keys", "env", "laplace", "ensemble", "listwise"]
+    options = [o.name for head in _shipped_heads().values() for o in head.options]
+    words = [*(f.name for _, f in _config_fields()), *options, *_shipped_heads(), *REWARD_MODES, "train", "eval",
+             "score", "export", "serve", "preview", "pull", "keys", "env", "laplace", "ensemble", "listwise"]
     missing = [word for word in words if word not in text]
     assert not missing, f"the site's search index lacks {missing}"
 
@@ -66,18 +81,11 @@ def _keys(markdown: str) -> list[str]:
 def test_configuration_page_documents_every_key():
     """The page is generated from the dataclasses and the head registry; it fails if the marker goes, and a key
     without help is undocumented."""
-    from discorm.config import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
-    from discorm.model.heads import HEADS
-
-    page = hooks.render((DOCS / "reference" / "configuration.md").read_text())
-    documented = set(_keys(page))
-    for cls in (ModelArguments, DataArguments, FinetuningArguments, TrainingArguments):
-        for f in fields(cls):
-            if cls is TrainingArguments and f.name not in TrainingArguments.__annotations__:
-                continue  # the transformers keys, documented by transformers
-            assert f.name in documented, f"the configuration reference lacks {cls.__name__}.{f.name}"
-            assert f.metadata.get("help", "").strip(), f"{cls.__name__}.{f.name} has no help text"
-    for kind, head in HEADS.items():
+    documented = set(_keys(hooks.render((DOCS / "reference" / "configuration.md").read_text())))
+    for cls, f in _config_fields():
+        assert f.name in documented, f"the configuration reference lacks {cls.__name__}.{f.name}"
+        assert f.metadata.get("help", "").strip(), f"{cls.__name__}.{f.name} has no help text"
+    for kind, head in _shipped_heads().items():
         for option in head.options:
             assert option.name in documented and option.help.strip(), f"head option {kind}.{option.name}"
 
