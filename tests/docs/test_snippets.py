@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -60,9 +61,17 @@ def _sample_files(work: Path) -> None:
         f.writelines(json.dumps({"prompt": p["prompt"], "response": p["chosen"]}) + "\n" for p in pairs[:8])
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _env(home: Path) -> dict:
+    """The snippets' environment: the tiny default model, no network, no GPU, and a free PORT for a server."""
     env = dict(os.environ, DISCORM_HOME=str(home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg", TOKENIZERS_PARALLELISM="false")
+               TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg", TOKENIZERS_PARALLELISM="false",
+               PORT=str(_free_port()))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
