@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -76,10 +77,11 @@ def _env(home: Path) -> dict:
     return env
 
 
-def _run(snippet, work: Path, env: dict) -> None:
+def _run(snippet, work: Path, env: dict) -> str:
+    """Run (or write) one snippet in ``work``; returns a line saying how long it took."""
     if snippet.action == "file":
         (work / snippet.file).write_text(snippet.code)
-        return
+        return f"{snippet.where}: written to {snippet.file}"
     if snippet.is_python:
         script = work / f"snippet_{snippet.line}.py"
         script.write_text(snippet.code)
@@ -90,47 +92,62 @@ def _run(snippet, work: Path, env: dict) -> None:
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     output = (done.stdout + done.stderr)[-4000:]
     assert done.returncode == 0, f"{snippet.where} failed (exit {done.returncode}):\n{snippet.code}\n{output}"
-    print(f"{snippet.where}: ok in {time.perf_counter() - start:.1f} s")
+    return f"{snippet.where}: ok in {time.perf_counter() - start:.1f} s"
 
 
-def _run_page(page: str, work: Path, env: dict) -> None:
-    for snippet in (s for s in SNIPPETS if s.page == page and s.action in ("run", "file")):
-        _run(snippet, work, env)
+def _run_page(page: str, work: Path, models: Path) -> tuple[list[str], AssertionError | None]:
+    """Run a page's snippets in order in ``work``, with a DiscoRM home of its own (its data cache) whose models
+    are the shared tiny ones; returns the log lines and the first failure."""
+    home = work.parent / f"{work.name}_home"
+    home.mkdir()
+    (home / "models").symlink_to(models)
+    env, lines = _env(home), []
+    try:
+        for snippet in (s for s in SNIPPETS if s.page == page and s.action in ("run", "file")):
+            lines.append(_run(snippet, work, env))
+    except (AssertionError, subprocess.TimeoutExpired) as failure:
+        return lines, AssertionError(str(failure))
+    return lines, None
 
 
 @pytest.fixture(scope="module")
-def sandboxes(tmp_path_factory):
-    """The DiscoRM home whose cached default model is the tiny one; 'fresh': a folder with examples/ and sample
-    data; the fresh pages run there first (their outcome in 'ran'), and the quick start's folder, holding
-    saves/quickstart, is 'trained', where the other pages start."""
+def outcomes(tmp_path_factory) -> dict:
+    """{page: (log lines, failure or None)} for every page with runnable snippets. The fresh pages run first, in a
+    folder with examples/ and sample data; the quick start leaves saves/quickstart there, and every other page
+    starts from a copy of that folder. Those pages run two at a time (each snippet is a process; most of their
+    time is spent in one thread)."""
     root = tmp_path_factory.mktemp("docs_sandbox")
-    home = root / "home"
-    _tiny_default_model(home / "models" / "smollm2-135m-instruct")
+    models = root / "models"
+    _tiny_default_model(models / "smollm2-135m-instruct")
     fresh = root / "fresh"
     shutil.copytree(REPO / "examples", fresh / "examples")
     _sample_files(fresh)
-    ran, trained = {}, None
+    results, trained = {}, None
     for page in (p for p in RUN_PAGES if is_fresh(p)):
         work = root / page.replace("/", "_")
         shutil.copytree(fresh, work)
-        try:
-            _run_page(page, work, _env(home))
-            ran[page] = None
-        except AssertionError as failure:
-            ran[page] = failure
+        results[page] = _run_page(page, work, models)
         if (work / "saves" / "quickstart" / "discorm_config.json").is_file():
             trained = work
-    return {"home": home, "ran": ran, "trained": trained}
+    others = [p for p in RUN_PAGES if p not in results]
+    if trained is None:
+        failure = AssertionError("no fresh page trained saves/quickstart (docs/getting-started.md)")
+        return {**results, **{page: ([], failure) for page in others}}
+
+    def run(page: str):
+        work = root / page.replace("/", "_")
+        shutil.copytree(trained, work, symlinks=True)
+        return _run_page(page, work, models)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results.update(zip(others, pool.map(run, others)))
+    return results
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", RUN_PAGES)
-def test_page_snippets_run(page, sandboxes, tmp_path):
-    if page in sandboxes["ran"]:  # run by the fixture, in a sandbox of its own
-        if sandboxes["ran"][page] is not None:
-            raise sandboxes["ran"][page]
-        return
-    assert sandboxes["trained"] is not None, "no fresh page trained saves/quickstart (docs/getting-started.md)"
-    work = tmp_path / "work"
-    shutil.copytree(sandboxes["trained"], work, symlinks=True)
-    _run_page(page, work, _env(sandboxes["home"]))
+def test_page_snippets_run(page, outcomes):
+    lines, failure = outcomes[page]
+    print("\n".join(lines))
+    if failure is not None:
+        raise failure
