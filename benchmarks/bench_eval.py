@@ -4,7 +4,7 @@
   prompt shared ([prompt | chosen | rejected]);
 - eval (padded): the plain twin: every prompt + response its own padded sequence, no gradient, length-sorted;
 - train step: one optimizer step of `PairwiseTrainer` (packed, prefix-shared; freeze tuning of the last blocks,
-  the README's HH setup), the first step not timed.
+  the HH setup of docs/evaluation.md), the first step not timed.
 
     python benchmarks/bench_eval.py                       # SmolLM2-135M, 64 HH pairs, cutoff 384, 2 rounds
 """

@@ -5,7 +5,7 @@ Same model, same token sequences (tokenized once by DiscoRM, handed to TRL pre-t
 batch size, same seed and data order, no gradient checkpointing. Every run is its own process (so peak memory is
 its own), and the modes alternate. Pairs/second are measured over the steps after warm-up.
 
-    python benchmarks/bench_throughput.py                      # CPU, fp32: the defaults of the README table
+    python benchmarks/bench_throughput.py                      # CPU, fp32: the defaults of the docs' table
     python benchmarks/bench_throughput.py --pairs 24 --rounds 1 --modes optimised trl
     python benchmarks/bench_throughput.py --device cuda        # GPU, bf16, a random 1B Llama, synthetic pairs
 

@@ -1,6 +1,6 @@
 import pytest
 
-from discorm.config import load_args, reference_markdown
+from discorm.config import load_args
 from discorm.errors import ConfigError
 from tests.conftest import REPO
 
@@ -55,14 +55,6 @@ def test_bad_number_and_yaml_syntax(tmp_path):
 
 def test_disco_shorthand_selects_gaussian():
     assert load_args({"disco": True})[3].head == "gaussian"
-
-
-def test_readme_documents_every_key():
-    readme = (REPO / "README.md").read_text()
-    for line in reference_markdown().splitlines():
-        if line.startswith("| `"):
-            key = line.split("`")[1]
-            assert f"`{key}`" in readme, f"README config reference lacks {key}"
 
 
 def test_trainer_engine_keys_from_yaml(tmp_path):

@@ -54,13 +54,15 @@ def _examples(train):
             for ex in train]
 
 
-@pytest.mark.parametrize("form", ["columns", "scores object"])
-@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".parquet", ".csv", "folder", "dataset_info"])
+FORMS = [(form, suffix) for form in ("columns", "scores object")
+         for suffix in (".jsonl", ".json", ".parquet", ".csv", "folder", "dataset_info")
+         if (form, suffix) != ("scores object", ".csv")]  # a CSV cell holds no object: see the test after this one
+
+
+@pytest.mark.parametrize(("form", "suffix"), FORMS)
 def test_multi_attribute_rows_load_in_every_format(tokenizer, tmp_path, form, suffix):
     rows = MULTI
     if form == "scores object":
-        if suffix == ".csv":
-            pytest.skip("a CSV cell holds no object: CSV files rate with one column per attribute")
         rows = [{"prompt": r["prompt"], "response": r["response"],
                  "scores": {k: r[k] for k in ("helpfulness", "correctness") if k in r}} for r in rows]
     reference, summaries = _load(tokenizer, tmp_path, str(_write(tmp_path, "ref.jsonl", MULTI)))
@@ -119,6 +121,15 @@ def test_pointwise_rows_load_for_the_regression_head(tokenizer, tmp_path, suffix
 def test_bad_rated_rows_name_file_row_and_fix(tokenizer, tmp_path, row, message):
     path = _write(tmp_path, "bad.jsonl", [MULTI[0], row])
     with pytest.raises(DataError, match=message):
+        _load(tokenizer, tmp_path, str(path))
+
+
+def test_a_scores_object_in_a_csv_cell_is_refused(tokenizer, tmp_path):
+    """CSV files rate with one column per attribute: a `scores` column (its cells are text) stops the load, naming
+    the row and the column, instead of being read as no ratings."""
+    path = tmp_path / "rated.csv"
+    path.write_text('prompt,response,scores\n"What is 2 + 2?",four,"{""helpfulness"": 4}"\n')
+    with pytest.raises(DataError, match=r"rated.csv.*column 'scores' should be dict, found"):
         _load(tokenizer, tmp_path, str(path))
 
 

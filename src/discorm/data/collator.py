@@ -158,6 +158,10 @@ def _labels(pairs: list[dict], lists: list[dict], rated: list[dict]) -> dict:
 
 @dataclass
 class PairwiseDataCollatorWithPadding:
+    """Padded batches: every pair as two sequences, prompt + chosen and prompt + rejected, then each list's K
+    responses and the rated responses, each prompt + response, padded to the longest ((S, L)). The plain twin of
+    :class:`PackedPairCollator`."""
+
     pad_token_id: int
     pad_to_multiple_of: int | None = None
     padding_side: str = "right"
@@ -172,8 +176,9 @@ class PairwiseDataCollatorWithPadding:
 
 @dataclass
 class PackedPairCollator:
-    """One row, no padding. With ``prefix_sharing`` every prompt is one block whose K response branches share it
-    (a pair's two, a list's K); without it every sequence is a block of its own, (start, 0, prompt + response)."""
+    """Packed batches: a batch in one row with no padding; exact, the padded collator is its test oracle. With
+    ``prefix_sharing`` every prompt is one block whose K response branches share it (a pair's two, a list's K: the
+    prompt computed once); without it every sequence is a block of its own, (start, 0, prompt + response)."""
 
     prefix_sharing: bool = True
 

@@ -50,6 +50,8 @@ WEIGHT_FILES = ("model*.safetensors", "model.safetensors.index.json", "adapter_m
 
 @dataclass
 class RewardModelOutput(ModelOutput):
+    """What ``RewardModel.forward`` returns: the reward per sequence and the head's parameters behind it."""
+
     scores: torch.Tensor | None = None  # (B,) the scalar reward per sequence (per `reward_mode`)
     head_params: torch.Tensor | None = None  # (B, K) the head's distribution parameters
     token_values: torch.Tensor | None = None  # (B, L) the head's mean at every token, when asked for

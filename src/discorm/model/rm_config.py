@@ -58,6 +58,10 @@ def check_reward_options(mode: str | None = None, alpha: float | None = None, k:
 
 @dataclass
 class RewardModelConfig:
+    """The typed description a model carries of itself, saved as ``discorm_config.json`` next to the weights:
+    the head and its saved options, pooling, template and cutoff, the reward mode, the temperature, the
+    normalisation and the epistemic uncertainty. Every reader (trainer, scoring, server, export) asks it."""
+
     head: str = "scalar"
     head_options: dict = field(default_factory=dict)  # the head's saved options (num_atoms, ...)
     pooling: str = "last"

@@ -8,7 +8,8 @@ head's own (a Gaussian's variance logit, per-attribute means), every label named
 ``id2label``; constants the bias-free score layer cannot hold live in ``config.discorm_*``; the pad token never
 occurs in rendered conversations, and the exported chat template ends a whole conversation at its final
 end-of-turn token, so a consumer that renders with it and pads reads the score where DiscoRM does.
-docs/using/rl.md says which consumer reads which label.
+docs/using/rl.md says which consumer reads which label; docs/using/scoring.md ("The label contract")
+lists every field.
 """
 
 from __future__ import annotations

@@ -41,6 +41,11 @@ def split_param_groups(optimizer: torch.optim.Optimizer, params, **options) -> N
 
 
 class PairwiseTrainer(Trainer):
+    """A ``transformers.Trainer`` for reward models: ``compute_loss`` is the head's pairwise (and rated) loss,
+    ``prediction_step`` returns the head's parameters for chosen and rejected; optimizers, schedulers, DDP, FSDP,
+    DeepSpeed, logging and checkpoints are the Trainer's own. ``finetuning_args`` give the loss options and
+    ``head_learning_rate``."""
+
     def __init__(self, *args, finetuning_args: FinetuningArguments | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         finetuning_args = finetuning_args or FinetuningArguments()
