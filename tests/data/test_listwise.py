@@ -147,3 +147,11 @@ def test_preview_shows_a_list_and_laplace_fits_on_its_comparisons(tiny_llama, tm
     assert "list 0: prompt" in out and "--- response 3 (rank level 2)" in out and "2 ranked lists" in out
     train, _, _ = build_datasets(DataArguments(dataset=str(data)), AutoTokenizer.from_pretrained(tiny_llama))
     assert len(ordered_pairs(train)) == 5 + 6  # [2, [0, 1], 3]: 5 ordered pairs; a strict ranking of 4: 6
+
+
+def test_a_list_labelled_by_votes_is_evaluated_by_net_wins():
+    from discorm.eval.sets import levels_from_votes
+
+    votes = [[0, 1, 2.0, 0.0, 1.0], [0, 2, 3.0, 0.0, 0.0], [1, 2, 1.0, 1.0, 1.0]]  # net wins 4, -1, -3
+    assert levels_from_votes(votes, 3) == [0, 1, 2]
+    assert levels_from_votes([[0, 1, 1.0, 0.0, 1.0]], 2) == [0, 0]
