@@ -7,7 +7,7 @@ Same model (smollm2-135m-instruct with a value head), same token sequences: prom
 tokens and completions of about --completion-tokens (random token ids), --groups prompts x G completions, the
 three scorers alternating over the rounds, fp32, no gradient. The scores of the three are checked equal (1e-4).
 
-    python benchmarks/bench_group_scoring.py                   # CPU: the table in benchmarks/README.md
+    python benchmarks/bench_group_scoring.py                   # CPU: the table in docs/benchmarks.md
     python benchmarks/bench_group_scoring.py --device cuda --groups 16
 """
 

@@ -11,7 +11,7 @@ the spread. Every number is on held-out pairs: Spearman(sigma-hat, sigma*) over 
 ECE of P(chosen > rejected) against the observed labels (tiny models, the real pipeline: ``run_rm``, packed
 batches, the head's all-pairs Thurstone likelihood for rankings, the binomial for votes).
 
-    python benchmarks/bench_identifiability.py                 # the table in benchmarks/README.md
+    python benchmarks/bench_identifiability.py                 # the table in docs/benchmarks.md
     python benchmarks/bench_identifiability.py --responses 1600 --seeds 1   # quick
 """
 
