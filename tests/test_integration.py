@@ -128,7 +128,7 @@ def test_quickstart_reaches_target_accuracy(smol_dir, tmp_path, example):
     assert (tmp_path / "qs" / "training_loss.png").is_file()
 
 
-@pytest.mark.parametrize("example, target", [("listwise.yaml", 0.80), ("ties_strength.yaml", 0.80)])
+@pytest.mark.parametrize("example, target", [("listwise.yaml", 0.80), ("ties_strength.yaml", 0.75)])
 def test_listwise_and_ties_examples_print_best_of_k_accuracy(smol_dir, tmp_path, example, target):
     """The examples as a user runs them (`discorm train`), on the built-in demo_ranked / demo_graded sets."""
     done = subprocess.run([sys.executable, "-m", "discorm.cli", "train", str(REPO / "examples" / example),

@@ -21,8 +21,8 @@ def _cmd_train(args) -> None:
 
     results = run_rm(*load_args(args.config, args.overrides))
     if "eval_best_of_k_accuracy" in results:
-        print(f"held-out best-of-K accuracy: {results['eval_best_of_k_accuracy']:.4f} ({results['eval_lists']} lists, "
-              f"mean K {results['eval_mean_k']:.1f})")
+        print(f"held-out best-of-K accuracy: {results['eval_best_of_k_accuracy']:.4f} ({results['eval_lists']} items, "
+              f"K = {results['eval_mean_k']:.1f} on average)")
         extras = [f"{label} {results[key]:.4f}" for key, label in (
             ("eval_kendall_tau", "Kendall tau"), ("eval_spearman", "Spearman"), ("eval_tie_accuracy", "tie accuracy"),
             ("eval_tie_ece", "P(tie) ECE")) if key in results]

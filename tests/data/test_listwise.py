@@ -155,3 +155,21 @@ def test_a_list_labelled_by_votes_is_evaluated_by_net_wins():
     votes = [[0, 1, 2.0, 0.0, 1.0], [0, 2, 3.0, 0.0, 0.0], [1, 2, 1.0, 1.0, 1.0]]  # net wins 4, -1, -3
     assert levels_from_votes(votes, 3) == [0, 1, 2]
     assert levels_from_votes([[0, 1, 1.0, 0.0, 1.0]], 2) == [0, 0]
+
+
+def test_pairs_with_ties_and_strengths_train_and_evaluate_as_lists_of_two(tiny_llama, tmp_path):
+    from discorm.data import demo
+
+    rows = demo.graded_rows("train")[:24]
+    assert any(r["strength"] == 0 for r in rows) and any(r["strength"] < 0 for r in rows)
+    train, heldout = _write(tmp_path / "t.jsonl", rows), _write(tmp_path / "h.jsonl", demo.graded_rows("test")[:12])
+    config = {"model_name_or_path": str(tiny_llama), "dataset": str(train), "eval_dataset": str(heldout),
+              "output_dir": str(tmp_path / "out"), "finetuning_type": "full", "per_device_train_batch_size": 4,
+              "cutoff_len": 64, "max_steps": 3, "save_strategy": "no", "disable_tqdm": True, "use_cpu": True,
+              "strength_scale": 3, "tie_model": "rao_kupper", "strength_loss": "scaled_bt"}
+    metrics = run_rm(*load_args(config))
+    results = json.loads((tmp_path / "out" / "eval" / "eval_results.json").read_text())["sets"]["heldout"]
+    ties = sum(r["strength"] == 0 for r in demo.graded_rows("test")[:12])
+    assert results["format"] == "listwise" and results["listwise"]["ties"] == ties > 0
+    assert results["listwise"]["tie_accuracy"] is not None and math.isfinite(metrics["eval_best_of_k_accuracy"])
+    assert results["length"]["chosen_longer"]["items"] + results["length"]["chosen_not_longer"]["items"] == 12 - ties

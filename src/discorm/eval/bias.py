@@ -14,8 +14,10 @@ from discorm.metrics import correlation
 
 
 def chosen_is_longer(lengths: list[np.ndarray], num_correct: list[int]) -> np.ndarray:
-    """Per item: the first chosen response is longer than every rejected one."""
-    return np.array([length[0] > length[n:].max() for length, n in zip(lengths, num_correct)], dtype=bool)
+    """Per item: the first chosen response is longer than every rejected one (False for an item with no rejected
+    response, a tie, which has no credit)."""
+    return np.array([n < len(length) and length[0] > length[n:].max() for length, n in zip(lengths, num_correct)],
+                    dtype=bool)
 
 
 def length_diagnostics(rewards: list[np.ndarray], lengths: list[np.ndarray], num_correct: list[int],
