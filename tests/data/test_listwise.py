@@ -173,3 +173,14 @@ def test_pairs_with_ties_and_strengths_train_and_evaluate_as_lists_of_two(tiny_l
     assert results["format"] == "listwise" and results["listwise"]["ties"] == ties > 0
     assert results["listwise"]["tie_accuracy"] is not None and math.isfinite(metrics["eval_best_of_k_accuracy"])
     assert results["length"]["chosen_longer"]["items"] + results["length"]["chosen_not_longer"]["items"] == 12 - ties
+
+
+def test_periodic_evaluation_of_lists_only_is_refused_naming_the_fix(tiny_llama, tmp_path):
+    from discorm.errors import ConfigError
+
+    data = _write(tmp_path / "lists.jsonl", [LIST, {**LIST, "prompt": "Again"}])
+    config = {"model_name_or_path": str(tiny_llama), "dataset": str(data), "eval_dataset": str(data),
+              "output_dir": str(tmp_path / "out"), "finetuning_type": "full", "max_steps": 1, "use_cpu": True,
+              "eval_strategy": "steps", "eval_steps": 1, "save_strategy": "no", "cutoff_len": 64}
+    with pytest.raises(ConfigError, match="Set eval_strategy: no, or add pairs to eval_dataset"):
+        run_rm(*load_args(config))

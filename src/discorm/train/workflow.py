@@ -28,7 +28,7 @@ from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPa
 from discorm.data.loader import demo_test_split, split_kinds, split_validation, tokenized_dataset
 from discorm.data.preview import preview
 from discorm.data.templates import Renderer
-from discorm.errors import TrainingError, TrainingInterrupted
+from discorm.errors import ConfigError, TrainingError, TrainingInterrupted
 from discorm.eval.runner import EvalOptions, flat_metrics, run_evaluation
 from discorm.files import replacing, write_json
 from discorm.metrics import pairwise_metrics, rating_metrics
@@ -186,12 +186,16 @@ def setup_trainer(model: RewardModel, data: RunData, data_args: DataArguments, t
     if data_args.group_by_length:
         training_args.train_sampling_strategy = "group_by_length"  # uses the tokenized `length` column
     stage_one = split_kinds(data.train)[1] if finetuning_args.combination == "learned" else data.train
-    pairs, rated = split_kinds(data.evaluation)
+    pairs, rated = split_kinds(data.evaluation)  # ranked lists are evaluated at the end, in RUN/eval
+    if data.evaluation is not None and pairs is None and rated is None and training_args.eval_strategy != "no":
+        raise ConfigError("the evaluation set holds only ranked lists, and the periodic evaluation (eval_strategy) "
+                          "reads pairs and rated responses; the lists are evaluated after training, in RUN/eval. "
+                          "Set eval_strategy: no, or add pairs to eval_dataset.")
     collator = make_collator(model, data_args, model.tokenizer)
     logger.info("batches: %s", type(collator).__name__)
     trainer = PairwiseTrainer(
         model=model, args=training_args, train_dataset=stage_one, data_collator=collator,
-        eval_dataset=data.evaluation if pairs is None or rated is None else {"pairs": pairs, "rated": rated},
+        eval_dataset=rated if pairs is None else pairs if rated is None else {"pairs": pairs, "rated": rated},
         compute_metrics=metrics_fn(model), finetuning_args=finetuning_args,
         callbacks=[JsonlLogCallback(), CompleteCheckpoints(training_args.save_total_limit), *(callbacks or [])])
     # Checkpoints are rotated once marked complete (train/checkpoints.py), and the best one is loaded by
