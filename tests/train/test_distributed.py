@@ -121,3 +121,23 @@ def test_two_processes_match_one_save_and_resume(engine, single, tiny_llama, pai
     for step in (5, 6, 7, 8):
         assert abs(resumed[step] - losses[step]) < 1e-5, (step, resumed[step], losses[step])
     torch.testing.assert_close(resumed_probe, probe, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ranking_loss", ["all_pairs", "plackett_luce"])
+def test_ranked_lists_train_the_same_on_two_processes(ranking_loss, tiny_llama, tmp_path):
+    """K = 3 lists (one block each) under DDP: half the steps per process, the losses of one process with the
+    same global batch."""
+    words = ["fox", "dog", "moon", "bees", "tea", "owls", "bread", "chess"]
+    rows = [{"prompt": f"{words[i % 8]} {words[(i * 3) % 8]}",
+             "responses": [f"no {words[(i + 1) % 8]} {i}", f"yes {words[(i * 5) % 8]}", f"maybe {i}"],
+             "ranking": [1, 2, 0]} for i in range(32)]
+    data = tmp_path / "lists.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    extra = {"head": "scalar", "ranking_loss": ranking_loss, "save_strategy": "no"}
+    losses, probe, meta = _train(tmp_path, "two", tiny_llama, data, 2, extra)
+    one_losses, one_probe, one_meta = _train(tmp_path, "one", tiny_llama, data, 1, extra)
+    assert meta["world_size"] == 2 and meta["max_steps"] == one_meta["max_steps"] == 8  # half the steps of 1x2
+    assert sorted(losses) == sorted(one_losses) == list(range(1, 9))
+    for step, loss in one_losses.items():
+        assert abs(losses[step] - loss) < 1e-5, (step, losses[step], loss)
+    torch.testing.assert_close(probe, one_probe, atol=1e-5, rtol=0)

@@ -179,3 +179,16 @@ def test_learned_tie_parameter_trains_and_saves(tiny_llama, tmp_path):
 
     loaded = RewardModel.from_pretrained(str(tmp_path))
     assert loaded.head.tie_model == "rao_kupper" and float(loaded.head.tie_value()) == pytest.approx(1.0)
+
+
+def test_an_ensemble_weighs_each_members_plackett_luce_by_its_own_bootstrap_weight():
+    torch.manual_seed(0)
+    head = with_uncertainty(lambda: build_head("scalar", 4), 4, "ensemble", 3, True)
+    params = head(torch.randn(3, 4)).detach()
+    levels = torch.tensor([1, 0, 2])
+    weights = head.pair_weights(["f:7"])[0]  # (3,) Poisson draws for this list
+    expected = torch.stack([m.plackett_luce(p, levels) * w for m, p, w in
+                            zip(head.members, head.split(params), weights)]).mean() / 2  # K - 1 = 2 units
+    loss = PairwiseLoss(head, ranking_loss="plackett_luce").batch_loss(
+        params, {"list_sizes": torch.tensor([3]), "list_levels": levels, "sources": ["f:7"]})
+    torch.testing.assert_close(loss, expected)

@@ -93,9 +93,8 @@ class PairwiseLoss:
             units = comparisons.units.sum()
         if self.ranking_loss == "plackett_luce":
             for params_l, levels, key in self.ranked_lists(params, pairs, lists, batch, keys):
-                weight = self.head.pair_weights([key])
-                nll = self.head.plackett_luce(params_l, levels)
-                total = total + (nll if weight is None else nll * weight.to(params).mean())
+                weight = self.head.pair_weights([key] if key else None)  # None, or (1, members)
+                total = total + self.head.plackett_luce(params_l, levels, None if weight is None else weight[0])
                 units = units + len(levels) - 1
         loss = total / units
         if comparisons is not None:

@@ -273,9 +273,11 @@ class RewardHead(nn.Module):
         loss = -torch.where(outcomes > 0, outcomes * log_p, torch.zeros_like(log_p)).sum(-1)
         return loss if weights is None else loss * weights.to(loss)
 
-    def plackett_luce(self, params: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    def plackett_luce(self, params: torch.Tensor, levels: torch.Tensor,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
         """The negative log-likelihood of one ranking of K responses (params (K, P), levels (K,), 0 best), a
-        scalar; ties share the denominator of their level (Breslow)."""
+        scalar; ties share the denominator of their level (Breslow). ``weights``: the list's weight (an
+        ensemble: one per member)."""
         raise NotImplementedError(f"the {self.kind} head has no Plackett-Luce likelihood")
 
     def pair_weights(self, keys: list[str] | None) -> torch.Tensor | None:

@@ -67,11 +67,12 @@ class ScalarHead(RewardHead):
         tie = upper + torch.log1p(-(loss - upper).exp().clamp_max(1 - 1e-7))
         return torch.stack([win, tie, loss], dim=-1)
 
-    def plackett_luce(self, params, levels):
+    def plackett_luce(self, params, levels, weights=None):
         rewards = params[:, 0]
         at_or_below = levels[None, :] >= levels[:, None]  # [i, j]: j is ranked at i's level or below
         denominators = torch.logsumexp(rewards[None, :].masked_fill(~at_or_below, -math.inf), dim=-1)
-        return (denominators - rewards).sum()
+        nll = (denominators - rewards).sum()
+        return nll if weights is None else nll * weights.to(nll).reshape(())
 
     def export_spec(self, num_labels):
         """The value layer is the score layer; a bias (imported heads) goes to config.discorm_reward_bias and not

@@ -137,8 +137,8 @@ class LaplaceHead(EpistemicHead):
     def outcome_loss(self, pa, pb, outcomes, margin=None, weights=None):
         return self.member.outcome_loss(self._m(pa), self._m(pb), outcomes, margin, weights)
 
-    def plackett_luce(self, params, levels):
-        return self.member.plackett_luce(self._m(params), levels)
+    def plackett_luce(self, params, levels, weights=None):
+        return self.member.plackett_luce(self._m(params), levels, weights)
 
     def regulariser(self, pc, pr, **loss_options):
         return self.member.regulariser(self._m(pc), self._m(pr), **loss_options)
@@ -298,8 +298,10 @@ class EnsembleHead(EpistemicHead):
         return torch.stack([m.outcome_loss(a, b, outcomes, margin, None if weights is None else weights[:, k])
                             for k, (m, a, b) in enumerate(zip(self.members, self.split(pa), self.split(pb)))]).mean(0)
 
-    def plackett_luce(self, params, levels):
-        return torch.stack([m.plackett_luce(p, levels) for m, p in zip(self.members, self.split(params))]).mean()
+    def plackett_luce(self, params, levels, weights=None):
+        """Each member's ranking NLL with its bootstrap weight (K,), averaged over the members."""
+        return torch.stack([m.plackett_luce(p, levels, None if weights is None else weights[k])
+                            for k, (m, p) in enumerate(zip(self.members, self.split(params)))]).mean()
 
     def regulariser(self, pc, pr, **loss_options):
         return torch.stack([m.regulariser(c, r, **loss_options)
