@@ -140,6 +140,21 @@ def test_score_cli(tiny_llama, tmp_path):
     assert 0 < out[0]["p_chosen"] < 1
 
 
+def test_score_cli_scores_ranked_lists_one_block_each(tiny_llama, tmp_path):
+    from discorm.cli import main
+
+    model = _trained_run(tiny_llama, tmp_path)
+    rows = [{"prompt": "Q", "responses": ["good answer", "bad", "meh"], "ranking": [0, 2, 1]},
+            {"prompt": "R", "responses": ["x", "y"]}]
+    (tmp_path / "lists.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["score", str(tmp_path / "run"), "--input", str(tmp_path / "lists.jsonl"),
+                 "--output", str(tmp_path / "out.jsonl")]) == 0
+    out = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    direct = model.score([{"prompt": "Q", "response": r} for r in rows[0]["responses"]])
+    assert [r["reward"] for r in out[0]["responses"]] == pytest.approx([d["reward"] for d in direct], abs=1e-5)
+    assert len(out[1]["responses"]) == 2
+
+
 @pytest.mark.parametrize("head", ["gaussian", "categorical"])
 def test_score_cli_takes_the_reward_mode_and_its_level_per_call(tiny_llama, tmp_path, head, capsys):
     from discorm.cli import main

@@ -1,28 +1,44 @@
-"""``discorm score``: a file of pairs (any format the data layer reads) or of single responses -> JSONL of rewards,
-each conversation encoded as training encodes it (``model/inference.py`` does the scoring). With a policy tokenizer,
-texts rendered by the policy's chat template are re-templated (``data/retemplate.py``)."""
+"""``discorm score``: a file of pairs (any format the data layer reads), of ranked lists or of single responses ->
+JSONL of rewards, each conversation encoded as training encodes it (``model/inference.py`` does the scoring).
+With a policy tokenizer, texts rendered by the policy's chat template are re-templated (``data/retemplate.py``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from discorm.data.formats import FormatSpec, SkipPair, detect_format, to_pair
+from discorm.data.formats import FormatSpec, SkipPair, detect_format, to_conversation, to_pair
 from discorm.data.loader import read_path
 from discorm.data.retemplate import Retemplater
 from discorm.data.tokenize import Encoder
 from discorm.errors import DataError
 from discorm.files import write_jsonl
-from discorm.model.inference import describe, score_pairs, score_sequences
+from discorm.model.inference import describe, score_groups, score_pairs, score_sequences
 from discorm.model.loading import load_policy_tokenizer
 from discorm.model.reward_model import RewardModel
 from discorm.model.rm_config import check_reward_options
 
 
+def _score_lists(model, encoder: Encoder, rows: list, batch_size: int, options: dict) -> list[dict]:
+    """Rows with ``prompt`` and ``responses`` (a label column is not needed) -> per list the records of its
+    responses, each list one block with its prompt computed once."""
+    groups = []
+    for where, row in rows:
+        responses = row["responses"]
+        if not isinstance(responses, list) or not responses:
+            raise DataError(f"{where}: 'responses' should be a non-empty list of responses to score, found "
+                            f"{str(responses)[:60]!r}.")
+        conversations = [to_conversation({"prompt": row.get("prompt", ""), "response": r}, where) for r in responses]
+        encoded = encoder.encode(conversations[0][0], [response for _, response in conversations], where)
+        groups.append({"prompt_ids": encoded.prompt_ids, "responses_ids": encoded.response_ids})
+    params = score_groups(model, groups, batch_size, show_progress=True)
+    return [{"index": i, "responses": describe(model, p, **options)} for i, p in enumerate(params)]
+
+
 def score_file(model_dir: str, input_path: str, output_path: str, batch_size: int = 8,
                reward_mode: str | None = None, reward_alpha: float | None = None,
                reward_k: float | None = None, policy_tokenizer: str | None = None) -> int:
-    """Score a file of pairs or of single responses (text, messages, prompt + response, TRL's prompt +
-    completion); writes JSONL."""
+    """Score a file of pairs, of ranked lists (prompt + responses: one record per list) or of single responses
+    (text, messages, prompt + response, TRL's prompt + completion); writes JSONL."""
     path = Path(input_path)
     if not path.exists():
         raise DataError(f"{input_path} does not exist; pass a .jsonl/.json/.parquet/.csv file of rows to score.")
@@ -49,6 +65,8 @@ def score_file(model_dir: str, input_path: str, output_path: str, batch_size: in
         prob = model.head.prob_pair(params[:, 0], params[:, 1], model.rm_config.temperature).tolist()
         records = [{"index": i, "chosen": c, "rejected": r, "p_chosen": p}
                    for i, (c, r, p) in enumerate(zip(chosen, rejected, prob))]
+    elif "responses" in columns:
+        records = _score_lists(model, encoder, rows, batch_size, options)
     else:
         reader, sequences = Retemplater(encoder, policy), []
         for where, row in rows:
