@@ -135,21 +135,14 @@ class PairwiseLoss:
     def list_comparisons(self, pairs: int, lists: list[int], batch: PairBatch, keys: list[str] | None):
         """Per list labelled by annotator votes, its counted comparisons; per ranked list under ``all_pairs``,
         every pair of responses once (the better one first, or a tie)."""
-        if not lists:
-            return []
-        start, found = 2 * pairs, []
-        levels = batch["list_levels"]
-        for number, size in enumerate(lists):
-            key = keys[pairs + number] if keys else None
-            level = levels[start - 2 * pairs : start - 2 * pairs + size]
-            if bool((level >= 0).all()) and self.ranking_loss != "plackett_luce":
-                i, j = torch.triu_indices(size, size, 1, device=level.device)
+        found = []
+        if self.ranking_loss != "plackett_luce":
+            for number, start, level in ranked_spans(pairs, lists, batch):
+                i, j = torch.triu_indices(len(level), len(level), 1, device=level.device)
                 outcomes = torch.stack([level[i] < level[j], level[i] == level[j], level[i] > level[j]], -1).float()
                 share = torch.full((len(i),), 1.0 / len(i) if self.list_weighting == "list" else 1.0)
-                found.append(Comparisons(start + i, start + j, outcomes, None, share, share,
-                                         None if key is None else [f"{key}#{a}>{b}" for a, b in zip(i.tolist(),
-                                                                                                     j.tolist())]))
-            start += size
+                found.append(Comparisons(start + i, start + j, outcomes, None, share, share, None if not keys else
+                                         [f"{keys[pairs + number]}#{a}>{b}" for a, b in zip(i.tolist(), j.tolist())]))
         if "list_votes" in batch:
             votes = batch["list_votes"]
             i, j = votes[:, 0].long() + 2 * pairs, votes[:, 1].long() + 2 * pairs
@@ -162,12 +155,18 @@ class PairwiseLoss:
 
     def ranked_lists(self, params, pairs: int, lists: list[int], batch: PairBatch, keys):
         """(params (K, P), levels (K,), key) of every ranked list, for the Plackett-Luce likelihood."""
-        start = 2 * pairs
-        for number, size in enumerate(lists):
-            level = batch["list_levels"][start - 2 * pairs : start - 2 * pairs + size]
-            if bool((level >= 0).all()):
-                yield params[start : start + size], level, keys[pairs + number] if keys else None
-            start += size
+        for number, start, level in ranked_spans(pairs, lists, batch):
+            yield params[start : start + len(level)], level, keys[pairs + number] if keys else None
+
+
+def ranked_spans(pairs: int, lists: list[int], batch: PairBatch):
+    """(list number, its first score's index, its levels (K,)) of every list labelled by a ranking (not votes)."""
+    start = 2 * pairs
+    for number, size in enumerate(lists):
+        level = batch["list_levels"][start - 2 * pairs : start - 2 * pairs + size]
+        if bool((level >= 0).all()):
+            yield number, start, level
+        start += size
 
 
 def ordered_rewards(head: RewardHead, params: torch.Tensor, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,16 +175,12 @@ def ordered_rewards(head: RewardHead, params: torch.Tensor, batch: PairBatch) ->
     pairs, lists, _ = split_scores(params, batch)
     rewards = head.mean(params)
     better, worse = [rewards[:pairs]], [rewards[pairs : 2 * pairs]]
-    start = 2 * pairs
-    for size in lists:
-        level = batch["list_levels"][start - 2 * pairs : start - 2 * pairs + size]
-        if bool((level >= 0).all()):
-            i, j = torch.triu_indices(size, size, 1, device=level.device)
-            i, j = i[level[i] != level[j]], j[level[i] != level[j]]
-            first_better = level[i] < level[j]
-            better.append(rewards[start + torch.where(first_better, i, j)])
-            worse.append(rewards[start + torch.where(first_better, j, i)])
-        start += size
+    for _, start, level in ranked_spans(pairs, lists, batch):
+        i, j = torch.triu_indices(len(level), len(level), 1, device=level.device)
+        i, j = i[level[i] != level[j]], j[level[i] != level[j]]
+        first_better = level[i] < level[j]
+        better.append(rewards[start + torch.where(first_better, i, j)])
+        worse.append(rewards[start + torch.where(first_better, j, i)])
     return torch.cat(better), torch.cat(worse)
 
 
