@@ -24,10 +24,16 @@ def smol_dir():
 
 
 @pytest.fixture(scope="module")
-def hh_slices(tmp_path_factory):
+def hh_file():
+    """The shared HH-RLHF pairs, read by path; a clone without ../shared beside it skips, saying so."""
     if not HH_FILE.is_file():
-        pytest.skip(f"{HH_FILE} is not present")
-    lines = HH_FILE.read_text().splitlines()
+        pytest.skip(f"{HH_FILE} is not present (the shared data folder lies beside the repository, not in it)")
+    return HH_FILE
+
+
+@pytest.fixture(scope="module")
+def hh_slices(tmp_path_factory, hh_file):
+    lines = hh_file.read_text().splitlines()
     folder = tmp_path_factory.mktemp("hh")
     (folder / "train.jsonl").write_text("\n".join(lines[:64]) + "\n")
     (folder / "eval.jsonl").write_text("\n".join(lines[64:128]) + "\n")
@@ -61,15 +67,15 @@ def test_gguf_conversion_matches_the_gguf_model(tmp_path, monkeypatch):
         torch.testing.assert_close(model(ids).last_hidden_state, reference(ids).last_hidden_state)
 
 
-def test_hh_file_loads_with_the_chat_template(smol_dir):
+def test_hh_file_loads_with_the_chat_template(smol_dir, hh_file):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smol_dir)
-    args = DataArguments(dataset=str(HH_FILE), cutoff_len=512)
+    args = DataArguments(dataset=str(hh_file), cutoff_len=512)
     train, _, summaries = build_datasets(args, tokenizer)
     from discorm.train.workflow import tokenize
 
-    _, stats = tokenize(str(HH_FILE), args, tokenizer)
+    _, stats = tokenize(str(hh_file), args, tokenizer)
     assert stats.read == 1500 and stats.kept == len(train) > 1400
     assert stats.kept + sum(stats.dropped.values()) == 1500
     assert "1500 pairs read" in summaries[0]
@@ -78,11 +84,11 @@ def test_hh_file_loads_with_the_chat_template(smol_dir):
     assert train[0]["chosen_ids"][-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
 
 
-def test_preview_on_the_hh_file(smol_dir, tmp_path, capsys):
+def test_preview_on_the_hh_file(smol_dir, hh_file, tmp_path, capsys):
     from discorm.cli import main
 
     config = tmp_path / "c.yaml"
-    config.write_text(f"dataset: {HH_FILE}\ncutoff_len: 512\n")
+    config.write_text(f"dataset: {hh_file}\ncutoff_len: 512\n")
     assert main(["data", "preview", str(config), "--n", "2"]) == 0
     out = capsys.readouterr().out
     assert "pair 1: prompt" in out and "1500 pairs read" in out
