@@ -5,11 +5,12 @@ model's own), and a model (a run directory, or a tiny random model built on the 
 must be refused at start. Phase 1: N good clients send /score requests back to back for --seconds.
 Phase 2: the same good clients, interleaved with faulty ones for another --seconds: malformed JSON, oversized
 bodies, bad items, unknown keys, bad reward options, a wrong API key, completions without a prompt, no
-completions, an empty completion, policy texts that cannot be parsed, an empty /classify input, slow clients (a
-body trickling in, a byte at a time) and clients that disconnect mid-request, one of each kind, all in a separate
-process (so that their own work does not hold the server's interpreter lock). Prints good-request throughput and
-p50/p99 latency for both phases, what the faulty requests got, and the number of good requests that failed and of
-faulty requests answered otherwise than expected, which must both be 0.
+completions, an empty completion, policy texts that cannot be parsed, an empty /classify input, a JSON body sent as
+text/plain, a Host that is not the loopback's (DNS rebinding), a chat of a system turn only, a chat that ends with
+the user's turn, slow clients (a body trickling in, a byte at a time) and clients that disconnect mid-request, one
+of each kind, all in a separate process (so that their own work does not hold the server's interpreter lock).
+Prints good-request throughput and p50/p99 latency for both phases, what the faulty requests got, and the number
+of good requests that failed and of faulty requests answered otherwise than expected, which must both be 0.
 
     python benchmarks/bench_serve.py                       # tiny model, 8 good clients, 3 rounds of 2 x 10 s
     python benchmarks/bench_serve.py --model saves/quickstart --clients 4 --seconds 20 --rounds 2
@@ -57,6 +58,12 @@ FAULTS = {  # kind -> (route, httpx request arguments, the status it must get)
                                     "headers": KEY}, 422),
     "unparseable": ("/get_reward", {"json": {"query": ["not rendered by any chat template"]}, "headers": KEY}, 422),
     "empty-classify": ("/classify", {"json": {"model": "rm", "input": []}, "headers": KEY}, 422),
+    "text-plain": ("/score", {"content": json.dumps(REQUEST).encode(),
+                              "headers": {**KEY, "content-type": "text/plain"}}, 415),
+    "bad-host": ("/score", {"json": REQUEST, "headers": {**KEY, "host": "rebound.example"}}, 421),
+    "system-only": ("/score", {"json": [[{"role": "system", "content": "Be brief."}]], "headers": KEY}, 422),
+    "user-last": ("/score", {"json": [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                                       {"role": "user", "content": "And owls?"}]], "headers": KEY}, 422),
 }
 RAW_FAULTS = {"slow": 408, "disconnecting": "disconnected"}  # on a raw socket
 
@@ -128,9 +135,9 @@ def _readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
-def _post(body: bytes, length: int | None = None) -> bytes:
-    return (f"POST /score HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nX-API-Key: {API_KEY}\r\n"
-            f"Content-Length: {len(body) if length is None else length}\r\n\r\n").encode()
+def _post(port: int, body: bytes) -> bytes:
+    return (f"POST /score HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"X-API-Key: {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
 
 
 def fault_client(kind: str, url: str, port: int, deadline: float, outcomes: Counter) -> None:
@@ -142,10 +149,10 @@ def fault_client(kind: str, url: str, port: int, deadline: float, outcomes: Coun
                     route, request, _ = FAULTS[kind]
                     result = session.post(route, **request).status_code
                 elif kind == "slow":  # a body that never finishes arriving in time
-                    result = _raw(port, _post(good), good, trickle_s=0.5)
+                    result = _raw(port, _post(port, good), good, trickle_s=0.5)
                 else:  # disconnecting: half a body, then gone; and a whole request, gone before the answer
-                    _raw(port, _post(good), good[: len(good) // 2], close_early=True)
-                    result = _raw(port, _post(good), good, close_early=True)
+                    _raw(port, _post(port, good), good[: len(good) // 2], close_early=True)
+                    result = _raw(port, _post(port, good), good, close_early=True)
             except (httpx.HTTPError, OSError) as err:
                 result = type(err).__name__
             outcomes[f"{kind} -> {result}"] += 1

@@ -287,7 +287,7 @@ def client(run_dir):
     from discorm.serve.server import create_app
 
     app = create_app(RewardModel.from_pretrained(run_dir), max_items=8, max_body_bytes=20_000, api_key="k")
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url="http://127.0.0.1") as test_client:
         yield test_client
 
 

@@ -134,7 +134,7 @@ def client(tiny_llama, tmp_path_factory):
     from discorm.serve.server import create_app
 
     model = served_model(tiny_llama, tmp_path_factory.mktemp("property") / "run")
-    with TestClient(create_app(model, max_items=8, max_body_bytes=20_000)) as test_client:
+    with TestClient(create_app(model, max_items=8, max_body_bytes=20_000), base_url="http://127.0.0.1") as test_client:
         yield test_client
 
 

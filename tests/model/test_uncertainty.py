@@ -264,7 +264,7 @@ def test_server_reports_spreads_in_extra_logs(tiny_llama, tmp_path):
 
     run = _train_run(tiny_llama, tmp_path, "run", uncertainty="ensemble", ensemble_size=3)
     model = RewardModel.from_pretrained(run)
-    with TestClient(create_app(model)) as client:
+    with TestClient(create_app(model), base_url="http://127.0.0.1") as client:
         texts = [model.tokenizer.apply_chat_template(chat, tokenize=False) for chat in CHATS]
         answer = client.post("/get_reward", json={"query": texts, "reward_mode": "min"}).json()
         assert set(answer["extra_logs"]) == {"mean", "sigma", "sigma_aleatoric", "sigma_epistemic", "quantile_0.1"}

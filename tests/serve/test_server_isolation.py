@@ -122,8 +122,8 @@ def test_request_deadline(model, slow_scoring):
         assert late.headers["retry-after"] == "1"
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as sock:  # a client that stops sending its body
-            sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 100\r\n\r\n[{\"prompt\"")
+            sock.sendall(f"POST /score HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                         "Content-Length: 100\r\n\r\n[{\"prompt\"".encode())
             sock.settimeout(10)
             reply = b""
             while b"}" not in reply and (chunk := sock.recv(4096)):

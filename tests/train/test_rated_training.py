@@ -167,7 +167,7 @@ def test_server_reports_attributes_and_normalised_rewards(trained_run):
     model = RewardModel.from_pretrained(run / "run").eval()
     items = _training_responses(run)[:3]
     expected = model.score(items)
-    with TestClient(create_app(model)) as client:
+    with TestClient(create_app(model), base_url="http://127.0.0.1") as client:
         body = client.post("/score", json=items).json()
     assert body["rewards"] == pytest.approx([r["reward"] for r in expected], abs=1e-5)
     assert body["attributes"][1]["a"] == pytest.approx(expected[1]["attributes"]["a"], abs=1e-5)

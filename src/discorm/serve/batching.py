@@ -4,7 +4,9 @@ Concurrent requests put their (already validated) token sequences in one queue; 
 ``max_batch_size`` items, waiting at most ``max_wait_ms`` for more, and scores them in one thread. When a
 micro-batch fails (an exception, or a non-finite score), its items are scored again one by one, so only the
 requests holding a bad item fail, each naming its bad items. The queue is bounded in items: a request that does
-not fit is refused at once (the server answers 503), never queued without limit.
+not fit is refused at once (the server answers 503), never queued without limit. A request that stops waiting
+(its client went away, or its deadline passed) cancels its future: its items leave the queue's count at once and
+are never scored; a micro-batch already on the model runs to its end.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class ItemsFailed(Exception):
 class _Job:
     sequences: list[list[int]]
     future: asyncio.Future
+    taken: bool = False  # by the worker: its items are counted until the micro-batch is answered
 
 
 class MicroBatcher:
@@ -62,8 +65,14 @@ class MicroBatcher:
             raise QueueFull(f"{self.pending_items} items are waiting (limit {self.max_queue_items})")
         job = _Job(sequences, asyncio.get_running_loop().create_future())
         self.pending_items += len(sequences)
+        job.future.add_done_callback(lambda _: self._dropped(job))
         self.queue.put_nowait(job)
         return job.future
+
+    def _dropped(self, job: _Job) -> None:
+        """A future cancelled while its job waits in the queue: its items no longer count (the worker skips it)."""
+        if job.future.cancelled() and not job.taken:
+            self.pending_items -= len(job.sequences)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run())
@@ -74,14 +83,23 @@ class MicroBatcher:
             await asyncio.gather(self.task, return_exceptions=True)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _next_jobs(self) -> list[_Job]:
+    async def _next_live_job(self, deadline: float | None = None) -> _Job:
+        """The next job whose request still waits, taken by the worker; cancelled ones are dropped on the way.
+        TimeoutError when none comes before ``deadline`` (the event loop's clock)."""
         loop = asyncio.get_running_loop()
-        jobs = [await self.queue.get()]
+        while True:
+            job = await asyncio.wait_for(self.queue.get(), None if deadline is None else deadline - loop.time())
+            if not job.future.done():
+                job.taken = True
+                return job
+
+    async def _next_jobs(self) -> list[_Job]:
+        jobs = [await self._next_live_job()]
         size = len(jobs[0].sequences)
-        deadline = loop.time() + self.max_wait
-        while size < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
+        deadline = asyncio.get_running_loop().time() + self.max_wait
+        while size < self.max_batch_size:
             try:
-                job = await asyncio.wait_for(self.queue.get(), remaining)
+                job = await self._next_live_job(deadline)
             except asyncio.TimeoutError:
                 break
             jobs.append(job)
@@ -92,12 +110,10 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             jobs = await self._next_jobs()
-            live = [job for job in jobs if not job.future.done()]  # timed-out requests are dropped unscored
             try:
-                if live:
-                    sequences = [s for job in live for s in job.sequences]
-                    results = await loop.run_in_executor(self.executor, self.score_isolated, sequences)
-                    self._answer(live, results)
+                sequences = [s for job in jobs for s in job.sequences]
+                results = await loop.run_in_executor(self.executor, self.score_isolated, sequences)
+                self._answer(jobs, results)
             finally:
                 self.pending_items -= sum(len(job.sequences) for job in jobs)
 

@@ -11,10 +11,19 @@
   with the model's own template (``data/retemplate.py``); without one, texts are scored as given.
 - ``GET /health`` (open to all) and ``GET /metrics`` (Prometheus); with an API key every other route needs it.
 
+Who may call it: a POST body must be sent as ``Content-Type: application/json``, a type a web page cannot send to
+another origin without the browser asking first (a CORS preflight, which this server does not answer). On a
+loopback address every request's ``Host`` must name the loopback (``localhost``, ``127.0.0.1``, ``[::1]``) and the
+server's port, so a web page whose own domain name was re-pointed at 127.0.0.1 (DNS rebinding) gets nothing. Any
+other address needs an API key, which a web page does not have; clients reach such a server by any name, so its
+``Host`` is not checked.
+
 Refusals are JSON ``{"error", "items"?}``: 400 malformed JSON, 401 missing or wrong API key, 408 the body did
-not arrive within the deadline, 413 body or item count over the limit, 422 a bad shape, reward option or item (all
-bad items by index), 503 + ``Retry-After`` queue full or not scored within the deadline, 500 a server bug (logged;
-serving goes on). Shutdown (SIGTERM / Ctrl-C) finishes the requests in flight.
+not arrive within the deadline, 413 body or item count over the limit, 415 a body not sent as JSON, 421 a
+``Host`` that does not name the loopback server, 422 a bad shape, reward option or item (all bad items by index;
+a conversation must end with the assistant's response), 503 + ``Retry-After`` queue full or not scored within
+the deadline, 500 a server bug (logged; serving goes on). A request whose client disconnects, or whose deadline
+passes, leaves the queue unscored. Shutdown (SIGTERM / Ctrl-C) finishes the requests in flight.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the annotations of routes and dependencies at run time.
@@ -29,6 +38,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import Annotated
 
 from discorm.errors import ConfigError, DiscoRMError
@@ -57,6 +67,7 @@ from discorm.serve.validation import (
     RewardOptions,
     RewardRequest,
     ScoreRequest,
+    check_response,
     encode_items,
     parse_body,
     read_body,
@@ -78,8 +89,9 @@ class Server:
     reader: Retemplater  # the model's Encoder, reading texts in the policy's format when there is one
     batcher: MicroBatcher
     metrics: ServerMetrics
-    name: str
+    name: str | None  # the model's folder name, never a path
     api_key: str | None
+    hosts: frozenset[str] | None  # the names a request's Host may give (with the server's port); None: any
     max_items: int
     max_body_bytes: int
     max_queue_items: int
@@ -100,6 +112,36 @@ async def request_deadline(server: ServerDep) -> float:
 
 
 Deadline = Annotated[float, Depends(request_deadline)]
+
+
+async def check_host(request: Request, server: ServerDep) -> None:
+    """421 unless the ``Host`` header names one of the server's names and the port it serves on (see the module
+    docstring). Starlette's TrustedHostMiddleware ignores the port and answers in plain text, hence this one."""
+    if server.hosts is None:
+        return
+    given = request.headers.get("host", "")
+    name, port = split_host(given)
+    served = request.scope.get("server")
+    if name not in server.hosts or (served and served[1] is not None and port != served[1]):
+        where = f":{served[1]}" if served and served[1] is not None else ""
+        raise RequestError(421, f"the Host header {given[:80]!r} does not name this loopback server; connect to "
+                                f"http://127.0.0.1{where} (or localhost{where}). To reach the server under another "
+                                "name, bind it to that address (--host) with an API key.")
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """A Host header -> (lower-case name, port: 80 when none is given; None when it is not a port)."""
+    if value.startswith("["):  # an IPv6 address, [::1]:8000
+        name, _, rest = value[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            return name.lower(), None
+        port = rest[1:]
+    else:
+        name, _, port = value.partition(":")
+    if not port:
+        return name.lower(), 80
+    return name.lower(), int(port) if port.isdigit() else None
+
 
 bearer_key = HTTPBearer(auto_error=False)
 header_key = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -125,6 +167,10 @@ class JSONBody:
         self.schema = schema
 
     async def __call__(self, request: Request, server: ServerDep, deadline: Deadline) -> RewardOptions:
+        content_type = request.headers.get("content-type", "")
+        if content_type.partition(";")[0].strip().lower() != "application/json":
+            raise RequestError(415, f"the body must be JSON sent with the header `Content-Type: application/json` "
+                                    f"(found {content_type[:60] or 'none'!r})")
         try:
             body = await asyncio.wait_for(read_body(request, server.max_body_bytes),
                                           deadline - asyncio.get_running_loop().time())
@@ -133,25 +179,59 @@ class JSONBody:
         return parse_body(self.schema, body, server.model.head, server.max_items)
 
 
-async def score_sequences(server: Server, sequences: list[list[int]], options: dict, deadline: float) -> list[dict]:
+def encode_inputs(server: Server, items: list) -> list[list[int]]:
+    """Scoring inputs -> token sequences; 422 naming every bad item, a conversation without a response among them."""
+    return encode_items(items, lambda item, where: server.reader.encode_item(check_response(item, where), where))
+
+
+def encode_pairs(server: Server, pairs: list[tuple]) -> list[list[int]]:
+    """TRL's (prompt, completion) pairs -> token sequences; a completion given as messages must end with the
+    assistant's turn (an empty or missing one is named by the reader)."""
+    def encode(pair: tuple, where: str) -> list[int]:
+        prompt, completion = pair
+        if completion:
+            check_response({"prompt": [], "response": completion}, where)
+        return server.reader.encode_joined(prompt, completion, where)
+
+    return encode_items(pairs, encode)
+
+
+async def score_sequences(server: Server, request: Request, sequences: list[list[int]], options: dict,
+                          deadline: float) -> list[dict]:
     """Queue the sequences, wait for their head params until the deadline and describe them with ``options``."""
-    return described(server, await head_params(server, sequences, deadline), options)
+    return described(server, await head_params(server, request, sequences, deadline), options)
 
 
-async def head_params(server: Server, sequences: list[list[int]], deadline: float):
-    """Queue the sequences and wait for their head params (N, K) until the deadline."""
+async def head_params(server: Server, request: Request, sequences: list[list[int]], deadline: float):
+    """Queue the sequences and wait for their head params (N, K) until the deadline, while the client is there:
+    when it disconnects or the deadline passes, the queued work is cancelled, never scored."""
     try:
         future = server.batcher.submit(sequences)
     except QueueFull as err:
         raise RequestError(503, f"the server is busy ({err}); retry in {RETRY_AFTER_S} s", headers=BUSY) from None
+    gone = asyncio.ensure_future(client_gone(request))
     try:
-        params = await asyncio.wait_for(future, deadline - asyncio.get_running_loop().time())
-    except asyncio.TimeoutError:
+        await asyncio.wait({future, gone}, timeout=deadline - asyncio.get_running_loop().time(),
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not future.done():  # the client went away, the deadline passed or this request was cancelled
+            future.cancel()
+    if future.cancelled():
+        if gone.done() and not gone.cancelled():
+            raise RequestError(499, "the client disconnected before its items were scored")
         raise RequestError(503, f"not scored within {server.request_timeout_s} s; the server is busy",
-                           headers=BUSY) from None
+                           headers=BUSY)
+    try:
+        return future.result()
     except ItemsFailed as err:
         raise RequestError(422, str(err), items=sorted(err.failures)) from None
-    return params
+
+
+async def client_gone(request: Request) -> None:
+    """Returns once the client disconnects: the body has been read, so the next ASGI message is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def described(server: Server, params, options: dict) -> list[dict]:
@@ -183,15 +263,12 @@ async def prometheus_metrics(request: Request, server: ServerDep) -> Response:
 
 
 @router.post("/score", dependencies=KEYED)
-async def score(body: Annotated[ScoreRequest, Depends(JSONBody(ScoreRequest))], server: ServerDep,
-                deadline: Deadline):
+async def score(body: Annotated[ScoreRequest, Depends(JSONBody(ScoreRequest))], request: Request,
+                server: ServerDep, deadline: Deadline):
     """Rewards of the inputs (texts, chat messages, ``{"prompt", "response"}``) or of TRL's prompts + completions,
     with the request's reward options."""
-    if body.inputs is not None:
-        sequences = encode_items(body.inputs, server.reader.encode_item)
-    else:
-        sequences = encode_items(body.pairs(), lambda pair, where: server.reader.encode_joined(*pair, where))
-    records = await score_sequences(server, sequences, body.options(), deadline)
+    sequences = encode_inputs(server, body.inputs) if body.inputs is not None else encode_pairs(server, body.pairs())
+    records = await score_sequences(server, request, sequences, body.options(), deadline)
     answer = {"rewards": [r["reward"] for r in records], "reward_mode": records[0]["reward_mode"]}
     for key in records[0].keys() - {"reward", "reward_mode"}:  # "means", "sigmas", "sigmas_epistemic", ...
         answer[plural(key)] = [r[key] for r in records]
@@ -209,14 +286,14 @@ def plural(key: str) -> str:
 
 
 @router.post("/get_reward", dependencies=KEYED)
-async def get_reward(body: Annotated[RewardRequest, Depends(JSONBody(RewardRequest))], server: ServerDep,
-                     deadline: Deadline):
+async def get_reward(body: Annotated[RewardRequest, Depends(JSONBody(RewardRequest))], request: Request,
+                     server: ServerDep, deadline: Deadline):
     """OpenRLHF's remote reward model: rewards of rendered conversations (prompt + response; ``prompts`` and
     ``labels`` are accepted and not needed). For a distributional head or one with epistemic uncertainty,
     ``extra_logs`` holds per query the ``mean``, the spreads (``sigma``, ``sigma_aleatoric``, ``sigma_epistemic``)
     and, for a distributional head, the quantile at the request's ``reward_alpha`` (``quantile_<alpha>``)."""
-    sequences = encode_items(body.query, server.reader.encode_item)
-    params = await head_params(server, sequences, deadline)
+    sequences = encode_inputs(server, body.query)
+    params = await head_params(server, request, sequences, deadline)
     records = described(server, params, body.options())
     rewards = [r["reward"] for r in records]
     answer = {"rewards": rewards, "scores": rewards}
@@ -232,12 +309,12 @@ async def get_reward(body: Annotated[RewardRequest, Depends(JSONBody(RewardReque
 
 
 @router.post("/classify", dependencies=KEYED)
-async def classify(body: Annotated[ClassifyRequest, Depends(JSONBody(ClassifyRequest))], server: ServerDep,
-                   deadline: Deadline):
+async def classify(body: Annotated[ClassifyRequest, Depends(JSONBody(ClassifyRequest))], request: Request,
+                   server: ServerDep, deadline: Deadline):
     """vLLM's pooling API as verl's reward loop reads it (``data[i].probs[-1]``): per input ``probs`` = [reward] for
     a scalar head, [mean, sigma, reward] for a distributional one; the reward by the request's reward options."""
-    sequences = encode_items(body.items(), server.reader.encode_item)
-    records = await score_sequences(server, sequences, body.options(), deadline)
+    sequences = encode_inputs(server, body.items())
+    records = await score_sequences(server, request, sequences, body.options(), deadline)
     spread = server.model.head.distributional
     data = [{"index": i, "object": "classification", "label": "reward", "num_classes": 3 if spread else 1,
              "probs": [r["mean"], r["sigma"], r["reward"]] if spread else [r["reward"]]}
@@ -282,22 +359,48 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def check_access(host: str, api_key: str | None, key_source: str = "api_key") -> None:
+    """Who may reach the server: a key must be sendable (not blank, no whitespace at its ends: a header cannot
+    carry that), and a host other than a loopback address needs one."""
+    if api_key is not None and (not api_key.strip() or api_key != api_key.strip()):
+        what = "is blank" if not api_key.strip() else "begins or ends with whitespace"
+        raise ConfigError(f"{key_source} {what}, so no client could send it in a header; give a key of visible "
+                          "characters (e.g. from `openssl rand -hex 16`), or none on a loopback host.")
+    if api_key is None and not is_loopback(host):
+        raise ConfigError(f"--host {host} exposes the reward server beyond this machine, so it needs an API key: "
+                          f"pass --api-key KEY or set {API_KEY_ENV}, or bind to 127.0.0.1.")
+
+
+def model_name(path: str | None) -> str | None:
+    """The last part of a model's folder or hub name: /health and /classify show no paths."""
+    return (PurePath(path).name or None) if path else None
+
+
 def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_bytes: int = 4_000_000,
                api_key: str | None = None, max_queue_items: int = 1024, request_timeout_s: float = 30.0,
-               name: str | None = None, max_wait_ms: float = 5.0, policy_tokenizer=None) -> FastAPI:
+               name: str | None = None, max_wait_ms: float = 5.0, policy_tokenizer=None,
+               host: str = "127.0.0.1") -> FastAPI:
     """The ASGI app. ``api_key``: when set, every scoring route and /metrics need it (``Authorization: Bearer
     KEY``, ``X-API-Key: KEY`` or ``?api_key=KEY``); /health stays open for liveness probes. ``policy_tokenizer``
-    (a tokenizer, its folder or name): texts are rendered by its chat template and are re-templated."""
+    (a tokenizer, its folder or name): texts are rendered by its chat template and are re-templated. ``host``: the
+    address it is served on; on a loopback address (the default) every request's ``Host`` header must name the
+    loopback and the server's port (421 otherwise; a test client needs ``base_url="http://127.0.0.1"``), any other
+    address needs ``api_key``. ``name``: shown by /health (default: the base model's folder name)."""
+    check_access(host, api_key)
     if max_queue_items < max_items:
         raise ConfigError(f"the queue ({max_queue_items} items) must hold at least one full request ({max_items} "
                           "items).")
     model.eval()
     metrics = ServerMetrics()
     batcher = MicroBatcher(model, max_batch_size, max_wait_ms, max_queue_items, metrics)
-    app = FastAPI(title="DiscoRM reward server", lifespan=lifespan)
+    app = FastAPI(title="DiscoRM reward server", lifespan=lifespan, dependencies=[Depends(check_host)])
     reader = Retemplater(Encoder.for_model(model), load_policy_tokenizer(policy_tokenizer))
-    app.state.server = Server(model, reader, batcher, metrics, name or model.rm_config.base_model,
-                              api_key, max_items, max_body_bytes, max_queue_items, request_timeout_s)
+    hosts = LOOPBACK_NAMES | {host.lower()} if is_loopback(host) else None
+    app.state.server = Server(model, reader, batcher, metrics, name or model_name(model.rm_config.base_model),
+                              api_key, hosts, max_items, max_body_bytes, max_queue_items, request_timeout_s)
     app.include_router(router)
     app.add_middleware(RequestMetrics, metrics=metrics)
     for error, handler in ((RequestError, refused), (RequestValidationError, invalid_request),
@@ -312,10 +415,9 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch_s
           policy_tokenizer: str | None = None) -> None:
     """Load a model and serve it until SIGTERM / Ctrl-C (in-flight requests are finished first). A host other
     than a loopback address needs an API key (``api_key`` or the DISCORM_API_KEY environment variable)."""
-    api_key = api_key or os.environ.get(API_KEY_ENV) or None
-    if api_key is None and not is_loopback(host):
-        raise ConfigError(f"--host {host} exposes the reward server beyond this machine, so it needs an API key: "
-                          f"pass --api-key KEY or set {API_KEY_ENV}, or bind to 127.0.0.1.")
+    key_source = "--api-key" if api_key is not None else API_KEY_ENV
+    api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    check_access(host, api_key, key_source)
     for key, value in (("--batch-size", max_batch_size), ("--max-items", max_items), ("--max-queue", max_queue_items),
                        ("--timeout", request_timeout_s), ("--max-body-bytes", max_body_bytes)):
         if value <= 0:
@@ -325,8 +427,8 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch_s
     policy = load_policy_tokenizer(policy_tokenizer)  # before the model: an unknown name fails fast
     model = RewardModel.from_pretrained(model_dir)
     app = create_app(model, max_batch_size, max_items, max_body_bytes, api_key=api_key,
-                     max_queue_items=max_queue_items, request_timeout_s=request_timeout_s, name=str(model_dir),
-                     policy_tokenizer=policy)
+                     max_queue_items=max_queue_items, request_timeout_s=request_timeout_s,
+                     name=Path(model_dir).resolve().name, policy_tokenizer=policy, host=host)
     logger.info("serving %s (%s head) on http://%s:%d%s", model_dir, model.head.kind, host, port,
                 " (API key required)" if api_key else "")
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=request_timeout_s + 5)

@@ -3,7 +3,8 @@
 A body is read up to the byte limit (413 beyond it, 400 for a bad Content-Length), parsed as JSON (400 when
 malformed) and validated as the pydantic model of its route, :class:`ScoreRequest` or :class:`RewardRequest`:
 more items than allowed is 413, any other wrong shape or reward option 422. An item that cannot be encoded is 422
-too, all bad items together. Every refusal is a :class:`RequestError` naming the key or ``item i``.
+too, all bad items together, a conversation that does not end with the assistant's response among them (it has
+nothing to score). Every refusal is a :class:`RequestError` naming the key or ``item i``.
 """
 
 import json
@@ -22,6 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from starlette.requests import ClientDisconnect, Request
 
+from discorm.data.formats import to_conversation
 from discorm.errors import ConfigError, DataError
 from discorm.model.rm_config import check_reward_options
 
@@ -213,6 +215,19 @@ def parse_body(schema: type[RewardOptions], body: bytes, head, max_items: int) -
         return schema.model_validate(payload, context={"head": head, "max_items": max_items})
     except ValidationError as err:
         raise refusal(err.errors(include_url=False), schema) from None
+
+
+def check_response(item: Any, where: str) -> Any:
+    """``item`` itself when it is a text or a conversation whose last turn is the assistant's (the response the
+    reward is read at); DataError for a conversation of system and user turns only, or one that ends with a user
+    turn, which the chat template could not even render as a response."""
+    conversation = to_conversation(item, where)
+    if not isinstance(conversation, str) and (role := conversation[1][-1]["role"]) != "assistant":
+        roles = [m["role"] for part in conversation for m in part]
+        raise DataError(f"{where}: the conversation (roles {roles}) ends with a {role} turn, not with the "
+                        "assistant's response, so there is nothing to score; end it with the assistant message "
+                        "to be scored.")
+    return item
 
 
 def encode_items(items: list, encode) -> list[list[int]]:
