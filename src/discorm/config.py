@@ -22,6 +22,7 @@ from discorm.data.loader import ReadOptions
 from discorm.data.tokenize import DEFAULT_CUTOFF_LEN
 from discorm.errors import ConfigError, check_choice, check_range
 from discorm.files import read_utf8
+from discorm.losses import LIST_WEIGHTINGS, RANKING_LOSSES, STRENGTH_LOSSES
 from discorm.model.builtin import DEFAULT_MODEL
 from discorm.model.heads import HEADS, UNCERTAINTIES
 from discorm.model.loading import QUANTIZATION_KEYS, Finetuning, LoadOptions, Uncertainty
@@ -33,9 +34,6 @@ POOLINGS = ("last", "first", "mean")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 FORMATTINGS = ("auto", "explicit", "implicit", "alpaca", "sharegpt", "rated")
 COMBINATIONS = ("fixed", "learned")
-RANKING_LOSSES = ("auto", "plackett_luce", "all_pairs")
-LIST_WEIGHTINGS = ("comparison", "list")
-STRENGTH_LOSSES = ("margin", "scaled_bt")
 
 
 def _arg(default: Any, help: str, **kwargs):
@@ -221,16 +219,9 @@ class FinetuningArguments:
         "else frozen).")
     rated_loss_weight: float = _arg(
         1.0, "Weight of a rated response's loss against a pair's, when the data mixes both.")
-    ranking_loss: str = _arg(
-        "auto", "Ranked lists: plackett_luce (the likelihood of the whole ranking; heads with a logistic P(a > b): "
-        "scalar), all_pairs (the head's P(a > b) -- Bradley-Terry, Thurstone for a Gaussian -- over every pair "
-        "the ranking orders, each counted once) or auto (the head's first: plackett_luce for scalar).")
-    list_weighting: str = _arg(
-        "comparison", "ranking_loss: all_pairs: each comparison weighs 1 (comparison: a list of 4 weighs 6 pairs) "
-        "or each list weighs 1 in all (list).")
-    strength_loss: str = _arg(
-        "margin", "Pairs with a `strength`: margin (P(chosen > rejected + strength_margin * strength)) or scaled_bt "
-        "(the pair's loss times its strength).")
+    ranking_loss: str = _arg("auto", RANKING_LOSSES.help())
+    list_weighting: str = _arg("comparison", LIST_WEIGHTINGS.help())
+    strength_loss: str = _arg("margin", STRENGTH_LOSSES.help())
     strength_margin: float = _arg(1.0, "strength_loss: margin: the reward margin per unit of strength.")
     reward_normalization: bool = _arg(
         False,
@@ -254,16 +245,10 @@ class FinetuningArguments:
                               f"head does not have (heads that do: "
                               f"{', '.join(k for k, h in HEADS.items() if h.learns_combination)}).")
         check_range("rated_loss_weight", self.rated_loss_weight, low=0)
-        check_choice("ranking_loss", self.ranking_loss, RANKING_LOSSES)
+        RANKING_LOSSES.check(self.ranking_loss, HEADS[self.head])
         check_choice("list_weighting", self.list_weighting, LIST_WEIGHTINGS)
         check_choice("strength_loss", self.strength_loss, STRENGTH_LOSSES)
         check_range("strength_margin", self.strength_margin, low=0)
-        if self.ranking_loss != "auto" and self.ranking_loss not in HEADS[self.head].ranking_losses:
-            logistic = ", ".join(k for k, h in HEADS.items() if "plackett_luce" in h.ranking_losses)
-            raise ConfigError(f"ranking_loss={self.ranking_loss}: the {self.head} head's ranking likelihoods are "
-                              f"{', '.join(HEADS[self.head].ranking_losses)}; plackett_luce needs a head with a "
-                              f"logistic P(a > b) ({logistic}). "
-                              "Use ranking_loss: all_pairs (or auto).")
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("uncertainty", self.uncertainty, (None, *UNCERTAINTIES))
         check_range("ensemble_size", self.ensemble_size, low=1)
@@ -383,9 +368,8 @@ def validate(data_args: DataArguments, finetuning_args: FinetuningArguments, hea
         raise ConfigError(f"the data has a `{data_args.margin_column}` column, which the {head.kind} head cannot "
                           "use; drop the column or set margin_column to a name the data lacks.")
     strengths = any(d is not None and "strength" in d.column_names for d in (train, evaluation))
-    if strengths and finetuning_args.strength_loss == "margin" and not head.supports_margin:
-        raise ConfigError(f"the data has strengths, which strength_loss: margin turns into margins, and the "
-                          f"{head.kind} head honours no margin; set strength_loss: scaled_bt.")
+    if strengths:
+        STRENGTH_LOSSES.check(finetuning_args.strength_loss, head)
 
 
 def launched_processes() -> int:

@@ -11,22 +11,8 @@ import torch
 
 from discorm.config import FinetuningArguments
 from discorm.data.collator import PairBatch
+from discorm.losses import LIST_WEIGHTINGS, RANKING_LOSSES, STRENGTH_LOSSES, Comparisons, RankedList
 from discorm.model.heads import RewardHead, head_class
-
-
-@dataclass
-class Comparisons:
-    """Comparisons of two scored sequences: indices ``a``, ``b`` (M,) into the batch's scores, ``outcomes``
-    (M, 3) counts of (a wins, tie, b wins), ``margin`` (M,) or None, ``weights`` (M,) and ``units`` (M,) the
-    observations each stands for (1 a label, n annotator votes), and ``keys`` for the head's per-pair weights."""
-
-    a: torch.Tensor
-    b: torch.Tensor
-    outcomes: torch.Tensor
-    margin: torch.Tensor | None
-    weights: torch.Tensor
-    units: torch.Tensor
-    keys: list[str] | None
 
 
 @dataclass
@@ -38,7 +24,8 @@ class PairwiseLoss:
     A ranked list of K gives K(K-1)/2 comparisons under ``all_pairs`` (each 1/C of a unit with
     ``list_weighting: list``), or K - 1 units of Plackett-Luce likelihood; a pair or list with n annotator votes
     counts n units. Rated responses: loss = (U * comparisons + w * R * mean_r rated_loss_r) / (U + R), U the
-    comparison units, w = rated_loss_weight."""
+    comparison units, w = rated_loss_weight. ``ranking_loss``, ``list_weighting`` and ``strength_loss`` name
+    entries of the tables in :mod:`discorm.losses`."""
 
     head: RewardHead
     loss_options: dict = field(default_factory=dict)  # the head's unsaved options (variance_penalty, ...)
@@ -80,8 +67,12 @@ class PairwiseLoss:
                                                                        batch["score_mask"]).mean()
             if not pairs + sum(lists):
                 return rated_part
+        ranking = RANKING_LOSSES[self.ranking_loss]
+        ranked = list(ranked_lists(pairs, lists, batch, keys))
         comparisons = [self.pair_comparisons(pairs, batch, keys, params.device),
-                       *self.list_comparisons(pairs, lists, batch, keys)]
+                       *(ranking.comparisons(r, LIST_WEIGHTINGS[self.list_weighting]) for r in ranked
+                         if ranking.comparisons is not None),
+                       vote_comparisons(pairs, lists, batch, keys)]
         comparisons = concat([c for c in comparisons if c is not None and len(c.a)])
         total, units = params.new_zeros(()), params.new_zeros(())
         if comparisons is not None:
@@ -91,11 +82,10 @@ class PairwiseLoss:
             total = self.head.outcome_loss(pa, pb, comparisons.outcomes, comparisons.margin,
                                            None if bool((weights == 1).all()) else weights).sum()
             units = comparisons.units.sum()
-        if self.ranking_loss == "plackett_luce":
-            for params_l, levels, key in self.ranked_lists(params, pairs, lists, batch, keys):
-                weight = self.head.pair_weights([key] if key else None)  # None, or (1, members)
-                total = total + self.head.plackett_luce(params_l, levels, None if weight is None else weight[0])
-                units = units + len(levels) - 1
+        if ranking.likelihood is not None:
+            for r in ranked:
+                nll, observations = ranking.likelihood(self.head, params[r.start : r.start + len(r.levels)], r)
+                total, units = total + nll, units + observations
         loss = total / units
         if comparisons is not None:
             loss = loss + self.head.regulariser(pa, pb, **self.loss_options)
@@ -109,7 +99,7 @@ class PairwiseLoss:
     def pair_comparisons(self, pairs: int, batch: PairBatch, keys: list[str] | None,
                          device: torch.device | None = None) -> Comparisons | None:
         """A pair (chosen b, rejected pairs + b): a win of chosen, a soft label, a tie, or annotator votes; a
-        strength moves the margin (strength_loss: margin) or scales the pair's weight (scaled_bt)."""
+        strength moves the margin or the pair's weight, as the strength loss says."""
         if not pairs:
             return None
         ones = torch.ones(pairs, device=device)
@@ -123,40 +113,30 @@ class PairwiseLoss:
             outcomes = torch.where(votes[:, :1].isnan(), outcomes, votes)
         margin, weights = batch.get("margin"), ones
         if "strength" in batch:
-            strength = batch["strength"].nan_to_num(0.0)
-            if self.strength_loss == "margin":
-                margin = strength * self.strength_margin + (0 if margin is None else margin)
-            else:  # scaled_bt: a pair weighs its strength (a tie, strength 0, weighs 1)
-                weights = torch.where(strength > 0, strength, ones)
+            margin, weights = STRENGTH_LOSSES[self.strength_loss].apply(batch["strength"].nan_to_num(0.0), margin,
+                                                                        weights, self.strength_margin)
         index = torch.arange(pairs, device=device)
         return Comparisons(index, index + pairs, outcomes, margin, weights, outcomes.sum(-1),
                            keys[:pairs] if keys else None)
 
-    def list_comparisons(self, pairs: int, lists: list[int], batch: PairBatch, keys: list[str] | None):
-        """Per list labelled by annotator votes, its counted comparisons; per ranked list under ``all_pairs``,
-        every pair of responses once (the better one first, or a tie)."""
-        found = []
-        if self.ranking_loss != "plackett_luce":
-            for number, start, level in ranked_spans(pairs, lists, batch):
-                i, j = torch.triu_indices(len(level), len(level), 1, device=level.device)
-                outcomes = torch.stack([level[i] < level[j], level[i] == level[j], level[i] > level[j]], -1).float()
-                share = torch.full((len(i),), 1.0 / len(i) if self.list_weighting == "list" else 1.0)
-                found.append(Comparisons(start + i, start + j, outcomes, None, share, share, None if not keys else
-                                         [f"{keys[pairs + number]}#{a}>{b}" for a, b in zip(i.tolist(), j.tolist())]))
-        if "list_votes" in batch:
-            votes = batch["list_votes"]
-            i, j = votes[:, 0].long() + 2 * pairs, votes[:, 1].long() + 2 * pairs
-            counts = votes[:, 2:]
-            owner = torch.bucketize(votes[:, 0].long().cpu(), torch.tensor(lists).cumsum(0), right=True)
-            found.append(Comparisons(i, j, counts, None, torch.ones(len(i)), counts.sum(-1),
-                                     None if not keys else [f"{keys[pairs + int(o)]}#{int(a)}>{int(b)}"
-                                                            for o, a, b in zip(owner, votes[:, 0], votes[:, 1])]))
-        return found
 
-    def ranked_lists(self, params, pairs: int, lists: list[int], batch: PairBatch, keys):
-        """(params (K, P), levels (K,), key) of every ranked list, for the Plackett-Luce likelihood."""
-        for number, start, level in ranked_spans(pairs, lists, batch):
-            yield params[start : start + len(level)], level, keys[pairs + number] if keys else None
+def vote_comparisons(pairs: int, lists: list[int], batch: PairBatch, keys: list[str] | None) -> Comparisons | None:
+    """The counted comparisons of every list labelled by annotator votes."""
+    if "list_votes" not in batch:
+        return None
+    votes = batch["list_votes"]
+    i, j = votes[:, 0].long() + 2 * pairs, votes[:, 1].long() + 2 * pairs
+    counts = votes[:, 2:]
+    owner = torch.bucketize(votes[:, 0].long().cpu(), torch.tensor(lists).cumsum(0), right=True)
+    return Comparisons(i, j, counts, None, torch.ones(len(i)), counts.sum(-1),
+                       None if not keys else [f"{keys[pairs + int(o)]}#{int(a)}>{int(b)}"
+                                              for o, a, b in zip(owner, votes[:, 0], votes[:, 1])])
+
+
+def ranked_lists(pairs: int, lists: list[int], batch: PairBatch, keys: list[str] | None):
+    """Every list labelled by a ranking, with where it was read."""
+    for number, start, level in ranked_spans(pairs, lists, batch):
+        yield RankedList(start, level, keys[pairs + number] if keys else None)
 
 
 def ranked_spans(pairs: int, lists: list[int], batch: PairBatch):
