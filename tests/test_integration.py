@@ -24,10 +24,15 @@ def smol_dir():
 
 
 @pytest.fixture(scope="module")
-def hh_slices(tmp_path_factory):
+def hh_file():
     if not HH_FILE.is_file():
-        pytest.skip(f"{HH_FILE} is not present")
-    lines = HH_FILE.read_text().splitlines()
+        pytest.skip(f"{HH_FILE} is not present (the shared HH-RLHF pairs, kept beside the checkout in ../shared)")
+    return HH_FILE
+
+
+@pytest.fixture(scope="module")
+def hh_slices(hh_file, tmp_path_factory):
+    lines = hh_file.read_text().splitlines()
     folder = tmp_path_factory.mktemp("hh")
     (folder / "train.jsonl").write_text("\n".join(lines[:64]) + "\n")
     (folder / "eval.jsonl").write_text("\n".join(lines[64:128]) + "\n")
@@ -61,7 +66,7 @@ def test_gguf_conversion_matches_the_gguf_model(tmp_path, monkeypatch):
         torch.testing.assert_close(model(ids).last_hidden_state, reference(ids).last_hidden_state)
 
 
-def test_hh_file_loads_with_the_chat_template(smol_dir):
+def test_hh_file_loads_with_the_chat_template(hh_file, smol_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smol_dir)
@@ -78,7 +83,7 @@ def test_hh_file_loads_with_the_chat_template(smol_dir):
     assert train[0]["chosen_ids"][-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
 
 
-def test_preview_on_the_hh_file(smol_dir, tmp_path, capsys):
+def test_preview_on_the_hh_file(hh_file, smol_dir, tmp_path, capsys):
     from discorm.cli import main
 
     config = tmp_path / "c.yaml"
