@@ -129,7 +129,7 @@ def train(model_dir: Path, data: Path, head: str, out: Path, seed: int, epochs: 
 
 def predict(run: Path, rows: list[dict]):
     """-> P(chosen > rejected) (N,), scalar score difference (N,), per-response sigma (N, 2)."""
-    from discorm.data.formats import Pair
+    from discorm.data.pairs import Pair
     from discorm.data.tokenize import Encoder
     from discorm.model.inference import score_pairs
     from discorm.model.reward_model import RewardModel

@@ -66,8 +66,9 @@ OBJECTIVES = ("harmless", "helpful", "mixture")
 # ----------------------------------------------------------------------------- data
 def load_pairs(path: Path, model, cutoff_len: int):
     """-> tokenized pairs, helpfulness labels (N,) bool, counts. The harmless label is `chosen`."""
-    from discorm.data.formats import FormatSpec, SkipPair, to_pair
     from discorm.data.loader import read_path
+    from discorm.data.pairs import implicit
+    from discorm.data.rows import FormatSpec, SkipPair
     from discorm.data.templates import Renderer
     from discorm.data.tokenize import DataStats, PairTokenizer
 
@@ -76,7 +77,7 @@ def load_pairs(path: Path, model, cutoff_len: int):
     for where, row in read_path(path):
         stats.read += 1
         try:
-            pair = to_pair(row, FormatSpec("implicit"), where)
+            pair = implicit(row, FormatSpec("implicit"), where)
         except SkipPair as skip:
             stats.dropped[skip.reason] += 1
             continue

@@ -38,9 +38,10 @@ MODES = ("listwise", "pairs", "trl")
 
 def make_rows(lists: int):
     """-> (listwise rows, the same comparisons as explicit pairs), in DiscoRM's message form."""
-    from discorm.data.formats import FormatSpec, to_pair
+    from discorm.data.pairs import implicit
+    from discorm.data.rows import FormatSpec
 
-    pairs = [to_pair(json.loads(line), FormatSpec("implicit"), "hh")
+    pairs = [implicit(json.loads(line), FormatSpec("implicit"), "hh")
              for line in HH_FILE.read_text().splitlines()[: 2 * lists + 1]]
     listwise, flat = [], []
     for index in range(lists):

@@ -58,7 +58,7 @@ NON_ENGLISH = [
 # ----------------------------------------------------------------------------- data
 def hh_items() -> list[dict]:
     """Every HH pair as {prompt (messages), chosen, rejected (texts)}, in file order."""
-    from discorm.data.formats import parse_hh, split_shared_prompt
+    from discorm.data.pairs import parse_hh, split_shared_prompt
 
     items = []
     for line in HH_FILE.read_text().splitlines():

@@ -11,7 +11,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from discorm.config import DataArguments, load_args
 from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding, model_inputs
-from discorm.data.formats import Pair
+from discorm.data.pairs import Pair
 from discorm.data.templates import Renderer
 from discorm.data.tokenize import DataStats, PairTokenizer
 from discorm.model.heads import CategoricalHead

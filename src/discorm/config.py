@@ -18,6 +18,7 @@ import torch
 import transformers
 import yaml
 
+from discorm.data.formats import FORMATTING_CHOICES, describe_formats
 from discorm.data.loader import ReadOptions
 from discorm.data.tokenize import DEFAULT_CUTOFF_LEN
 from discorm.errors import ConfigError, check_choice, check_range
@@ -32,7 +33,7 @@ from discorm.model.rm_config import check_reward_options
 FINETUNING_TYPES = ("full", "lora", "freeze")
 POOLINGS = ("last", "first", "mean")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-FORMATTINGS = ("auto", "explicit", "implicit", "alpaca", "sharegpt", "rated")
+FORMATTINGS = FORMATTING_CHOICES  # auto, then every registered format (data/formats.py), read at each check
 COMBINATIONS = ("fixed", "learned")
 
 
@@ -97,8 +98,7 @@ class DataArguments:
     dataset_dir: str = _arg("data", "Folder holding a LlamaFactory-style dataset_info.json and data files.")
     formatting: str = _arg(
         "auto",
-        "Input format: auto (detected from the columns), explicit, implicit, alpaca, sharegpt, rated (prompt, "
-        "response and scores).")
+        f"Input format: auto (detected from the columns), or one of: {describe_formats()}.")
     template: str | None = _arg(
         None,
         "Chat template: default the tokenizer's own; built-ins: chatml, llama3, qwen, raw (plain "

@@ -38,10 +38,11 @@ def read_utf8(path: str | Path, error: type[DiscoRMError] = DataError) -> str:
         ) from None
 
 
-def read_json(path: str | Path, error: type[DiscoRMError] = DataError, fix: str = "fix the file") -> Any:
+def read_json(path: str | Path, error: type[DiscoRMError] = DataError, fix: str = "fix the file",
+              object_pairs_hook=None) -> Any:
     """A JSON file's value; malformed JSON raises ``error`` naming the line and ``fix``."""
     try:
-        return json.loads(read_utf8(path, error))
+        return json.loads(read_utf8(path, error), object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as err:
         raise error(f"{path}:{err.lineno}: malformed JSON ({err.msg}); {fix}.") from None
     except RecursionError:

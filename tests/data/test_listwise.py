@@ -8,8 +8,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from discorm.config import DataArguments, load_args
-from discorm.data.formats import FormatSpec, detect_format, to_pair
-from discorm.data.listwise import to_ranked
+from discorm.data.formats import FORMATS, convert, detect_format
 from discorm.errors import DataError
 from discorm.train.workflow import run_rm
 from tests.conftest import build_datasets
@@ -28,12 +27,12 @@ def _write(path, rows):
 
 
 def test_rankings_scores_and_votes_become_levels_and_counts():
-    spec = FormatSpec("listwise")
+    spec = FORMATS["listwise"].spec()
     assert detect_format(list(LIST), "x") == "listwise"
-    assert to_ranked(LIST, spec, "f:1").levels == [1, 1, 0, 2]
-    scored = to_ranked({**LIST, "ranking": None, "scores": [3, 3.0, 5, 1]}, spec, "f:2")
+    assert convert(LIST, spec, "f:1").levels == [1, 1, 0, 2]
+    scored = convert({**LIST, "ranking": None, "scores": [3, 3.0, 5, 1]}, spec, "f:2")
     assert scored.levels == [1, 1, 0, 2]
-    voted = to_ranked({"prompt": "p", "responses": ["a", "b", "c"], "votes": [[0, 1, 2], [1, 0, 2], [0, [1, 2]]]},
+    voted = convert({"prompt": "p", "responses": ["a", "b", "c"], "votes": [[0, 1, 2], [1, 0, 2], [0, [1, 2]]]},
                       spec, "f:3")
     assert voted.levels is None and voted.votes[0] == [0, 1, 2.0, 0.0, 1.0] and voted.votes[2] == [1, 2, 2.0, 1.0, 0.0]
 
@@ -49,24 +48,24 @@ def test_rankings_scores_and_votes_become_levels_and_counts():
 ])
 def test_bad_lists_stop_with_the_row_and_the_fix(row, message):
     with pytest.raises(DataError, match=message) as err:
-        to_ranked(row, FormatSpec("listwise"), "data.jsonl:7")
+        convert(row, FORMATS["listwise"].spec(), "data.jsonl:7")
     assert "data.jsonl:7" in str(err.value)
 
 
 def test_pair_ties_strength_and_votes():
-    spec = FormatSpec("explicit", strength_scale=3.0)
+    spec = FORMATS["explicit"].spec(strength_scale=3.0)
     row = {"prompt": "q", "chosen": "a", "rejected": "b"}
-    assert to_pair({**row, "tie": True}, spec, "f:1").tie is True
-    swapped = to_pair({**row, "strength": -2}, spec, "f:2")
+    assert convert({**row, "tie": True}, spec, "f:1").tie is True
+    swapped = convert({**row, "strength": -2}, spec, "f:2")
     assert swapped.strength == 2.0 and swapped.chosen[0]["content"] == "b"
-    assert to_pair({**row, "strength": 0}, spec, "f:3").tie is True
-    assert to_pair({**row, "votes": {"chosen": 3, "rejected": 1}}, spec, "f:4").votes == (3.0, 0.0, 1.0)
+    assert convert({**row, "strength": 0}, spec, "f:3").tie is True
+    assert convert({**row, "votes": {"chosen": 3, "rejected": 1}}, spec, "f:4").votes == (3.0, 0.0, 1.0)
     with pytest.raises(DataError, match="f:5: strength 4 is outside the declared scale \\[-3, 3\\]"):
-        to_pair({**row, "strength": 4}, spec, "f:5")
+        convert({**row, "strength": 4}, spec, "f:5")
     with pytest.raises(DataError, match="no scale is declared; set strength_scale"):
-        to_pair({**row, "strength": 1}, FormatSpec("explicit"), "f:6")
+        convert({**row, "strength": 1}, FORMATS["explicit"].spec(), "f:6")
     with pytest.raises(DataError, match="should count annotators"):
-        to_pair({**row, "votes": {"chosen": -1}}, spec, "f:7")
+        convert({**row, "votes": {"chosen": -1}}, spec, "f:7")
 
 
 def test_ultrafeedback_and_helpsteer3_layouts_read_unchanged():
@@ -75,14 +74,14 @@ def test_ultrafeedback_and_helpsteer3_layouts_read_unchanged():
         {"response": "hello there", "annotations": {"helpfulness": {"Rating": "3"}, "honesty": {"Rating": "N/A"}}},
         {"response": "go away", "fine-grained_score": 1.25}]}
     assert detect_format(list(uf), "x") == "ultrafeedback"
-    ranked = to_ranked(uf, FormatSpec("ultrafeedback"), "uf:1")
+    ranked = convert(uf, FORMATS["ultrafeedback"].spec(), "uf:1")
     assert ranked.levels == [0, 1, 2] and ranked.prompt == [{"role": "user", "content": "Say hi"}]
     hs = {"domain": "general", "context": [{"role": "user", "content": "q"}], "response1": "a", "response2": "b",
           "overall_preference": 2}
     assert detect_format(list(hs), "x") == "helpsteer3"
-    pair = to_pair(hs, FormatSpec("helpsteer3"), "hs:1")
+    pair = convert(hs, FORMATS["helpsteer3"].spec(), "hs:1")
     assert pair.chosen[0]["content"] == "b" and pair.strength == 2.0 and not pair.tie
-    assert to_pair({**hs, "overall_preference": 0}, FormatSpec("helpsteer3"), "hs:2").tie is True
+    assert convert({**hs, "overall_preference": 0}, FORMATS["helpsteer3"].spec(), "hs:2").tie is True
 
 
 def test_lists_tokenize_with_one_shared_prompt(tokenizer, tmp_path):

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from discorm.config import DataArguments
 from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding
-from discorm.data.formats import Pair
+from discorm.data.pairs import Pair
 from discorm.data.templates import Renderer
 from discorm.data.tokenize import DataStats, PairTokenizer
 from discorm.errors import ConfigError, DataError

@@ -9,10 +9,9 @@ one label column:
 - ``votes``: one ranking per annotator (each as ``ranking``); the comparisons are counted over annotators and
   trained by a binomial likelihood.
 
-Two public layouts read unchanged: UltraFeedback's raw rows (``instruction``, ``completions[].response`` with
-``fine-grained_score``, else the mean of ``completions[].annotations[*].Rating``) become scored lists, and
-HelpSteer3-Preference rows (``context``, ``response1``, ``response2``, ``overall_preference`` from -3 to 3,
-negative when response 1 is better) become pairs with a ``strength`` (0: a tie; see ``data/formats.py``).
+UltraFeedback's raw rows (``instruction``, ``completions[].response`` with ``fine-grained_score``, else the mean of
+``completions[].annotations[*].Rating``) read unchanged as scored lists (HelpSteer3-Preference rows are pairs with a
+strength: ``data/pairs.py``). ``data/formats.py`` registers both formats.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from discorm.data.formats import FormatSpec, Message, SkipPair, _describe, _expect, _messages, _missing, _with_system
+from discorm.data.rows import FormatSpec, Message, SkipPair, describe, expect, missing, read_messages, with_system
 from discorm.errors import DataError
 
 LABELS = ("ranking", "scores", "votes")
@@ -37,7 +36,7 @@ class Ranked:
 
 def levels_from_ranking(ranking, size: int, column: str, where: str) -> list[int]:
     """``[2, [0, 1], 3]`` -> levels ``[1, 1, 0, 2]``; every index once."""
-    _expect(ranking, list, column, where)
+    expect(ranking, list, column, where)
     levels, seen = [None] * size, []
     for level, entry in enumerate(ranking):
         group = entry if isinstance(entry, list) else [entry]
@@ -49,28 +48,28 @@ def levels_from_ranking(ranking, size: int, column: str, where: str) -> list[int
                 raise DataError(f"{where}: {column} names response {index} twice; name each response once.")
             levels[index] = level
             seen.append(index)
-    missing = [i for i, level in enumerate(levels) if level is None]
-    if missing:
-        raise DataError(f"{where}: {column} {ranking!r} does not cover response(s) {missing} of {size}; rank every "
+    unranked = [i for i, level in enumerate(levels) if level is None]
+    if unranked:
+        raise DataError(f"{where}: {column} {ranking!r} does not cover response(s) {unranked} of {size}; rank every "
                         "response (ties as a nested list, e.g. [2, [0, 1], 3]).")
     return levels
 
 
 def levels_from_scores(scores, size: int, column: str, where: str) -> list[int]:
     """Higher score, better level; equal scores share a level."""
-    _expect(scores, list, column, where)
+    expect(scores, list, column, where)
     if len(scores) != size:
         raise DataError(f"{where}: {column} has {len(scores)} numbers for {size} responses; give one per response.")
     for value in scores:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DataError(f"{where}: {column} should hold finite numbers, found {_describe(value)}.")
+            raise DataError(f"{where}: {column} should hold finite numbers, found {describe(value)}.")
     distinct = sorted(set(scores), reverse=True)
     return [distinct.index(value) for value in scores]
 
 
 def votes_from_rankings(rankings, size: int, column: str, where: str) -> list[list[float]]:
     """Per-annotator rankings -> per response pair (i, j, annotators preferring i, ties, preferring j)."""
-    _expect(rankings, list, column, where)
+    expect(rankings, list, column, where)
     if not rankings:
         raise DataError(f"{where}: {column} is empty; give one ranking per annotator.")
     counts = {(i, j): [0, 0, 0] for i in range(size) for j in range(i + 1, size)}
@@ -82,15 +81,13 @@ def votes_from_rankings(rankings, size: int, column: str, where: str) -> list[li
 
 
 def to_ranked(row: dict, spec: FormatSpec, where: str) -> Ranked:
-    """Convert one listwise (or UltraFeedback) row; raises DataError for bad input, SkipPair for unusable rows."""
-    if spec.name == "ultrafeedback":
-        return _ultrafeedback(row, spec, where)
-    prompt = _with_system(_messages(row[spec.column("prompt")], "prompt", where, "user"),
+    """Convert one listwise row; raises DataError for bad input, SkipPair for unusable rows."""
+    prompt = with_system(read_messages(row[spec.column("prompt")], "prompt", where, "user"),
                           row.get(spec.column("system")), where)
     column = spec.column("responses")
-    values = _expect(row[column], list, column, where)
-    responses = [_messages(value, f"{column}[{i}]", where, "assistant") for i, value in enumerate(values)]
-    labels = [name for name in LABELS if not _missing(row.get(spec.column(name)))]
+    values = expect(row[column], list, column, where)
+    responses = [read_messages(value, f"{column}[{i}]", where, "assistant") for i, value in enumerate(values)]
+    labels = [name for name in LABELS if not missing(row.get(spec.column(name)))]
     if len(labels) != 1:
         raise DataError(f"{where}: a listwise row needs exactly one of the columns {list(LABELS)} "
                         f"({'none' if not labels else ' and '.join(labels)} given). Give a ranking (best first), "
@@ -121,16 +118,17 @@ def _checked(prompt, responses, label: str, value, column: str, where: str) -> R
     return Ranked(prompt, responses, levels=levels, meta={"source": where})
 
 
-def _ultrafeedback(row: dict, spec: FormatSpec, where: str) -> Ranked:
-    prompt = [{"role": "user", "content": _expect(row[spec.column("instruction")], str, "instruction", where)}]
-    completions = _expect(row[spec.column("completions")], list, "completions", where)
+def ultrafeedback(row: dict, spec: FormatSpec, where: str) -> Ranked:
+    """Convert one raw UltraFeedback row: its rated completions, scored; an unrated completion takes no part."""
+    prompt = [{"role": "user", "content": expect(row[spec.column("instruction")], str, "instruction", where)}]
+    completions = expect(row[spec.column("completions")], list, "completions", where)
     responses, scores = [], []
     for number, completion in enumerate(completions):
-        _expect(completion, dict, f"completions[{number}]", where)
+        expect(completion, dict, f"completions[{number}]", where)
         score = _ultrafeedback_score(completion, f"{where} completions[{number}]")
         if score is None:
             continue  # an unrated completion (every annotation N/A) takes no part
-        responses.append(_messages(completion.get("response"), f"completions[{number}].response", where,
+        responses.append(read_messages(completion.get("response"), f"completions[{number}].response", where,
                                    "assistant"))
         scores.append(score)
     return _checked(prompt, responses, "scores", scores, "completions[].fine-grained_score", where)
@@ -138,9 +136,10 @@ def _ultrafeedback(row: dict, spec: FormatSpec, where: str) -> Ranked:
 
 def _ultrafeedback_score(completion: dict, where: str) -> float | None:
     score = completion.get("fine-grained_score")
-    if not _missing(score):
-        if isinstance(score, bool) or not isinstance(score, (int, float)):
-            raise DataError(f"{where}: fine-grained_score should be a number, found {_describe(score)}.")
+    if score is not None:
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
+            raise DataError(f"{where}: fine-grained_score should be a number, found {describe(score)}. Leave it out "
+                            "(or null) to score the completion by its annotations' ratings.")
         return float(score)
     ratings = []
     for aspect, annotation in (completion.get("annotations") or {}).items():

@@ -10,11 +10,13 @@ may share one data set (see ``data/ratings.py``); the rated rows are read with t
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import datasets
@@ -22,18 +24,11 @@ import pyarrow.parquet
 from datasets.fingerprint import update_fingerprint
 
 from discorm.data import demo
-from discorm.data.formats import (
-    FORMATS,
-    LISTWISE_FORMATS,
-    FormatSpec,
-    Pair,
-    SkipPair,
-    check_columns,
-    detect_format,
-    to_pair,
-)
-from discorm.data.listwise import Ranked, to_ranked
-from discorm.data.ratings import Rated, to_rated
+from discorm.data.formats import FORMATS, check_columns, convert, detect_format
+from discorm.data.listwise import Ranked
+from discorm.data.pairs import Pair
+from discorm.data.ratings import Rated
+from discorm.data.rows import FormatSpec, SkipPair
 from discorm.data.templates import Renderer
 from discorm.data.tokenize import DataStats, PairTokenizer, raise_or_count
 from discorm.errors import DataError
@@ -64,17 +59,42 @@ class ReadOptions:
     strength_scale: float | None = None
 
     def spec(self, name: str, **kwargs) -> FormatSpec:
-        return FormatSpec(name, margin_column=self.margin_column, soft_label_column=self.soft_label_column,
-                          noise_column=self.noise_column, strength_scale=self.strength_scale, **kwargs)
+        return FORMATS[name].spec(margin_column=self.margin_column, soft_label_column=self.soft_label_column,
+                                  noise_column=self.noise_column, strength_scale=self.strength_scale,
+                                  rated_heads=self.rated_heads, **kwargs)
 
 
 # ----------------------------------------------------------------------------- reading rows
+class RepeatedKey(ValueError):
+    """A JSON object names a key twice (JSON readers keep one of the values silently)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json's object_pairs_hook: the object, or RepeatedKey naming the first key it repeats."""
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        seen = set()
+        raise RepeatedKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return found
+
+
+def _repeated(where: str, key: str) -> DataError:
+    return DataError(f"{where}: the key {key!r} appears twice in one JSON object, and a JSON reader keeps one of the "
+                     f"values silently. Keep one {key!r} (rename or drop the other).")
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
     for number, line in enumerate(read_utf8(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
+        except RepeatedKey as err:
+            raise _repeated(f"{path}:{number}", err.key) from None
         except json.JSONDecodeError as err:
             raise DataError(
                 f"{path}:{number}: malformed JSON ({err.msg} at column {err.colno}); each line of a .jsonl "
@@ -88,7 +108,10 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, dict]]:
-    data = read_json(path, DataError, fix="fix the file or use .jsonl")
+    try:
+        data = read_json(path, DataError, fix="fix the file or use .jsonl", object_pairs_hook=_unique_keys)
+    except RepeatedKey as err:
+        raise _repeated(str(path), err.key) from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))
     if not isinstance(data, list):
@@ -99,13 +122,27 @@ def _read_json(path: Path) -> Iterator[tuple[str, dict]]:
         yield f"{path} row {index}", row
 
 
+def _csv_has_rows(path: Path) -> bool:
+    """Whether the CSV file has a row under its header; a column named twice is an error (the CSV reader would
+    read the first and rename the other)."""
+    text = read_utf8(path)  # a clear error naming the line, before the CSV parser meets the bytes
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, [])
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: the header names the column(s) {repeated} more than once; the CSV reader would "
+                        "read the first and rename the others. Rename or drop the repeated columns.")
+    return any(line.strip() for line in text.splitlines()[reader.line_num:])
+
+
 def _read_table(path: Path) -> Iterator[tuple[str, dict]]:
     kind = "parquet" if path.suffix == ".parquet" else "CSV"
-    if kind == "CSV":
-        read_utf8(path)  # a clear error naming the line, before the CSV parser meets the bytes
+    if kind == "CSV" and not _csv_has_rows(path):
+        return  # no rows: read_file says so (the parser's own message names neither)
     try:
-        if kind == "parquet":
-            pyarrow.parquet.read_metadata(path)  # a clear error before datasets logs its own
+        # a clear error before datasets logs its own; no rows: read_file says so
+        if kind == "parquet" and pyarrow.parquet.read_metadata(path).num_rows == 0:
+            return
         table = datasets.Dataset.from_parquet(str(path)) if kind == "parquet" else datasets.Dataset.from_csv(
             str(path), encoding="utf-8-sig")
     except Exception as err:  # noqa: BLE001 - the parsers raise many kinds; all mean "not a readable file"
@@ -126,7 +163,8 @@ def read_file(path: Path) -> list[tuple[str, dict]]:
     reader = {".jsonl": _read_jsonl, ".json": _read_json}.get(path.suffix, _read_table)
     rows = list(reader(path))
     if not rows:
-        raise DataError(f"{path}: no rows found; the file holds no preference pairs.")
+        raise DataError(f"{path}: no rows found; the file holds no preference pairs (a table needs rows under its "
+                        "header).")
     return rows
 
 
@@ -154,7 +192,10 @@ def _dataset_info(read: ReadOptions) -> dict | None:
     file = Path(read.dataset_dir, DATASET_INFO)
     if not file.is_file():
         return None
-    info = read_json(file, DataError)
+    try:
+        info = read_json(file, DataError, object_pairs_hook=_unique_keys)
+    except RepeatedKey as err:
+        raise _repeated(str(file), err.key) from None
     if not isinstance(info, dict):
         raise DataError(f"{file}: expected an object of data set entries, found {type(info).__name__}.")
     return info
@@ -166,11 +207,11 @@ def _info_entry(entry, where: str, read: ReadOptions) -> tuple[dict, FormatSpec]
         raise DataError(f"{where}: expected an object with file_name, ranking, formatting, columns; found "
                         f"{type(entry).__name__}.")
     formatting = entry.get("formatting", "alpaca")
-    if not entry.get("ranking", False) and formatting != "rated":
+    if not isinstance(formatting, str) or formatting not in FORMATS:
+        raise DataError(f"{where}: formatting {formatting!r} is not one of {', '.join(FORMATS)}.")
+    if not entry.get("ranking", False) and FORMATS[formatting].kind != "rated":
         raise DataError(f"{where} is not a ranking data set; a reward model needs `\"ranking\": true` pairs "
                         "(or `\"formatting\": \"rated\"` rows, for a head that learns from ratings).")
-    if formatting not in FORMATS:
-        raise DataError(f"{where}: formatting {formatting!r} is not one of {', '.join(FORMATS)}.")
     for key in ("columns", "tags"):
         value = entry.get(key, {})
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
@@ -239,17 +280,15 @@ def pairs_from_rows(rows: list[tuple[str, dict]], spec: FormatSpec | None, where
     counted in ``stats``."""
     if spec is None:
         spec = read.spec(detect_format(list(rows[0][1]), where) if read.formatting == "auto" else read.formatting)
+    spec = replace(spec, attributes=tuple(attributes))
     check_columns(list(rows[0][1]), spec, where)
-    rated, listwise = spec.name == "rated", spec.name in LISTWISE_FORMATS
+    kind = FORMATS[spec.name].kind
     for row_where, row in rows:
         stats.read += 1
-        stats.rated += rated
-        stats.lists += listwise
+        stats.rated += kind == "rated"
+        stats.lists += kind == "list"
         try:
-            if rated:
-                pair = to_rated(row, spec, attributes, row_where, read.rated_heads)
-            else:
-                pair = to_ranked(row, spec, row_where) if listwise else to_pair(row, spec, row_where)
+            pair = convert(row, spec, row_where)
         except SkipPair as skip:
             raise_or_count(stats, skip.reason, str(skip), read.strict)
             continue

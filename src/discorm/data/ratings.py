@@ -3,9 +3,9 @@
 A rated row has ``prompt`` and ``response`` (strings or chat-message lists, optional ``system``) and its scores
 either as one column per attribute (``score`` for the regression head) or as a ``scores`` object
 ``{"helpfulness": 3, "correctness": 4}``. The attributes and their ranges come from the head (config keys
-``attributes`` and ``score_range``). An attribute a row does not rate (absent, null or NaN) is masked out of the
-loss; a score outside its range, an undeclared key of ``scores`` and an undeclared numeric column are errors
-(a misspelt attribute would otherwise be dropped silently).
+``attributes`` and ``score_range``). An attribute a row does not rate (absent, or null: an empty table cell) is
+masked out of the loss; a score that is NaN or infinite or outside its range, an undeclared key of ``scores`` and
+an undeclared numeric column are errors (a misspelt attribute would otherwise be dropped silently).
 """
 
 from __future__ import annotations
@@ -13,16 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from discorm.data.formats import (
-    FormatSpec,
-    Message,
-    SkipPair,
-    _describe,
-    _expect,
-    _messages,
-    _missing,
-    _with_system,
-)
+from discorm.data.rows import FormatSpec, Message, SkipPair, describe, expect, read_messages, with_system
 from discorm.errors import DataError
 
 # Columns of a rated row that are not scores (the pair columns are read by pairwise rows of a mixed set).
@@ -38,21 +29,22 @@ class Rated:
 
 
 def _score(value, name: str, where: str) -> float:
-    """A rating -> float; None and NaN (empty table cells) are 'not rated'."""
-    if _missing(value):
+    """A rating -> float; None (an empty table cell) is 'not rated' (NaN)."""
+    if value is None:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise DataError(f"{where}: the score of {name!r} should be a finite number, found {_describe(value)}. Fix "
+        raise DataError(f"{where}: the score of {name!r} should be a finite number, found {describe(value)}. Fix "
                         "the row or leave the attribute out.")
     return float(value)
 
 
-def _read_scores(row: dict, spec: FormatSpec, attributes, where: str) -> list[float]:
+def _read_scores(row: dict, spec: FormatSpec, where: str) -> list[float]:
+    attributes = spec.attributes
     names = [a.name for a in attributes]
     found = {}
     scores = row.get(spec.column("scores"))
     if scores is not None:
-        _expect(scores, dict, spec.column("scores"), where)
+        expect(scores, dict, spec.column("scores"), where)
         unknown = sorted(set(scores) - set(names))
         if unknown:
             raise DataError(f"{where}: `{spec.column('scores')}` rates unknown attribute(s) {unknown}; the declared "
@@ -77,19 +69,19 @@ def _read_scores(row: dict, spec: FormatSpec, attributes, where: str) -> list[fl
     return values
 
 
-def to_rated(row: dict, spec: FormatSpec, attributes, where: str, rated_heads: tuple[str, ...] = ()) -> Rated:
-    """Convert one rated row; raises DataError for wrong types, SkipPair for unusable but well-formed rows.
-    ``rated_heads``: the heads that learn from ratings, named when the current head does not."""
-    if not attributes:
-        rated = ", ".join(rated_heads) or "see `discorm keys`"
+def to_rated(row: dict, spec: FormatSpec, where: str) -> Rated:
+    """Convert one rated row, read with the head's attributes (``spec.attributes``; ``spec.rated_heads`` are named
+    when the head has none); raises DataError for wrong types, SkipPair for unusable but well-formed rows."""
+    if not spec.attributes:
+        rated = ", ".join(spec.rated_heads) or "see `discorm keys`"
         raise DataError(f"{where}: a rated row (prompt, response, scores), but the head learns from pairs only. "
                         f"Use a head that learns from ratings ({rated}), or give pairs (chosen, rejected).")
-    prompt = _messages(row[spec.column("prompt")], "prompt", where, "user")
-    response = _messages(row[spec.column("response")], "response", where, "assistant")
-    prompt = _with_system(prompt, row.get(spec.column("system")), where)
+    prompt = read_messages(row[spec.column("prompt")], "prompt", where, "user")
+    response = read_messages(row[spec.column("response")], "response", where, "assistant")
+    prompt = with_system(prompt, row.get(spec.column("system")), where)
     if not any(m["content"].strip() for m in response):
         raise SkipPair("empty response", f"{where}: empty response")
-    scores = _read_scores(row, spec, attributes, where)
+    scores = _read_scores(row, spec, where)
     if all(math.isnan(v) for v in scores):
-        raise SkipPair("no scores", f"{where}: no attribute is rated ({[a.name for a in attributes]})")
+        raise SkipPair("no scores", f"{where}: no attribute is rated ({[a.name for a in spec.attributes]})")
     return Rated(prompt, response, scores, meta={"source": where})

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from discorm.data.formats import Message, check_text, to_conversation
+from discorm.data.rows import Message, check_text, to_conversation
 from discorm.data.templates import Renderer
 from discorm.data.tokenize import Encoder
 from discorm.errors import ConfigError, DataError

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from jinja2 import TemplateError
 
-from discorm.data.formats import Message
+from discorm.data.rows import Message
 from discorm.errors import ConfigError, DataError
 
 _CHATML = (

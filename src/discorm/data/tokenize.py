@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from discorm.data.formats import Message, Pair, check_text, to_conversation
 from discorm.data.listwise import Ranked
+from discorm.data.pairs import Pair
 from discorm.data.ratings import Rated
+from discorm.data.rows import Message, check_text, to_conversation
 from discorm.data.templates import Renderer
 from discorm.errors import DataError
 

@@ -31,10 +31,10 @@ from pathlib import Path
 import datasets
 import yaml
 
-from discorm.data.formats import Message, to_conversation
 from discorm.data.listwise import Ranked
 from discorm.data.loader import ReadOptions, pairs_from_rows, read_source
 from discorm.data.ratings import Rated
+from discorm.data.rows import Message, to_conversation
 from discorm.data.tokenize import DataStats, Encoder
 from discorm.errors import ConfigError, DataError
 from discorm.eval.formats import LISTWISE, RATED, EvalFormat, detect_format

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from discorm.data.formats import FormatSpec, SkipPair, detect_format, to_conversation, to_pair
+from discorm.data.formats import FORMATS, convert, detect_format
 from discorm.data.loader import read_path
 from discorm.data.retemplate import Retemplater
+from discorm.data.rows import SkipPair, to_conversation
 from discorm.data.tokenize import Encoder
 from discorm.errors import DataError
 from discorm.files import write_jsonl
@@ -50,11 +51,11 @@ def score_file(model_dir: str, input_path: str, output_path: str, batch_size: in
     options = {"reward_mode": reward_mode, "reward_alpha": reward_alpha, "reward_k": reward_k}
     columns = set(rows[0][1])
     if {"chosen", "rejected"} <= columns:
-        spec = FormatSpec(detect_format(list(columns), input_path))
+        spec = FORMATS[detect_format(list(columns), input_path)].spec()
         examples = []
         for where, row in rows:
             try:
-                pair = to_pair(row, spec, where)
+                pair = convert(row, spec, where)
             except SkipPair as skip:
                 raise DataError(f"{skip}; a pair to score needs two different, non-empty responses.") from None
             encoded = encoder.encode(pair.prompt, [pair.chosen, pair.rejected], where)
