@@ -28,7 +28,6 @@ package's own training path (PairwiseTrainer, PairwiseLoss, packed prefix-shared
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import statistics
@@ -51,6 +50,8 @@ from benchmarks.hidden_context import (  # noqa: E402
     helpfulness_prefers_chosen,
     is_refusal,
 )
+from discorm.errors import DestinationError  # noqa: E402
+from discorm.files import check_destination  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-harmless-dev.jsonl"
 MODES = {  # column name -> reward options
@@ -268,7 +269,7 @@ def plot_curves(curves: dict[str, list[SigmaCurve]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from discorm.plots import plt, save
 
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.8), squeeze=False)
     for ax, (name, runs) in zip(axes[0], curves.items()):
@@ -278,9 +279,7 @@ def plot_curves(curves: dict[str, list[SigmaCurve]], path: Path) -> None:
             ax.plot(steps, agree, color="C0", alpha=0.9 - 0.3 * seed, label=f"annotators agree (seed {seed})")
         ax.set(title=name, xlabel="training step", ylabel="mean predicted sigma (held-out probe pairs)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path, dpi=100)
 
 
 def parse_args():
@@ -305,8 +304,13 @@ def parse_args():
                              "onto one atom)")
     parser.add_argument("--cache-file", default=None, help="keep the frozen blocks' output here and reuse it")
     parser.add_argument("--out", default="saves/bench_hidden_context", help="plot and JSON results")
+    parser.add_argument("--force", action="store_true", help="replace the results of an earlier run in --out")
     parser.add_argument("--probe", type=int, default=48, help="probe pairs of each kind for the sigma curves")
     opts = parser.parse_args()
+    try:  # before any work: an earlier run's results are replaced only when asked
+        check_destination(Path(opts.out, "results.json"), opts.force, option=f"--out {opts.out} (its results.json)")
+    except DestinationError as err:
+        parser.error(str(err))
     return opts
 
 
@@ -316,13 +320,13 @@ def main() -> None:
     import transformers
 
     from discorm.config import load_args
+    from discorm.files import write_json
     from discorm.train.workflow import setup_model
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(2)
     began = time.time()
     out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
     model_args, _, _, finetuning_args = load_args({"model_name_or_path": opts.model, "finetuning_type": "freeze",
                                                    "freeze_trainable_layers": opts.trainable_blocks})
     base = setup_model(model_args, finetuning_args)
@@ -374,9 +378,8 @@ def main() -> None:
                     example[head] = worked_example(model, test_cached, [examples[i] for i in test_idx],
                                                    test_labels, model.tokenizer, 0.05)
 
-    (out / "results.json").write_text(json.dumps({"options": {k: v for k, v in vars(opts).items()},
-                                                   "counts": counts, "results": results,
-                                                   "worked_example": example}, indent=1, default=str))
+    write_json(out / "results.json", {"options": {k: v for k, v in vars(opts).items()}, "counts": counts,
+                                      "results": results, "worked_example": example}, default=str)
     mixture_rows = {name: runs for name, runs in results.items() if name.endswith("(mixture)")}
     print(f"\n{opts.seeds} seed(s), mean ± half the spread; {counts['pairs']} pairs, {opts.test_size} held out "
           f"per seed; {opts.model}, freeze tuning of the top {opts.trainable_blocks} blocks, {opts.epochs} epochs, "

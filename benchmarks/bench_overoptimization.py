@@ -20,7 +20,8 @@ reward under best-of-n selection? (Gao et al. 2022 / Coste et al. 2024 protocol,
     python benchmarks/bench_overoptimization.py                 # about 40 minutes on 2 CPU cores
     python benchmarks/bench_overoptimization.py --fast          # smoke test: a few minutes
 Writes ``--out`` (default outputs/overoptimization): results.json, overoptimization.png, and the cached gold
-model, candidates and features (a re-run costs only the proxies and the tables).
+model, candidates and features (a re-run, with ``--force`` to replace the results, costs only the proxies and the
+tables).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from benchmarks.bench_throughput import matmul_peak  # noqa: E402
 from benchmarks.uncertainty import auroc  # noqa: E402
+from discorm.errors import DestinationError  # noqa: E402
+from discorm.files import check_destination  # noqa: E402
 
 HH_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-harmless-dev.jsonl"
 NON_ENGLISH = [
@@ -238,7 +241,9 @@ def rule_rewards(heads: dict, pooled: torch.Tensor, lengths: np.ndarray, shape: 
 # ----------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="outputs/overoptimization")
+    parser.add_argument("--out", default="outputs/overoptimization",
+                        help="results, plot and caches (reused by a later run)")
+    parser.add_argument("--force", action="store_true", help="replace the results of an earlier run in --out")
     parser.add_argument("--prompts", type=int, default=48, help="benchmark prompts (a third tunes coefficients)")
     parser.add_argument("--candidates", type=int, default=32, help="N responses sampled per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -257,11 +262,16 @@ def main() -> None:
         opts.prompts, opts.candidates, opts.heldout, opts.proxy_pairs = 6, 8, 40, 60
         opts.seeds, opts.gold_blocks, opts.gold_epochs, opts.ood, opts.max_new_tokens = 1, 1, 0.25, 24, 24
         opts.out = opts.out if opts.out != "outputs/overoptimization" else "outputs/overoptimization-fast"
+    try:  # before any work: an earlier run's results are replaced only when asked (the caches are reused)
+        check_destination(Path(opts.out, "results.json"), opts.force, option=f"--out {opts.out} (its results.json)")
+    except DestinationError as err:
+        parser.error(str(err))
     import transformers
 
     transformers.logging.set_verbosity_error()
     from dataclasses import replace
 
+    from discorm.files import write_json
     from discorm.model.reward_model import RewardModel
 
     out = Path(opts.out)
@@ -321,7 +331,7 @@ def main() -> None:
     results["ood"] = ood_checks(base, heads, data["heldout"], opts, out)
     results["gold_accuracy"] = json.loads((out / "gold" / "eval" / "eval_results.json").read_text())["sets"][
         "heldout"]["accuracy"]
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "results.json", results)
     print_tables(results, len(report))
     plot(results, out / "overoptimization.png")
     print(f"\nwrote {out / 'results.json'} and {out / 'overoptimization.png'}")
@@ -406,7 +416,7 @@ def print_tables(results: dict, prompts: int) -> None:
 
 
 def plot(results: dict, path: Path) -> None:
-    from discorm.plots import plt
+    from discorm.plots import plt, save
 
     noises = list(results["noise"])
     fig, axes = plt.subplots(1, len(noises), figsize=(6.5 * len(noises), 4.8), squeeze=False)
@@ -424,8 +434,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_title(f"label noise {float(noise):.0%}")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

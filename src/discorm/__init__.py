@@ -29,6 +29,7 @@ _EXPORTS = {
     "ConfigError": "discorm.errors",
     "DataError": "discorm.errors",
     "ModelError": "discorm.errors",
+    "DestinationError": "discorm.errors",
     "TrainingError": "discorm.errors",
 }
 __all__ = ["__version__", *_EXPORTS]

@@ -90,7 +90,8 @@ def _cmd_score(args) -> None:
     from discorm.serve.scoring import score_file
 
     n = score_file(args.model, args.input, args.output, batch_size=args.batch_size, reward_mode=args.reward_mode,
-                   reward_alpha=args.reward_alpha, reward_k=args.reward_k, policy_tokenizer=args.policy_tokenizer)
+                   reward_alpha=args.reward_alpha, reward_k=args.reward_k, policy_tokenizer=args.policy_tokenizer,
+                   force=args.force)
     print(f"scored {n} rows -> {args.output}")
 
 
@@ -158,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*", help="with a YAML config: key=value pairs that override it")
     evaluate.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
                           help="an evaluation set (repeatable); PATH as for `dataset`, or a YAML list of sets")
-    evaluate.add_argument("--out", help="output folder (default: MODEL/eval, or output_dir with a config)")
+    evaluate.add_argument("--out", help="output folder (default: a new MODEL/eval-SETS, or OUTPUT_DIR/eval-SETS with "
+                          "a config)")
+    evaluate.add_argument("--force", action="store_true",
+                          help="write into a non-empty output folder, replacing only the files an evaluation writes")
     evaluate.add_argument("--compare", metavar="OTHER", help="another model, or an earlier eval output, to compare")
     evaluate.add_argument("--reward-mode", choices=REWARD_MODES, help="ranking reward for this run (default: the "
                           "model's own)")
@@ -196,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     score = sub.add_parser("score", help="score rows or pairs with a trained reward model")
     score.add_argument("model")
     score.add_argument("--input", required=True)
-    score.add_argument("--output", required=True)
+    score.add_argument("--output", required=True, help="the JSONL file to write (refused if it exists, unless --force)")
+    score.add_argument("--force", action="store_true", help="replace an existing --output file")
     score.add_argument("--batch-size", type=_positive(int), default=8)
     score.add_argument("--reward-mode", default=None, choices=list(REWARD_MODES),
                        help="turn a distribution into one reward (default: the model's reward_mode)")
@@ -212,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir")
     export.add_argument("--out", required=True)
     export.add_argument("--merge-lora", action="store_true", help="merge LoRA adapters into the weights")
-    export.add_argument("--force", action="store_true", help="replace the files of a non-empty --out folder")
+    export.add_argument("--force", action="store_true",
+                        help="write into a non-empty --out folder, replacing only the files an export writes")
     export.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     export.add_argument("--num-labels", type=int, default=1,
                         help="gaussian heads: 2 also exports the log-variance as a second label; "

@@ -23,6 +23,11 @@ class ModelError(DiscoRMError):
     """A model that cannot be found, loaded or combined with the requested head."""
 
 
+class DestinationError(DiscoRMError):
+    """A path a command will not write: it holds what the user did not ask to replace, it is what the command
+    reads, or it is a file where a folder is written (or the other way round)."""
+
+
 class TrainingError(DiscoRMError):
     """Training cannot go on: a non-finite loss, a checkpoint that cannot be written."""
 

@@ -63,9 +63,10 @@ def test_cli_model_form_with_several_sets_and_a_yaml_list(tiny_llama, tmp_path, 
     assert main(["eval", str(run), "--data", f"mine={pairs}", "--data", f"bon={bon}", "--bootstrap", "200"]) == 0
     out = capsys.readouterr().out
     assert "mine: 12 items  accuracy:" in out and "ece:" in out and "bon: 5 items" in out
-    results = json.loads((run / "eval" / "eval_results.json").read_text())
-    assert list(results["sets"]) == ["mine", "bon"] and (run / "eval" / "report.html").is_file()
-    records = [json.loads(x) for x in (run / "eval" / "predictions" / "mine.jsonl").read_text().splitlines()]
+    out_dir = run / "eval-mine-bon"  # the default: a folder of its own, never training's run/eval
+    results = json.loads((out_dir / "eval_results.json").read_text())
+    assert list(results["sets"]) == ["mine", "bon"] and (out_dir / "report.html").is_file()
+    records = [json.loads(x) for x in (out_dir / "predictions" / "mine.jsonl").read_text().splitlines()]
     assert np.mean([r["credit"] for r in records]) == pytest.approx(results["sets"]["mine"]["accuracy"])
     assert [len(r["scores"]) for r in json.loads(json.dumps(records))] == [2] * 12
 
@@ -103,7 +104,7 @@ def test_config_form_still_evaluates_a_run(tiny_llama, tmp_path, capsys):
     config.write_text(f"model_name_or_path: {run}\ndataset: {data}\noutput_dir: {tmp_path / 'ev'}\nuse_cpu: true\n")
     assert main(["eval", str(config), "max_samples=5"]) == 0
     assert "d: 5 items  accuracy:" in capsys.readouterr().out
-    assert json.loads((tmp_path / "ev" / "eval_results.json").read_text())["sets"]["d"]["items"] == 5
+    assert json.loads((tmp_path / "ev" / "eval-d" / "eval_results.json").read_text())["sets"]["d"]["items"] == 5
 
 
 def test_reward_mode_applies_to_one_run_and_leaves_the_model_unchanged(tiny_llama, tmp_path):
@@ -175,13 +176,13 @@ def test_compare_with_a_model_and_with_earlier_results(tiny_llama, tmp_path, cap
     data = write_jsonl(tmp_path / "p.jsonl", _pairs(30))
     assert main(["eval", str(first), "--data", f"p={data}", "--compare", str(tmp_path / "second"),
                  "--bootstrap", "300"]) == 0
-    results = json.loads((first / "eval" / "eval_results.json").read_text())
+    results = json.loads((first / "eval-p" / "eval_results.json").read_text())
     c = results["compare"]["sets"]["p"]
     assert c["paired_items"] == 30 and c["accuracy"] == pytest.approx(results["sets"]["p"]["accuracy"])
-    assert (first / "eval" / "compare" / "eval_results.json").is_file()
+    assert (first / "eval-p" / "compare" / "eval_results.json").is_file()
     assert "compare p:" in capsys.readouterr().out
     # the same model's earlier results: no difference at all
     assert main(["eval", str(first), "--data", f"p={data}", "--out", str(tmp_path / "again"), "--compare",
-                 str(first / "eval"), "--bootstrap", "300"]) == 0
+                 str(first / "eval-p"), "--bootstrap", "300"]) == 0
     same = json.loads((tmp_path / "again" / "eval_results.json").read_text())["compare"]["sets"]["p"]
     assert same["difference"] == 0.0 and same["p_value"] == 1.0 and same["paired_items"] == 30

@@ -151,7 +151,7 @@ def test_score_cli_re_templates_and_names_bad_rows(gaussian, llama3, tmp_path, c
                                         + json.dumps({"completion": "no prompt"}) + "\n")
     assert main(bad) == 2
     assert "bad.jsonl:2: the completion has no prompt" in capsys.readouterr().err
-    assert main([*args, "--policy-tokenizer", str(tmp_path / "no-such-policy")]) == 2
+    assert main([*args, "--force", "--policy-tokenizer", str(tmp_path / "no-such-policy")]) == 2
     assert "--policy-tokenizer / policy_tokenizer" in capsys.readouterr().err
     assert main(["serve", str(run), "--policy-tokenizer", str(tmp_path / "no-such-policy")]) == 2
     assert "does not exist" in capsys.readouterr().err

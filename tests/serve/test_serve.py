@@ -165,7 +165,7 @@ def test_score_cli_takes_the_reward_mode_and_its_level_per_call(tiny_llama, tmp_
 
     def score(*options):
         assert main(["score", str(tmp_path / "run"), "--input", str(tmp_path / "rows.jsonl"),
-                     "--output", str(tmp_path / "out.jsonl"), *options]) == 0
+                     "--output", str(tmp_path / "out.jsonl"), "--force", *options]) == 0
         return [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
 
     plain = score()

@@ -191,14 +191,14 @@ def test_regression_on_mixed_data_with_fixed_combination_and_eval_cli(tiny_llama
                     "use_cpu: true\n")
     assert main(["eval", str(spec)]) == 0
     assert re.search(r"points: 40 rated responses  score rmse \d\.\d{4} spearman -?\d\.\d{4}", capsys.readouterr().out)
-    evaluated = json.loads((tmp_path / "ev" / "eval_results.json").read_text())
+    evaluated = json.loads((tmp_path / "ev" / "eval-points" / "eval_results.json").read_text())
     assert evaluated["sets"] == {} and evaluated["rated_sets"]["points"]["rated"] == {"score": 40}
     for metric in ("rmse", "pearson", "spearman"):  # the eval suite's numbers are training's held-out numbers
         assert evaluated["rated_sets"]["points"]["attributes"]["score"][metric] == pytest.approx(
             results[f"eval_rated_score_{metric}"], abs=1e-4)
-    predictions = (tmp_path / "ev" / "predictions" / "points.jsonl").read_text().splitlines()
+    predictions = (tmp_path / "ev" / "eval-points" / "predictions" / "points.jsonl").read_text().splitlines()
     assert len(predictions) == 40 and set(json.loads(predictions[0])) >= {"reward", "predicted", "rated"}
-    assert 'id="rated"' in (tmp_path / "ev" / "report.html").read_text()
+    assert 'id="rated"' in (tmp_path / "ev" / "eval-points" / "report.html").read_text()
 
 
 def test_version_2_run_directory_loads_without_normalisation(tiny_llama, tmp_path):

@@ -3,13 +3,19 @@
 Two forms:
 - ``discorm eval MODEL --data NAME=PATH [--data ...] [--out DIR] [--compare OTHER] [options]``;
 - ``discorm eval CONFIG.yaml [key=value ...]``: the model is ``model_name_or_path``, the set ``eval_dataset``
-  (else ``dataset``), the output ``output_dir``; the data keys (``max_samples``, ``formatting``, ``dataset_dir``,
-  ...) apply, and so do ``reward_mode``/``reward_alpha``/``reward_k`` and ``cutoff_len`` when the file sets them.
+  (else ``dataset``), the output folder under ``output_dir``; the data keys (``max_samples``, ``formatting``,
+  ``dataset_dir``, ...) apply, and so do ``reward_mode``/``reward_alpha``/``reward_k`` and ``cutoff_len`` when the
+  file sets them.
+
+The output goes to ``--out``, else to a new ``eval-<sets>`` folder in the model's folder (``output_dir`` with a
+config; ``saves/eval/<name>`` for a model that is not a folder): never over training's ``RUN/eval``, nor over
+another evaluation or other files unless ``--force``, which replaces the evaluation's own files only.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from discorm.config import DataArguments, given_values, load_args
@@ -17,6 +23,7 @@ from discorm.errors import ConfigError
 from discorm.eval.results import REPORT_FILE, RESULTS_FILE, TIMING_FILE, RewardOptions
 from discorm.eval.runner import EvalOptions, run_evaluation
 from discorm.eval.sets import parse_set_specs
+from discorm.files import check_destination
 from discorm.model.rm_config import check_reward_options
 
 
@@ -51,7 +58,7 @@ def eval_from_args(args) -> tuple[dict, Path]:
                                   "Set eval_dataset to the held-out file (or pass --data NAME=PATH).")
             source = data_args.eval_dataset or data_args.dataset
             sets = {Path(source.split(",")[0].split(":")[0]).stem or "eval": source}
-        model, out = model_args.model_name_or_path, Path(args.out or training_args.output_dir)
+        model, folder = model_args.model_name_or_path, Path(training_args.output_dir)
     else:
         if args.overrides:
             raise ConfigError(f"key=value overrides ({' '.join(args.overrides)}) need a YAML config as the first "
@@ -61,13 +68,20 @@ def eval_from_args(args) -> tuple[dict, Path]:
                               "(a pair file, a RewardBench v1/v2 file, or a YAML list of sets).")
         data_args = DataArguments(max_samples=args.max_samples)
         model, model_args = args.target, None
-        out = Path(args.out) if args.out else (Path(model) / "eval" if Path(model).is_dir()
-                                               else Path("saves", "eval", Path(model).name))
+        folder = Path(model) if Path(model).is_dir() else Path("saves", "eval", Path(model).name)
+    out = Path(args.out) if args.out else folder / default_folder(sets)
+    option = f"--out {out}" if args.out else f"the output folder {out} (the default; --out chooses another)"
+    check_destination(out, args.force, folder=True, reads=[model] if Path(model).is_dir() else [], option=option)
     if args.max_samples:
         data_args.max_samples = args.max_samples
     results = run_evaluation(model, sets, out, options, data_args, model_args, compare=args.compare,
                              report=not args.no_report)
     return results, out
+
+
+def default_folder(sets: dict[str, str]) -> str:
+    """``eval-<set names>``: a folder of its own for each choice of sets, never training's ``eval``."""
+    return "eval-" + re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(sets))[:100]
 
 
 def summary_text(results: dict, out: Path, report: bool = True) -> str:

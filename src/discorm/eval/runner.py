@@ -26,7 +26,7 @@ from discorm.eval.results import REPORT_FILE, RESULTS_FILE, SCHEMA, TIMING_FILE,
 from discorm.eval.scoring import score_items
 from discorm.eval.sets import EvalSet, load_eval_set
 from discorm.eval.stats import CONFIDENCE, DEFAULT_RESAMPLES
-from discorm.files import write_json, write_jsonl
+from discorm.files import replacing_folder, write_json, write_jsonl
 from discorm.model.loading import LoadOptions
 from discorm.model.reward_model import RewardModel
 from discorm.model.rm_config import check_reward_options
@@ -128,6 +128,7 @@ def write_evaluation(evaluation: Evaluation, out_dir: str | Path) -> Path:
 
 
 CALIBRATION_FILE = "calibration.png"
+OUTPUT_FILES = (RESULTS_FILE, TIMING_FILE, CALIBRATION_FILE, REPORT_FILE, "predictions", "compare")  # all it writes
 
 
 def compare_with(evaluation: Evaluation, other: str, sets: dict[str, str], options: EvalOptions,
@@ -148,15 +149,18 @@ def compare_with(evaluation: Evaluation, other: str, sets: dict[str, str], optio
 def run_evaluation(model_path: str, sets: dict[str, str], out_dir: str | Path, options: EvalOptions | None = None,
                    data_args: DataArguments | None = None, model_args: ModelArguments | None = None,
                    compare: str | None = None, report: bool = True) -> dict:
-    """Evaluate, compare with another run or results when asked, write everything; returns eval_results."""
+    """Evaluate, compare with another run or results when asked, write everything; returns eval_results. The
+    files are written in a temporary folder that then replaces the evaluation files of ``out_dir`` (all of them:
+    the predictions of an earlier evaluation never stay beside new results), leaving its other files."""
     options = options or EvalOptions()
     evaluation = evaluate(model_path, sets, options, data_args, model_args)
-    if compare:
-        evaluation.results["compare"] = compare_with(evaluation, compare, sets, options, data_args, model_args,
-                                                     Path(out_dir) / "compare")
-    write_evaluation(evaluation, out_dir)
-    if report:
-        write_report(evaluation, Path(out_dir) / REPORT_FILE)
+    with replacing_folder(out_dir, OUTPUT_FILES) as staged:
+        if compare:
+            evaluation.results["compare"] = compare_with(evaluation, compare, sets, options, data_args, model_args,
+                                                         staged / "compare")
+        write_evaluation(evaluation, staged)
+        if report:
+            write_report(evaluation, staged / REPORT_FILE)
     return evaluation.results
 
 

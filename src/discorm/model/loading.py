@@ -301,6 +301,10 @@ def read_checkpoint(path: str, options: LoadOptions | None = None, head: str | N
     options = options or LoadOptions()
     given, path = path, resolve_model_path(path)
     kind = checkpoint_kind(path)
+    if kind is CheckpointKind.PRETRAINED and Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise ModelError(f"{given} is a folder but not a model: a DiscoRM run folder holds {CONFIG_FILE} with the "
+                         "weights and the tokenizer, an exported or Hugging Face checkpoint config.json. Pass the "
+                         "run's output_dir (or a checkpoint-N folder in it).")
     if kind is CheckpointKind.DISCORM:
         return _read_discorm(Path(path), options, head, trainable, quantized, uncertainty)
     tokenizer = load_tokenizer(path, options.trust_remote_code, options.cache_dir, required=False)

@@ -15,9 +15,6 @@ lists every field.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -25,7 +22,8 @@ from safetensors.torch import save_file
 from transformers import AutoModelForSequenceClassification
 
 from discorm.data.templates import BUILTIN_TEMPLATES
-from discorm.errors import ModelError
+from discorm.errors import DestinationError, ModelError
+from discorm.files import check_destination, replacing_folder
 from discorm.model.reward_model import RewardModel
 
 logger = logging.getLogger(__name__)
@@ -71,30 +69,36 @@ def scoring_template(template: str) -> str:
             "{{ discorm_rendered if add_generation_prompt else discorm_rendered.rstrip() }}")
 
 
-def check_destination(run_dir: str, out: str, force: bool) -> None:
-    """The export never writes into its source, nor over a folder with files unless ``force``."""
+EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+                "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json", "tokenizer*",
+                "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.*",
+                "merges.txt", "spiece.model", "discorm_*.safetensors")  # what an export writes: --force replaces these
+
+
+def check_export_destination(run_dir: str, out: str, force: bool) -> None:
+    """The export never writes into its source, nor holds it; it writes a folder, into one with files only with
+    ``force`` (see ``files.check_destination``)."""
     source, target = Path(run_dir).resolve(), Path(out).resolve()
     if target == source or source in target.parents or target in source.parents:
-        raise ModelError(f"--out {out} is {'inside ' if target != source else ''}the run directory {run_dir} "
-                         f"{'(or holds it) ' if target in source.parents else ''}being exported, whose files the "
-                         "export would replace; write it to another folder.")
-    if target.is_dir() and any(target.iterdir()) and not force:
-        raise ModelError(f"--out {out} is not empty; choose a new folder, or pass --force to replace what is "
-                         "there.")
+        raise DestinationError(f"--out {out} is {'inside ' if target != source else ''}the run directory {run_dir} "
+                               f"{'(or holds it) ' if target in source.parents else ''}being exported, whose files "
+                               "the export would replace; write it to another folder.")
+    check_destination(out, force, folder=True, option=f"--out {out}")
 
 
 def export_sequence_classification(run_dir: str, out: str, merge_lora: bool = False, dtype: str | None = None,
                                    num_labels: int = 1, force: bool = False, multi_label: bool = False) -> Path:
     """Write ``run_dir`` as a sequence-classification checkpoint in ``out`` (built in a temporary folder next to
-    it, then renamed into place; a folder that is there already is replaced only with ``force``). ``num_labels``
-    above 1 needs ``multi_label``: consumers that read the last label (verl, vLLM) or the top one (RewardBench's
-    pipeline) would take another label for the reward."""
+    it, then moved into place; into a folder with files only with ``force``, which replaces the files an export
+    writes, ``EXPORT_FILES``, and nothing else). ``num_labels`` above 1 needs ``multi_label``: consumers that read
+    the last label (verl, vLLM) or the top one (RewardBench's pipeline) would take another label for the
+    reward."""
     if num_labels > 1 and not multi_label:
         raise ModelError(f"--num-labels {num_labels} writes a checkpoint that RL consumers misread by default: TRL "
                          "and OpenRLHF read label 0 (the reward), but verl and vLLM read the last label and "
                          "RewardBench's pipeline the largest one. Pass --multi-label to write it anyway, or export "
                          "--num-labels 1 for RL.")
-    check_destination(run_dir, out, force)
+    check_export_destination(run_dir, out, force)
     model = RewardModel.from_pretrained(run_dir, quantized=False)  # a QLoRA adapter merges into full weights
     if model.is_lora:
         if not merge_lora:
@@ -143,15 +147,10 @@ def export_sequence_classification(run_dir: str, out: str, merge_lora: bool = Fa
     if dtype:
         classifier = classifier.to(getattr(torch, dtype))
     out_dir = Path(out)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
-        staged = Path(tmp, "export")
+    with replacing_folder(out_dir, EXPORT_FILES) as staged:
         classifier.save_pretrained(staged)
         tokenizer.save_pretrained(staged)
         for name, tensors in spec.files.items():
             save_file(tensors, staged / name, metadata={"head": head.kind})
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staged, out_dir)
     logger.info("exported %s -> %s (%s head, pad token %r)", run_dir, out_dir, head.kind, tokenizer.pad_token)
     return out_dir

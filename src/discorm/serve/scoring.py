@@ -12,7 +12,7 @@ from discorm.data.retemplate import Retemplater
 from discorm.data.rows import SkipPair, to_conversation
 from discorm.data.tokenize import Encoder
 from discorm.errors import DataError
-from discorm.files import write_jsonl
+from discorm.files import check_destination, write_jsonl
 from discorm.model.inference import describe, score_groups, score_pairs, score_sequences
 from discorm.model.loading import load_policy_tokenizer
 from discorm.model.reward_model import RewardModel
@@ -35,23 +35,56 @@ def _score_lists(model, encoder: Encoder, rows: list, batch_size: int, options: 
     return [{"index": i, "responses": describe(model, p, **options)} for i, p in enumerate(params)]
 
 
+PAIRS, LISTS, RESPONSES = "pairs", "ranked lists", "single responses"
+
+
+def row_kind(row: dict) -> str | None:
+    """What a row to score is: a pair, a ranked list or a single response (None: none of them)."""
+    if {"chosen", "rejected"} <= set(row):
+        return PAIRS
+    if "responses" in row:
+        return LISTS
+    if {"text", "messages", "completion"} & set(row) or {"prompt", "response"} <= set(row):
+        return RESPONSES
+    return None
+
+
+def file_kind(rows: list) -> str:
+    """The one kind of every row of a file to score; a row of no kind, or of another kind than the first row's,
+    raises a DataError naming it."""
+    first_where, first = rows[0][0], row_kind(rows[0][1])
+    for where, row in rows:
+        kind = row_kind(row)
+        if kind is None:
+            raise DataError(f"{where}: expected 'text', 'messages', 'prompt'+'response', 'prompt'+'completion' "
+                            f"(a single response), 'chosen'+'rejected' (a pair) or 'responses' (a ranked list) "
+                            f"columns, found {sorted(row)}.")
+        if kind != first:
+            raise DataError(f"{where}: this row holds {kind} ({sorted(row)}), but the file's first row "
+                            f"({first_where}) holds {first}; a file to score holds one kind of row. Split it into "
+                            "one file per kind.")
+    return first
+
+
 def score_file(model_dir: str, input_path: str, output_path: str, batch_size: int = 8,
                reward_mode: str | None = None, reward_alpha: float | None = None,
-               reward_k: float | None = None, policy_tokenizer: str | None = None) -> int:
+               reward_k: float | None = None, policy_tokenizer: str | None = None, force: bool = False) -> int:
     """Score a file of pairs, of ranked lists (prompt + responses: one record per list) or of single responses
-    (text, messages, prompt + response, TRL's prompt + completion); writes JSONL."""
+    (text, messages, prompt + response, TRL's prompt + completion); writes JSONL to ``output_path``, which must
+    not be the input, and replaces an existing file only with ``force``."""
     path = Path(input_path)
     if not path.exists():
         raise DataError(f"{input_path} does not exist; pass a .jsonl/.json/.parquet/.csv file of rows to score.")
-    policy = load_policy_tokenizer(policy_tokenizer)
+    check_destination(output_path, force, reads=[input_path], option=f"--output {output_path}")
     rows = read_path(path)
+    kind = file_kind(rows)
+    policy = load_policy_tokenizer(policy_tokenizer)
     model = RewardModel.from_pretrained(model_dir).eval()
     check_reward_options(reward_mode, reward_alpha, reward_k, model.head)
     encoder = Encoder.for_model(model)
     options = {"reward_mode": reward_mode, "reward_alpha": reward_alpha, "reward_k": reward_k}
-    columns = set(rows[0][1])
-    if {"chosen", "rejected"} <= columns:
-        spec = FORMATS[detect_format(list(columns), input_path)].spec()
+    if kind == PAIRS:
+        spec = FORMATS[detect_format(list(rows[0][1]), input_path)].spec()
         examples = []
         for where, row in rows:
             try:
@@ -66,7 +99,7 @@ def score_file(model_dir: str, input_path: str, output_path: str, batch_size: in
         prob = model.head.prob_pair(params[:, 0], params[:, 1], model.rm_config.temperature).tolist()
         records = [{"index": i, "chosen": c, "rejected": r, "p_chosen": p}
                    for i, (c, r, p) in enumerate(zip(chosen, rejected, prob))]
-    elif "responses" in columns:
+    elif kind == LISTS:
         records = _score_lists(model, encoder, rows, batch_size, options)
     else:
         reader, sequences = Retemplater(encoder, policy), []
@@ -75,11 +108,8 @@ def score_file(model_dir: str, input_path: str, output_path: str, batch_size: in
                 sequences.append(reader.encode_item(row["text"], where))
             elif "messages" in row or ("prompt" in row and "response" in row):
                 sequences.append(reader.encode_item(row, where))
-            elif "completion" in row:
-                sequences.append(reader.encode_joined(row.get("prompt"), row["completion"], where))
             else:
-                raise DataError(f"{where}: expected 'text', 'messages', 'prompt'+'response', 'prompt'+'completion' "
-                                f"or 'chosen'+'rejected' columns, found {sorted(row)}.")
+                sequences.append(reader.encode_joined(row.get("prompt"), row["completion"], where))
         params = score_sequences(model, sequences, batch_size, show_progress=True)
         records = [{"index": i, **record} for i, record in enumerate(describe(model, params, **options))]
     write_jsonl(output_path, records)
