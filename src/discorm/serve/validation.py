@@ -23,7 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from starlette.requests import ClientDisconnect, Request
 
-from discorm.data.formats import to_conversation
+from discorm.data.rows import to_conversation
 from discorm.errors import ConfigError, DataError
 from discorm.model.rm_config import check_reward_options
 
