@@ -2,8 +2,9 @@
 FlexAttention) vs TRL's RewardTrainer.
 
 Same model, same token sequences (tokenized once by DiscoRM, handed to TRL pre-tokenized), same cutoff, same
-batch size, same seed and data order, no gradient checkpointing. Every run is its own process (so peak memory is
-its own), and the modes alternate. Pairs/second are measured over the steps after warm-up.
+batch size, same seed and data order, gradient checkpointing off (`--gradient-checkpointing`: on for every
+trainer). Every run is its own process (so peak memory is its own), and the modes alternate. Pairs/second are
+measured over the steps after warm-up.
 
     python benchmarks/bench_throughput.py                      # CPU, fp32: the defaults of the docs' table
     python benchmarks/bench_throughput.py --pairs 24 --rounds 1 --modes optimised trl
@@ -128,7 +129,8 @@ def worker(opts) -> dict:
     bf16 = opts.precision == "bf16"
     common = dict(output_dir=out, per_device_train_batch_size=opts.batch, max_steps=steps, learning_rate=1e-5,
                   save_strategy="no", logging_steps=10_000, report_to="none", disable_tqdm=True, seed=0,
-                  use_cpu=not cuda, dataloader_num_workers=0, bf16=bf16)
+                  use_cpu=not cuda, dataloader_num_workers=0, bf16=bf16,
+                  gradient_checkpointing=opts.gradient_checkpointing)
     if opts.mode == "trl":
         from datasets import Dataset
         from peft import LoraConfig
@@ -142,8 +144,7 @@ def worker(opts) -> dict:
         model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, num_labels=1, dtype=torch.bfloat16 if bf16 else torch.float32, attn_implementation="sdpa")
         model.config.pad_token_id = tokenizer.pad_token_id
-        config = RewardConfig(**common, gradient_checkpointing=False, max_length=opts.cutoff,
-                              pad_to_multiple_of=None)
+        config = RewardConfig(**common, max_length=opts.cutoff, pad_to_multiple_of=None)
         peft = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="SEQ_CLS") \
             if opts.finetuning == "lora" else None
         trainer = RewardTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
@@ -210,6 +211,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="on for every trainer (default: off)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the table shows the medians")
     parser.add_argument("--finetuning", nargs="+", default=["full", "lora"])
     parser.add_argument("--modes", nargs="+", help="plain, optimised (split SDPA), flex, trl; default: plain "
@@ -229,7 +231,8 @@ def main() -> None:
 
     data = "synthetic pairs" if opts.synthetic else f"the first {opts.pairs} pairs of {HH_FILE.name}"
     print(f"model {opts.model}, {opts.pairs} {data}, cutoff {opts.cutoff}, {opts.batch} pairs/step, "
-          f"{opts.precision}, {opts.device}, {opts.threads} threads, {opts.rounds} alternating rounds", flush=True)
+          f"{opts.precision}, {opts.device}, {opts.threads} threads, {opts.rounds} alternating rounds, gradient "
+          f"checkpointing {'on' if opts.gradient_checkpointing else 'off'}", flush=True)
     results: dict = {}
     for round_index in range(opts.rounds):
         for finetuning in opts.finetuning:
@@ -238,7 +241,8 @@ def main() -> None:
                        "--model", opts.model, "--pairs", str(opts.pairs), "--cutoff", str(opts.cutoff),
                        "--batch", str(opts.batch), "--warmup", str(opts.warmup), "--threads", str(opts.threads),
                        "--device", opts.device, "--precision", opts.precision,
-                       *(["--synthetic"] if opts.synthetic else [])]
+                       *(["--synthetic"] if opts.synthetic else []),
+                       *(["--gradient-checkpointing"] if opts.gradient_checkpointing else [])]
                 env = {**os.environ, "OMP_NUM_THREADS": str(opts.threads), "TOKENIZERS_PARALLELISM": "false"}
                 done = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)

@@ -74,6 +74,7 @@ def test_flex_attention_k_branches_match_plain(arch, request):
     torch.testing.assert_close(packed, plain, atol=1e-5, rtol=0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention gradients need a GPU (no CPU backward)")
 @pytest.mark.parametrize("arch", ["tiny_llama", "tiny_qwen2", *WINDOWED])
 def test_flex_attention_k_branch_gradients_match_plain_on_gpu(arch, request):

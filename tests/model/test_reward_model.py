@@ -296,6 +296,7 @@ print(json.dumps({{"difference": float((auto - split).abs().max()), "failure": p
     assert "FlexAttention failed" in done.stderr and "split SDPA" in done.stderr
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention gradients need a GPU (no CPU backward)")
 @pytest.mark.parametrize("arch", ["tiny_llama", "tiny_qwen2", *WINDOWED])
 def test_flex_attention_gradients_match_plain_on_gpu(arch, request):
