@@ -13,6 +13,8 @@ import pytest
 import torch
 from datasets import Dataset
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 from transformers import (
     AutoModelForSequenceClassification,
@@ -22,8 +24,11 @@ from transformers import (
 )
 
 from discorm.cli import main
+from discorm.data.templates import Renderer
+from discorm.data.tokenize import Encoder
 from discorm.errors import ModelError
 from discorm.model.reward_model import RewardModel
+from discorm.serve.export import export_sequence_classification
 from discorm.serve.server import create_app
 from tests.conftest import CHATML, make_model_dir
 from tests.policies import CONVERSATIONS
@@ -46,6 +51,12 @@ def _pair(prompt: str, chosen: str, rejected: str) -> dict:
     user = [{"role": "user", "content": prompt}]
     return {"chosen": user + [{"role": "assistant", "content": chosen}],
             "rejected": user + [{"role": "assistant", "content": rejected}]}
+
+
+# contents that end or begin with whitespace or the end-of-turn / pad token itself, or are empty
+CONTENT = st.text(st.sampled_from(list("ab \n")), max_size=6) | st.sampled_from(["", "<|im_end|>", "a<|im_end|>",
+                                                                                "\n\n", " yes"])
+TURNS = st.lists(st.tuples(CONTENT, CONTENT), min_size=1, max_size=3)
 
 
 @pytest.fixture(scope="module", params=[("llama", CHATML), ("qwen2", ENDS_AT_EOS)], ids=["chatml", "ends_at_eos"])
@@ -180,6 +191,22 @@ def test_llamafactory_value_head_is_read_at_the_last_token_of_its_whole_renderin
     rejected = model.score([CONVERSATIONS[0][:1] + [{"role": "assistant", "content": "hello, how are you?"}]])
     assert scored["chosen"]["reward"] == pytest.approx(expected[0], abs=1e-5)
     assert scored["rejected"]["reward"] == pytest.approx(rejected[0]["reward"], abs=1e-5)
+    export_sequence_classification(str(folder), str(tmp_path / "export"))  # to the format TRL and vLLM load
+    shift = json.loads((tmp_path / "export" / "config.json").read_text())["discorm_reward_shift"]
+    assert [s - shift for s in _classifier_scores(tmp_path / "export", CONVERSATIONS)] == pytest.approx(expected,
+                                                                                                      abs=1e-5)
+
+
+def test_the_export_of_an_imported_model_is_read_where_the_import_was(trl_model, tmp_path):
+    """`discorm export` of a TRL folder keeps its template and its pad token: consumers still read the export where
+    they read the original."""
+    expected = _classifier_scores(trl_model, CONVERSATIONS)
+    with _quiet():
+        export_sequence_classification(str(trl_model), str(tmp_path / "export"))
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    shift = config.get("discorm_reward_shift", 0.0)
+    assert [s - shift for s in _classifier_scores(tmp_path / "export", CONVERSATIONS)] == pytest.approx(expected,
+                                                                                                      abs=1e-5)
 
 
 def test_a_classifier_that_reads_its_first_token_is_refused(tiny_bert, tmp_path):
@@ -187,3 +214,44 @@ def test_a_classifier_that_reads_its_first_token_is_refused(tiny_bert, tmp_path)
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tmp_path / "bert")
     with pytest.raises(ModelError, match="reads its first token through a pooler"):
         RewardModel.from_pretrained(tmp_path / "bert")
+
+
+def _whole_encoder(tiny_llama, template: str, score_at: str, cutoff_len: int = 1024) -> Encoder:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.chat_template, tokenizer.pad_token = template, tokenizer.eos_token
+    return Encoder(tokenizer, Renderer(tokenizer), cutoff_len, score_at, tokenizer.pad_token_id)
+
+
+def _oracle(tokenizer, conversation, score_at: str) -> list[int]:
+    """The tokens transformers / LlamaFactory run, up to the one read: the whole rendering tokenized at once, less
+    the trailing pad tokens for last_non_pad (its first token stays)."""
+    ids = tokenizer(tokenizer.apply_chat_template(conversation, tokenize=False), add_special_tokens=False)["input_ids"]
+    while score_at == "last_non_pad" and len(ids) > 1 and ids[-1] == tokenizer.pad_token_id:
+        ids = ids[:-1]
+    return ids
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(turns=TURNS, last=st.lists(CONTENT, min_size=1, max_size=3), template=st.sampled_from([CHATML, ENDS_AT_EOS]),
+       score_at=st.sampled_from(["last_non_pad", "last_token"]))
+def test_whole_readings_encode_what_the_consumer_runs(tiny_llama, turns, last, template, score_at):
+    """Every response of a group ends at the token the consumer reads, the prompt shared (the slow, obvious twin:
+    each whole conversation tokenized on its own), also where a response is all pad tokens."""
+    encoder = _whole_encoder(tiny_llama, template, score_at)
+    prompt = [{"role": role, "content": text} for user, reply in turns
+              for role, text in (("user", user), ("assistant", reply))][:-1]
+    responses = [[{"role": "assistant", "content": text}] for text in last]
+    encoded = encoder.encode(prompt, responses)
+    for response, ids in zip(responses, encoded.response_ids):
+        assert ids and encoded.prompt_ids + ids == _oracle(encoder.tokenizer, prompt + response, score_at)
+
+
+def test_truncation_keeps_the_token_read_and_the_end_of_turn(tiny_llama):
+    long = [{"role": "user", "content": "the quick brown fox " * 20}, {"role": "assistant", "content": "yes " * 40}]
+    for template, score_at, kept in [(CHATML, "last_non_pad", 2), (ENDS_AT_EOS, "last_non_pad", 1),
+                                     (CHATML, "last_token", 2)]:  # <|im_end|> and "\n"; the token before <|im_end|>
+        encoder = _whole_encoder(tiny_llama, template, score_at, cutoff_len=40)
+        encoded = encoder.encode(long[:1], [long[1:]])
+        sequence = encoded.prompt_ids + encoded.response_ids[0]
+        assert encoded.truncated and len(sequence) <= 40
+        assert sequence[-kept:] == _oracle(encoder.tokenizer, long, score_at)[-kept:]

@@ -158,19 +158,19 @@ class Encoder:
             budget = self.cutoff_len - len(prompt_ids)
             response_ids = [_cut_response(ids, budget, 1 + len(self.tokens(text[len(text.rstrip()) :], where)))
                             for ids, text in zip(response_ids, texts)]
-        prompt_ids, response_ids = self._read_at_last_non_pad(prompt_ids, response_ids)
         return Encoded(prompt_ids, response_ids, truncated)
 
     def _split(self, prompt_text: str, texts: list[str], where: str) -> tuple[list[int], list[list[int]]]:
-        """The prompt's and the responses' tokens. DiscoRM's own rule tokenizes each text alone, as training does;
-        a whole conversation is tokenized at once, as the trainer of an imported model tokenized it, and the
-        prompt is the tokens every conversation shares with the prompt's own."""
+        """The prompt's and the responses' tokens, each response ending at the token its score is read at.
+        DiscoRM's own rule tokenizes each text alone, as training does; a whole conversation is tokenized at once,
+        as the trainer of an imported model tokenized it, and the prompt is the tokens every conversation shares
+        with the prompt's own."""
         prompt_ids = self.tokens(prompt_text, where)
         if not self.whole:
             return prompt_ids, [self.tokens(text, where) for text in texts]
         conversations = [self.tokens(prompt_text + text, where) for text in texts]
         shared = min(common_prefix(prompt_ids, ids) for ids in conversations)
-        return prompt_ids[:shared], [ids[shared:] for ids in conversations]
+        return self._read_at_last_non_pad(prompt_ids[:shared], [ids[shared:] for ids in conversations])
 
     def _read_at_last_non_pad(self, prompt_ids: list[int], response_ids: list[list[int]]):
         """last_non_pad: transformers' classifiers read the last token that is not the pad token, and a causal
@@ -195,8 +195,8 @@ class Encoder:
         if not text.strip():
             raise DataError(f"{where}: the text is empty; there is nothing to score. Send the conversation "
                             "rendered with the chat template.")
-        _, (ids,) = self._read_at_last_non_pad([], [self.tokens(text, where)[-self.cutoff_len :]])
-        return self._nonempty(ids, where)
+        _, (ids,) = self._read_at_last_non_pad([], [self.tokens(text, where)])
+        return self._nonempty(ids[-self.cutoff_len :], where)
 
     def encode_item(self, item, where: str = "input") -> list[int]:
         """A scoring input (a text, chat messages, {"messages"}, {"prompt", "response"}) -> one token sequence."""
