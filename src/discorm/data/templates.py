@@ -2,7 +2,8 @@
 
 Rendering is what the model sees at inference: ``render(prompt, add_generation_prompt=True)`` is the prompt, and
 the response is what ``render(prompt + response)`` adds after it, ending with the end-of-turn token (trailing
-whitespace after it is dropped, so the score is read at the end-of-turn token itself).
+whitespace after it is dropped, so the score is read at the end-of-turn token itself; an imported model that was
+trained on the whole rendering keeps it, see ``data/tokenize.py`` SCORE_POSITIONS).
 """
 
 from __future__ import annotations
@@ -75,11 +76,14 @@ class Renderer:
             return self.render(prompt)
         return self.render(prompt, add_generation_prompt=True, where=where) if prompt else ""
 
-    def render_response(self, prompt: list[Message], prompt_text: str, response: list[Message], where="") -> str:
-        """The text the response adds after ``prompt_text``, through its end-of-turn token."""
+    def render_response(self, prompt: list[Message], prompt_text: str, response: list[Message], where="",
+                        whole: bool = False) -> str:
+        """The text the response adds after ``prompt_text``, through its end-of-turn token; ``whole``: also the
+        whitespace the template writes after it (ChatML's ``\n`` after ``<|im_end|>``)."""
         if self.raw:
             return self.render(response)
-        full = self.render(prompt + response, where=where).rstrip()
+        full = self.render(prompt + response, where=where)
+        full = full if whole else full.rstrip()
         if not full.startswith(prompt_text):
             raise DataError(
                 f"{where}: the chat template does not render the prompt as a prefix of the conversation, so the "

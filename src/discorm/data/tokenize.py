@@ -7,6 +7,12 @@ Truncation to ``cutoff_len`` keeps that last token: first the oldest prompt turn
 and the last user turn stay), then the prompt is cut from the left down to a quarter of the budget, and only then
 are responses cut, in the middle, keeping their start and their final token. A pair whose chosen and rejected
 become identical is dropped.
+
+That is how DiscoRM trains and reads its own models. A model imported from another trainer is read by that
+trainer's rule instead (``SCORE_POSITIONS``, named by ``RewardModelConfig.score_at``): each whole conversation as
+its chat template renders it, trailing whitespace included, tokenized at once, and read at its last token
+(LlamaFactory) or at its last token that is not the pad token (transformers' ``*ForSequenceClassification``, so
+TRL and RewardBench).
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ from discorm.errors import DataError
 DEFAULT_CUTOFF_LEN = 1024  # DataArguments.cutoff_len's default, for models saved without one
 SKIP_REASONS = ("empty response", "identical chosen/rejected", "truncated to identical", "malformed")
 RATED_SKIP_REASONS = ("no scores", "all tied")  # listed in the summary only when they happen
+SCORE_POSITIONS = {  # where the score of a rendered conversation is read, by whom
+    "end_of_turn": "DiscoRM: the response ends at its end-of-turn token (whitespace after it dropped), read there",
+    "last_token": "LlamaFactory: the whole rendering, trailing whitespace included, read at its last token",
+    "last_non_pad": "transformers' *ForSequenceClassification (TRL, RewardBench): the whole rendering, read at its "
+                    "last token that is not the pad token",
+}
 
 
 @dataclass
@@ -69,11 +81,17 @@ def _drop_oldest_turn(prompt: list[Message]) -> list[Message] | None:
     return prompt[:start] + prompt[users[1] :]
 
 
-def _cut_response(ids: list[int], budget: int) -> list[int]:
-    """Keep the start and the final (end-of-turn) token."""
+def _cut_response(ids: list[int], budget: int, end: int = 1) -> list[int]:
+    """Keep the start and the final ``end`` tokens (the end-of-turn token and what a whole rendering adds)."""
     if len(ids) <= budget:
         return ids
-    return ids[: max(budget - 1, 0)] + ids[-1:]
+    return ids[: max(budget - end, 0)] + ids[-end:]
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    size = min(len(a), len(b))
+    return next((i for i in range(size) if a[i] != b[i]), size)
 
 
 @dataclass
@@ -89,22 +107,31 @@ class Encoder:
     ``encode(prompt, responses)`` renders the prompt and each response with the chat template and truncates to
     ``cutoff_len`` by the RM-aware rule (oldest prompt turns, then the prompt from the left, then response
     middles; every response keeps its end-of-turn token). A pair is encoded with both responses, so the prompt is
-    cut the same way for both; a single response scored alone is encoded with itself only.
+    cut the same way for both; a single response scored alone is encoded with itself only. ``score_at`` (one of
+    ``SCORE_POSITIONS``) says which token the score is read at: the last token of every sequence encoded.
     """
 
-    def __init__(self, tokenizer, renderer: Renderer, cutoff_len: int):
+    def __init__(self, tokenizer, renderer: Renderer, cutoff_len: int, score_at: str = "end_of_turn",
+                 pad_token_id: int | None = None):
         self.tokenizer = tokenizer
         self.renderer = renderer
         self.cutoff_len = cutoff_len
+        self.score_at = score_at
+        self.pad_token_id = pad_token_id  # last_non_pad: never read at the end (None: the last token is read)
 
     @classmethod
     def for_model(cls, model, cutoff_len: int | None = None) -> Encoder:
-        """The encoder a trained model was trained with: its tokenizer, template and cutoff length."""
+        """The encoder a trained model was trained with: its tokenizer, template, cutoff length and score position."""
         if model.tokenizer is None:
             raise DataError("this model directory has no tokenizer; save one next to the weights.")
         config = model.rm_config
         return cls(model.tokenizer, Renderer(model.tokenizer, config.template),
-                   cutoff_len or config.cutoff_len or DEFAULT_CUTOFF_LEN)
+                   cutoff_len or config.cutoff_len or DEFAULT_CUTOFF_LEN, config.score_at, config.pad_token_id)
+
+    @property
+    def whole(self) -> bool:
+        """Whether conversations are read whole (an imported model's rule), not up to the end-of-turn token."""
+        return self.score_at != "end_of_turn"
 
     def tokens(self, text: str, where: str = "") -> list[int]:
         if not text:
@@ -114,9 +141,8 @@ class Encoder:
 
     def encode(self, prompt: list[Message], responses: list[list[Message]], where: str = "") -> Encoded:
         prompt_text = self.renderer.render_prompt(prompt, where)
-        response_ids = [self.tokens(self.renderer.render_response(prompt, prompt_text, r, where), where)
-                        for r in responses]
-        prompt_ids = self.tokens(prompt_text, where)
+        texts = [self.renderer.render_response(prompt, prompt_text, r, where, self.whole) for r in responses]
+        prompt_ids, response_ids = self._split(prompt_text, texts, where)
         longest = max(map(len, response_ids))
         truncated = False
         while len(prompt_ids) + longest > self.cutoff_len:
@@ -124,14 +150,45 @@ class Encoder:
             if shorter is None:
                 break
             prompt, truncated = shorter, True
-            prompt_ids = self.tokens(self.renderer.render_prompt(prompt, where), where)
+            prompt_ids, response_ids = self._split(self.renderer.render_prompt(prompt, where), texts, where)
+            longest = max(map(len, response_ids))
         if len(prompt_ids) + longest > self.cutoff_len:
             truncated = True
             keep = max(self.cutoff_len - longest, min(len(prompt_ids), self.cutoff_len // 4))
             prompt_ids = prompt_ids[len(prompt_ids) - keep :]
             budget = self.cutoff_len - len(prompt_ids)
-            response_ids = [_cut_response(ids, budget) for ids in response_ids]
+            response_ids = [_cut_response(ids, budget, 1 + len(self.tokens(text[len(text.rstrip()) :], where)))
+                            for ids, text in zip(response_ids, texts)]
         return Encoded(prompt_ids, response_ids, truncated)
+
+    def _split(self, prompt_text: str, texts: list[str], where: str) -> tuple[list[int], list[list[int]]]:
+        """The prompt's and the responses' tokens, each response ending at the token its score is read at.
+        DiscoRM's own rule tokenizes each text alone, as training does; a whole conversation is tokenized at once,
+        as the trainer of an imported model tokenized it, and the prompt is the tokens every conversation shares
+        with the prompt's own."""
+        prompt_ids = self.tokens(prompt_text, where)
+        if not self.whole:
+            return prompt_ids, [self.tokens(text, where) for text in texts]
+        conversations = [self.tokens(prompt_text + text, where) for text in texts]
+        shared = min(common_prefix(prompt_ids, ids) for ids in conversations)
+        return self._read_at_last_non_pad(prompt_ids[:shared], [ids[shared:] for ids in conversations])
+
+    def _read_at_last_non_pad(self, prompt_ids: list[int], response_ids: list[list[int]]):
+        """last_non_pad: transformers' classifiers read the last token that is not the pad token, and a causal
+        model's state there does not depend on the tokens after it, so trailing pad tokens are dropped (the first
+        token of an all-pad sequence stays: it is where transformers reads). Where that empties a response, the
+        prompt's last tokens move to the front of every response; each sequence stays the same."""
+        pad = self.pad_token_id
+        if self.score_at != "last_non_pad" or pad is None:
+            return prompt_ids, response_ids
+        ends = []
+        for ids in response_ids:
+            sequence, end = prompt_ids + ids, len(prompt_ids) + len(ids)
+            while end > 1 and sequence[end - 1] == pad:
+                end -= 1
+            ends.append(end)
+        shared = min(len(prompt_ids), min(ends) - 1)
+        return prompt_ids[:shared], [(prompt_ids + ids)[shared:end] for ids, end in zip(response_ids, ends)]
 
     def encode_text(self, text: str, where: str = "input") -> list[int]:
         """An already rendered conversation: its tokens, cut from the left to keep the end-of-turn token (the
@@ -139,7 +196,8 @@ class Encoder:
         if not text.strip():
             raise DataError(f"{where}: the text is empty; there is nothing to score. Send the conversation "
                             "rendered with the chat template.")
-        return self._nonempty(self.tokens(text, where)[-self.cutoff_len :], where)
+        _, (ids,) = self._read_at_last_non_pad([], [self.tokens(text, where)])
+        return self._nonempty(ids[-self.cutoff_len :], where)
 
     def encode_item(self, item, where: str = "input") -> list[int]:
         """A scoring input (a text, chat messages, {"messages"}, {"prompt", "response"}) -> one token sequence."""

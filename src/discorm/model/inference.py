@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from discorm.data.collator import PackedPairCollator, model_inputs, pad_sequences
 from discorm.data.retemplate import Retemplater
-from discorm.data.tokenize import Encoder
+from discorm.data.tokenize import Encoder, common_prefix
 from discorm.model.loading import load_policy_tokenizer
 
 
@@ -107,12 +107,6 @@ def score_groups(model, groups: list[dict], batch_size: int = 8, show_progress: 
 MIN_SHARED_PREFIX = 16  # tokens two sequences must share before they are scored as one group
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    size = min(len(a), len(b))
-    diff = next((i for i in range(size) if a[i] != b[i]), size)
-    return diff
-
-
 def shared_prefix_groups(sequences: list[list[int]], min_shared: int = MIN_SHARED_PREFIX) -> list[tuple[int, list]]:
     """Sequences -> groups (shared prefix length P, member indices) such that every member starts with the same P
     tokens and has at least one token more: what an RL batch of G completions per prompt (rendered as whole texts)
@@ -124,7 +118,7 @@ def shared_prefix_groups(sequences: list[list[int]], min_shared: int = MIN_SHARE
         sequence = sequences[i]
         if groups:
             shared, members = groups[-1]
-            common = _common_prefix(sequences[members[0]], sequence)
+            common = common_prefix(sequences[members[0]], sequence)
             if common >= min_shared and 2 * common >= shared:
                 groups[-1] = (min(shared, common, len(sequence) - 1), [*members, i])
                 continue

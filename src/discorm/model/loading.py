@@ -75,12 +75,20 @@ class Uncertainty:
 
 
 class CheckpointKind(str, Enum):
-    """What a model directory holds, which decides how it becomes a reward model."""
+    """What a model directory holds, which decides how it becomes a reward model, and where its score is read
+    (``SCORE_AT``: as the trainer that made it reads it)."""
 
     DISCORM = "discorm"  # a DiscoRM run directory or checkpoint (discorm_config.json)
     LLAMAFACTORY = "llamafactory"  # a LlamaFactory `stage: rm` output (value_head.* with v_head.summary.*)
     SEQUENCE_CLASSIFICATION = "sequence_classification"  # TRL / AutoModelForSequenceClassification, num_labels=1
     PRETRAINED = "pretrained"  # a plain pretrained model: a new, untrained head
+
+
+SCORE_AT = {  # data/tokenize.py SCORE_POSITIONS; a new head is read as DiscoRM trains it
+    CheckpointKind.LLAMAFACTORY: "last_token",  # its value at the last token of its template's whole rendering
+    CheckpointKind.SEQUENCE_CLASSIFICATION: "last_non_pad",  # transformers' rule with the classifier's pad_token_id
+    CheckpointKind.PRETRAINED: "end_of_turn",
+}
 
 
 @dataclass
@@ -316,6 +324,7 @@ def read_checkpoint(path: str, options: LoadOptions | None = None, head: str | N
             torch.manual_seed(0)
             new_head = build_head(head or "scalar", backbone.config.hidden_size)
         return _foreign(backbone, new_head, tokenizer, given, kind)
+    pad_token_id = None
     if kind is CheckpointKind.LLAMAFACTORY:
         backbone, tokenizer = _llamafactory_backbone(Path(path), options, tokenizer)
         tensors = _llamafactory_head(Path(path))
@@ -325,10 +334,16 @@ def read_checkpoint(path: str, options: LoadOptions | None = None, head: str | N
         if classifier.config.num_labels != 1:
             raise ModelError(f"{path} is a sequence classifier with num_labels={classifier.config.num_labels}; a "
                              "reward checkpoint has num_labels=1.")
-        score = classifier.score if hasattr(classifier, "score") else classifier.classifier
-        backbone, weight, bias = _inner_model(classifier), score.weight.data, getattr(score, "bias", None)
+        if not isinstance(getattr(classifier, "score", None), torch.nn.Linear):
+            raise ModelError(f"{path} is a {type(classifier).__name__}, whose head reads its first token through "
+                             "a pooler; DiscoRM imports classifiers that read the last token with a linear `score` "
+                             "layer (Llama, Qwen, Mistral, Gemma, GPT-2, ...). Score it with transformers, or train "
+                             "a DiscoRM head on its backbone (`pooling: first`).")
+        score = classifier.score
+        backbone, weight, bias = _inner_model(classifier), score.weight.data, score.bias
+        pad_token_id = classifier.config.get_text_config().pad_token_id
     logger.info("Imported a %s reward model from %s", kind.value.replace("_", "-"), path)
-    return _foreign(backbone, _head_from_scalar(weight, bias, head, path), tokenizer, given, kind)
+    return _foreign(backbone, _head_from_scalar(weight, bias, head, path), tokenizer, given, kind, pad_token_id)
 
 
 def _read_discorm(path: Path, options: LoadOptions, head: str | None, trainable: bool, quantized: bool,
@@ -393,8 +408,10 @@ def _head_from_scalar(weight: torch.Tensor, bias: torch.Tensor | None, kind: str
     return head
 
 
-def _foreign(backbone, head: RewardHead, tokenizer, path: str, kind: CheckpointKind) -> Parts:
+def _foreign(backbone, head: RewardHead, tokenizer, path: str, kind: CheckpointKind,
+             pad_token_id: int | None = None) -> Parts:
     config = RewardModelConfig(head=head.kind, head_options=head.saved_options(), base_model=path,
                                cutoff_len=getattr(backbone.config, "max_position_embeddings", None),
-                               finetuning_type="full", imported_from=kind.value)
+                               finetuning_type="full", imported_from=kind.value, score_at=SCORE_AT[kind],
+                               pad_token_id=pad_token_id)
     return Parts(backbone, head, config, tokenizer)

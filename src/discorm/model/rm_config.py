@@ -1,8 +1,8 @@
 """``RewardModelConfig``: the one typed description a reward model carries, saved as ``discorm_config.json``.
 
 Trainer, metrics, scoring, server and export read it instead of re-deriving facts from the weights or the
-training arguments. Version 1 files (DiscoRM 0.1.0, no ``version`` key) are migrated on load; version 2 files
-lack only fields that have defaults (the reward normalisation).
+training arguments. Version 1 files (DiscoRM 0.1.0, no ``version`` key) are migrated on load; version 2 and 3 files
+lack only fields that have defaults (the reward normalisation; where the score is read).
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from discorm.data.tokenize import SCORE_POSITIONS
 from discorm.errors import ConfigError, ModelError, check_range
 from discorm.files import read_json, write_text
 from discorm.model.heads import head_class
 
 CONFIG_FILE = "discorm_config.json"
-VERSION = 3
+VERSION = 4
 REWARD_MODES = ("mean", "lower_quantile", "mean_minus_std", "lcb", "uwo", "min")
 
 
@@ -59,12 +60,17 @@ def check_reward_options(mode: str | None = None, alpha: float | None = None, k:
 @dataclass
 class RewardModelConfig:
     """The typed description a model carries of itself, saved as ``discorm_config.json`` next to the weights:
-    the head and its saved options, pooling, template and cutoff, the reward mode, the temperature, the
-    normalisation and the epistemic uncertainty. Every reader (trainer, scoring, server, export) asks it."""
+    the head and its saved options, pooling and where the score is read, template and cutoff, the reward mode, the
+    temperature, the normalisation and the epistemic uncertainty. Every reader (trainer, scoring, server, export)
+    asks it."""
 
     head: str = "scalar"
     head_options: dict = field(default_factory=dict)  # the head's saved options (num_atoms, ...)
     pooling: str = "last"
+    # which token of a rendered conversation the score is read at (data/tokenize.py SCORE_POSITIONS): DiscoRM's own
+    # end_of_turn, or an imported model's own rule (last_token: LlamaFactory; last_non_pad: transformers' classifiers)
+    score_at: str = "end_of_turn"
+    pad_token_id: int | None = None  # last_non_pad: the id the score is never read at (the classifier's pad)
     template: str | None = None  # chat template it was trained with (None: the tokenizer's own)
     cutoff_len: int | None = None  # token budget of prompt + response, as in training
     reward_mode: str = "mean"
@@ -86,6 +92,9 @@ class RewardModelConfig:
     def __post_init__(self):
         if self.reward_mode not in REWARD_MODES:
             raise ModelError(f"reward_mode={self.reward_mode!r} is not one of {', '.join(REWARD_MODES)}.")
+        if self.score_at not in SCORE_POSITIONS:
+            raise ModelError(f"score_at={self.score_at!r} is not one of {', '.join(SCORE_POSITIONS)}; restore "
+                             f"{CONFIG_FILE}.")
         if not self.reward_std > 0:
             raise ModelError(f"reward_std={self.reward_std!r} must be positive; delete the normalisation fields "
                              "(reward_mean, reward_std, normalized_on) or train again.")

@@ -120,9 +120,10 @@ def export_sequence_classification(run_dir: str, out: str, merge_lora: bool = Fa
     template = model.rm_config.template
     if template in BUILTIN_TEMPLATES and BUILTIN_TEMPLATES[template]:
         tokenizer.chat_template = BUILTIN_TEMPLATES[template]
-    if isinstance(tokenizer.chat_template, str):
+    if isinstance(tokenizer.chat_template, str) and model.rm_config.score_at == "end_of_turn":
         tokenizer.chat_template = scoring_template(tokenizer.chat_template)
-    pad_id, added = choose_pad_token(tokenizer)
+    imported_pad = model.rm_config.pad_token_id if model.rm_config.score_at == "last_non_pad" else None
+    pad_id, added = (imported_pad, False) if imported_pad is not None else choose_pad_token(tokenizer)
     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
     backbone = model.backbone
     if added:  # a new pad token: one more embedding row, never used by real text
