@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -328,3 +329,25 @@ def test_transformers_is_in_the_tested_range_and_holds_the_packed_attention():
     assert spec.specifier.contains(transformers.__version__), (transformers.__version__, str(spec.specifier))
     assert AttentionInterface._global_mapping[ATTN_IMPLEMENTATION] is packed_sdpa_attention
     assert AttentionMaskInterface._global_mapping[ATTN_IMPLEMENTATION] is sdpa_mask
+
+
+@pytest.mark.parametrize("finetuning_type", ["full", "lora"])
+def test_training_with_gradient_checkpointing_follows_the_plain_run(tiny_llama, tmp_path, finetuning_type):
+    """`gradient_checkpointing: true` through the Trainer's own call (which passes transformers' extra keywords,
+    e.g. ``every_n_layers``) trains the same steps as without it."""
+    from discorm.config import load_args
+    from discorm.train.workflow import run_rm
+
+    rows = [{"prompt": "q", "chosen": f"yes {i} " * (1 + i % 3), "rejected": f"no {i}"} for i in range(8)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    losses = {}
+    for checkpointing in (False, True):
+        out = tmp_path / f"o{checkpointing}"
+        run_rm(*load_args({"model_name_or_path": str(tiny_llama), "dataset": str(tmp_path / "d.jsonl"),
+                           "max_steps": 2, "per_device_train_batch_size": 4, "output_dir": str(out),
+                           "use_cpu": True, "save_strategy": "no", "disable_tqdm": True, "logging_steps": 1,
+                           "finetuning_type": finetuning_type, "lora_rank": 4, "report_to": "none",
+                           "gradient_checkpointing": checkpointing, "learning_rate": 1e-2}))
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        losses[checkpointing] = [entry["loss"] for entry in history if "loss" in entry]
+    assert len(losses[False]) == 2 and losses[True] == pytest.approx(losses[False], abs=1e-5)

@@ -223,10 +223,20 @@ class RewardModel(nn.Module):
     def is_lora(self) -> bool:
         return self.rm_config.is_lora
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs):
+        """Checkpoint the backbone's layers. ``kwargs`` are transformers' own (``every_n_layers``, ``offload``),
+        passed on; transformers releases before the rename only have ``gradient_checkpointing_enable``."""
+        enable = getattr(self.backbone, "activation_checkpointing_enable", None)
+        if enable is None:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                                        **kwargs)
+        else:
+            enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs, **kwargs)
         if self.is_lora:
             self.backbone.enable_input_require_grads()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     def score(self, inputs, batch_size: int = 8, show_progress: bool = False, reward_mode: str | None = None,
               policy_tokenizer=None, **reward_options) -> list[dict]:
