@@ -4,15 +4,22 @@ A head maps pooled hidden states to the parameters of a reward distribution, ``h
 ``params`` (N, K), and defines from them the reward handed to RL, P(chosen > rejected) and its loss. A pair of
 param tensors ``pc``, ``pr`` (B, K) gives per-pair probabilities and losses (B,).
 
-Every reader (trainer, loss, metrics, scoring, server, export) goes through the methods and capability flags of
-:class:`RewardHead`; none tests a head's kind. Adding a head is one new file: subclass ``RewardHead``, declare its
-options and capabilities, and decorate it with :func:`register_head`.
+The interface has two parts. :class:`RewardDistribution` is what params mean as a reward (mean, spread, quantiles,
+the reward modes, the reported values); the uncertainty wrappers (``uncertainty.py``) replace this part.
+:class:`RewardHead` adds the rest (options, capability flags, likelihoods and losses, ratings, ties, export), which
+the wrappers take from the head they wrap. A head must implement ``forward``, ``mean`` and ``log_prob_pair``
+(abstract); everything else has a default.
+
+Every reader (trainer, loss, metrics, scoring, server, export) goes through these methods and flags; none tests a
+head's kind. Adding a head is one new file: subclass ``RewardHead``, declare its options and capabilities, and
+decorate it with :func:`register_head`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -103,6 +110,11 @@ def split_ties(outcomes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return outcomes[:, 0] + 0.5 * outcomes[:, 1], outcomes[:, 2] + 0.5 * outcomes[:, 1]
 
 
+# The names of the arguments that carry head params, in every method of the interface: a wrapper finds them by name
+# and hands each member its own part (``uncertainty.py``).
+PARAMS_ARGUMENTS = ("params", "pc", "pr", "pa", "pb")
+
+
 def soft_label_loss(log_p: torch.Tensor, log_not_p: torch.Tensor, soft_label: torch.Tensor | None) -> torch.Tensor:
     """-[y log P + (1 - y) log(1 - P)] per pair; with no soft label, y = 1 (chosen preferred): -log P."""
     if soft_label is None:
@@ -110,57 +122,17 @@ def soft_label_loss(log_p: torch.Tensor, log_not_p: torch.Tensor, soft_label: to
     return -(soft_label * log_p + (1 - soft_label) * log_not_p)
 
 
-class RewardHead(nn.Module):
-    """Base class of every head. Subclasses set the class attributes and define ``forward``, ``mean`` and
-    ``log_prob_pair``; distributional heads also ``std`` and ``quantile``."""
+class RewardDistribution(ABC):
+    """The reward distribution that head params (N, K) describe; every method maps them to (N,) values. A head
+    implements ``mean`` and, when ``distributional``, ``std`` and ``quantile``; the rest has defaults built on
+    them. The uncertainty wrappers implement this part over their members and take everything else from them."""
 
-    kind: ClassVar[str] = ""
-    options: ClassVar[tuple[HeadOption, ...]] = ()
     distributional: ClassVar[bool] = False  # has a spread: std, quantiles, risk-aware reward modes
-    export_labels: ClassVar[tuple[int, ...]] = ()  # num_labels a sequence-classification export can carry
-    supports_margin: ClassVar[bool] = True  # honours a per-pair margin column
-    supports_temperature: ClassVar[bool] = False  # P(c > r) can be temperature-scaled after training
-    learns_ratings: ClassVar[bool] = False  # learns from rated responses (rated_loss, attributes_from)
-    learns_combination: ClassVar[bool] = False  # combines attributes with weights fitted on pairs (fit_combination)
     epistemic: ClassVar[bool] = False  # knows its epistemic uncertainty (heads/uncertainty.py): lcb, uwo reward modes
-    ranking_losses: ClassVar[tuple[str, ...]] = ("all_pairs",)  # likelihoods of a ranking it computes; first: auto
-    tie_models: ClassVar[tuple[str, ...]] = ()  # tie likelihoods it computes (TIE_MODELS), with tie_options
-    tie_model: str = "none"
-    uncertainty: ClassVar[str] = ""  # laplace or ensemble for the heads that wrap another (heads/uncertainty.py)
-    attributes: tuple[Attribute, ...] = ()  # rated qualities it predicts; empty: it learns from pairs only
 
-    # ------------------------------------------------------------------ options
-    @classmethod
-    def option(cls, name: str) -> HeadOption | None:
-        return next((o for o in cls.options if o.name == name), None)
-
-    @classmethod
-    def resolve_options(cls, values: dict, saved_only: bool = False) -> dict:
-        """Declared defaults updated with ``values`` (checked); unknown names are an error."""
-        for name in values:
-            if cls.option(name) is None:
-                owners = [kind for kind, other in HEADS.items() if other.option(name) is not None]
-                where = f" it is an option of the {' and '.join(owners)} head" if owners else ""
-                allowed = ", ".join(o.name for o in cls.options) or "none"
-                raise ConfigError(
-                    f"{name} does not apply to the {cls.kind} head (head={cls.kind});{where or ' unknown option'}. "
-                    f"Options of the {cls.kind} head: {allowed}."
-                )
-        resolved = {o.name: o.check(values[o.name]) if o.name in values else o.default for o in cls.options}
-        if saved_only:
-            return {name: value for name, value in resolved.items() if cls.option(name).saved}
-        return resolved
-
-    def saved_options(self) -> dict:
-        """The options that shape this module, as stored in the model's config."""
-        return {o.name: getattr(self, o.name) for o in self.options if o.saved}
-
-    # ------------------------------------------------------------------ the distribution
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (N, H) -> (N, K)
-        raise NotImplementedError
-
-    def mean(self, params: torch.Tensor) -> torch.Tensor:  # (N, K) -> (N,)
-        raise NotImplementedError
+    @abstractmethod
+    def mean(self, params: torch.Tensor) -> torch.Tensor:  # (N, K) -> (N,): the reward
+        ...
 
     def std(self, params: torch.Tensor) -> torch.Tensor:  # (N, K) -> (N,)
         return torch.zeros_like(params[:, 0])
@@ -200,6 +172,66 @@ class RewardHead(nn.Module):
             return {}
         return {"mean": self.mean(params), "sigma": self.std(params)}
 
+
+class RewardHead(RewardDistribution, nn.Module):
+    """Base class of every head: the distribution of :class:`RewardDistribution`, and what a head adds to it.
+
+    Must implement: ``forward`` (hidden (N, H) -> params (N, K)), ``mean`` and ``log_prob_pair``; a
+    ``distributional`` head also ``std`` and ``quantile``. By capability: ``attributes_from``,
+    ``attribute_means`` and ``rated_loss`` (``learns_ratings``), ``fit_combination`` (``learns_combination``),
+    ``log_prob_outcomes`` (``tie_models``), ``plackett_luce`` (``"plackett_luce"`` in ``ranking_losses``),
+    ``export_spec`` (``export_labels``). Defaults: the options, ``prob_pair``, ``pair_loss`` and ``outcome_loss``
+    from ``log_prob_pair``, no regulariser, no per-pair weights, and loading a head of the same kind. A method that
+    reads params names them as in ``PARAMS_ARGUMENTS``."""
+
+    kind: ClassVar[str] = ""
+    options: ClassVar[tuple[HeadOption, ...]] = ()
+    export_labels: ClassVar[tuple[int, ...]] = ()  # num_labels a sequence-classification export can carry
+    supports_margin: ClassVar[bool] = True  # honours a per-pair margin column
+    supports_temperature: ClassVar[bool] = False  # P(c > r) can be temperature-scaled after training
+    learns_ratings: ClassVar[bool] = False  # learns from rated responses (rated_loss, attributes_from)
+    learns_combination: ClassVar[bool] = False  # combines attributes with weights fitted on pairs (fit_combination)
+    ranking_losses: ClassVar[tuple[str, ...]] = ("all_pairs",)  # likelihoods of a ranking it computes; first: auto
+    tie_models: ClassVar[tuple[str, ...]] = ()  # tie likelihoods it computes (TIE_MODELS), with tie_options
+    tie_model: str = "none"
+    uncertainty: ClassVar[str] = ""  # laplace or ensemble for the wrappers (heads/uncertainty.py)
+    attributes: tuple[Attribute, ...] = ()  # rated qualities it predicts; empty: it learns from pairs only
+
+    # ------------------------------------------------------------------ what every head implements
+    @abstractmethod
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (N, H) -> (N, K)
+        ...
+
+    @abstractmethod
+    def log_prob_pair(self, pc: torch.Tensor, pr: torch.Tensor, margin: torch.Tensor | None = None):
+        """(log P(c > r + margin), log P(not that)), each (B,)."""
+
+    # ------------------------------------------------------------------ options
+    @classmethod
+    def option(cls, name: str) -> HeadOption | None:
+        return next((o for o in cls.options if o.name == name), None)
+
+    @classmethod
+    def resolve_options(cls, values: dict, saved_only: bool = False) -> dict:
+        """Declared defaults updated with ``values`` (checked); unknown names are an error."""
+        for name in values:
+            if cls.option(name) is None:
+                owners = [kind for kind, other in HEADS.items() if other.option(name) is not None]
+                where = f" it is an option of the {' and '.join(owners)} head" if owners else ""
+                allowed = ", ".join(o.name for o in cls.options) or "none"
+                raise ConfigError(
+                    f"{name} does not apply to the {cls.kind} head (head={cls.kind});{where or ' unknown option'}. "
+                    f"Options of the {cls.kind} head: {allowed}."
+                )
+        resolved = {o.name: o.check(values[o.name]) if o.name in values else o.default for o in cls.options}
+        if saved_only:
+            return {name: value for name, value in resolved.items() if cls.option(name).saved}
+        return resolved
+
+    def saved_options(self) -> dict:
+        """The options that shape this module, as stored in the model's config."""
+        return {o.name: getattr(self, o.name) for o in self.options if o.saved}
+
     # ------------------------------------------------------------------ rated responses
     @classmethod
     def attributes_from(cls, options: dict) -> tuple[Attribute, ...]:
@@ -225,10 +257,6 @@ class RewardHead(nn.Module):
         raise NotImplementedError(f"the {self.kind} head has no attribute weights to fit")
 
     # ------------------------------------------------------------------ pairs
-    def log_prob_pair(self, pc: torch.Tensor, pr: torch.Tensor, margin: torch.Tensor | None = None):
-        """(log P(c > r + margin), log P(not that)), each (B,)."""
-        raise NotImplementedError
-
     def prob_pair(self, pc: torch.Tensor, pr: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         if temperature != 1.0:
             raise ValueError(f"the {self.kind} head has no temperature scaling")

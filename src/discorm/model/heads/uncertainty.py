@@ -1,7 +1,8 @@
 """Epistemic uncertainty for any head: a Laplace posterior over a last layer, or an ensemble of heads.
 
-Both wrap a head of any registered kind (its *member*) and keep its interface: the reward distribution's mean is
-the member's, and the spread becomes the total sigma^2 = sigma_aleatoric^2 + sigma_epistemic^2, where the
+Both wrap a head of any registered kind (its *member*) and keep its interface: they replace the reward distribution
+(``RewardDistribution``) and take the rest from the member automatically (``EpistemicHead``). The mean is the
+member's, and the spread becomes the total sigma^2 = sigma_aleatoric^2 + sigma_epistemic^2, where the
 aleatoric part is the member's own spread (zero for the scalar head) and the epistemic part is what the model does
 not know about the response.
 
@@ -14,22 +15,26 @@ not know about the response.
   bootstrap resample of the pairs (Poisson(1) weights drawn per pair and member from where the pair was read, so
   a pair keeps its weights across epochs). sigma_ep^2 = Var_k[mean_k]; P(c > r) averages the members'.
 
-Reward modes that use them (``RewardHead.reward``): ``lcb`` mean - k sigma_ep, ``uwo`` mean - k sigma_ep^2, ``min``
-the ensemble's worst member; ``lower_quantile`` and ``mean_minus_std`` read the total distribution (a normal with
-the total sigma around the member's mean).
+Reward modes that use them (``RewardDistribution.reward``): ``lcb`` mean - k sigma_ep, ``uwo`` mean - k sigma_ep^2,
+``min`` the ensemble's worst member; ``lower_quantile`` and ``mean_minus_std`` read the total distribution (a normal
+with the total sigma around the member's mean).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 import zlib
+from abc import abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from discorm.errors import ConfigError, ModelError
-from discorm.model.heads.base import ExportSpec, RewardHead
+from discorm.model.heads.base import PARAMS_ARGUMENTS, ExportSpec, RewardDistribution, RewardHead
 
 logger = logging.getLogger(__name__)
 
@@ -40,31 +45,71 @@ def _normal_quantile(alpha: float, like: torch.Tensor) -> torch.Tensor:
     return math.sqrt(2) * torch.erfinv(torch.tensor(2 * alpha - 1, dtype=like.dtype, device=like.device))
 
 
-class EpistemicHead(RewardHead):
-    """What both wrappers share: the member's kind, options and capabilities, and the total distribution."""
+class EpistemicHead(RewardDistribution, nn.Module):
+    """What both wrappers share: a reward distribution over their members' params, and the member's head for the
+    rest.
+
+    A wrapper implements ``forward`` and the distribution (``RewardDistribution``: the member's mean, the total
+    sigma^2 = sigma_aleatoric^2 + sigma_epistemic^2); the few other methods whose meaning changes are overridden
+    in each wrapper. Every other attribute of the head interface -- kind, options, capability flags, likelihoods,
+    losses, ratings -- is not written here but found on the members by ``__getattr__``: a method runs on every
+    member, each given its own part of the params (arguments named as in ``PARAMS_ARGUMENTS``), and the members'
+    results are averaged; a flag or option is the first member's. A method or flag added to ``RewardHead``
+    reaches the wrappers without a change here."""
 
     distributional = True
     epistemic = True
-    uncertainty = ""
-
-    def __init__(self, member: RewardHead):
-        super().__init__()
-        self.kind = member.kind  # the wrapped kind: configs, exports and the registry see the member's kind
-        self.options = member.options
-        self.supports_margin = member.supports_margin
-        self.learns_ratings = member.learns_ratings
-        self.attributes = member.attributes
-        self.member_distributional = member.distributional
-        self.export_labels = member.export_labels
-        self.ranking_losses, self.tie_models = member.ranking_losses, member.tie_models
-        self.tie_model = member.tie_model
-
-    def saved_options(self) -> dict:
-        return self.first_member.saved_options()
+    uncertainty: ClassVar[str] = ""
 
     @property
-    def first_member(self) -> RewardHead:
-        raise NotImplementedError
+    @abstractmethod
+    def heads(self) -> list[RewardHead]:
+        """The wrapped heads (one for Laplace)."""
+
+    @abstractmethod
+    def member_arguments(self, name: str, value) -> list:
+        """Each member's part of the argument ``name`` of a member method (one entry per member): its params for
+        a params argument."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)  # nn.Module keeps the wrapper's parameters, buffers and submodules
+        except AttributeError:
+            if name.startswith("_") or not self.__dict__.get("_modules"):  # private, or no member yet
+                raise
+        first = self.heads[0]
+        try:
+            value = getattr(first, name)
+        except AttributeError:
+            raise AttributeError(f"neither {type(self).__name__} nor its {first.kind} head has an attribute "
+                                 f"{name!r}") from None
+        if not (inspect.ismethod(value) and value.__self__ is first):
+            return value  # a flag, an option, a class method: the same for every member
+
+        @functools.wraps(value)
+        def delegated(*args, **kwargs):
+            return self.each_member(name, *args, **kwargs)
+
+        return delegated
+
+    def each_member(self, name: str, *args, **kwargs):
+        """The member method ``name`` run on each member with its part of the arguments (``member_arguments``);
+        the mean of the results over the members, or their common value where they are not tensors."""
+        bound = inspect.signature(getattr(self.heads[0], name)).bind(*args, **kwargs)
+        parts = {arg: self.member_arguments(arg, value) for arg, value in bound.arguments.items() if value is not None}
+        results = []
+        for k, head in enumerate(self.heads):
+            bound.arguments.update({arg: values[k] for arg, values in parts.items()})
+            results.append(getattr(head, name)(*bound.args, **bound.kwargs))
+        first = results[0]
+        if len(results) == 1:
+            return first
+        if isinstance(first, torch.Tensor):
+            return torch.stack(results).mean(0)
+        if isinstance(first, (type(None), bool, int, float, str, list, dict)) and all(r == first for r in results):
+            return first
+        raise ModelError(f"the {self.uncertainty} wrapper cannot combine its members' {name} "
+                         f"({type(first).__name__}); give it its own {name} method (heads/uncertainty.py).")
 
     def std(self, params):
         return (self.aleatoric_std(params).square() + self.epistemic_std(params).square()).sqrt()
@@ -82,20 +127,23 @@ class EpistemicHead(RewardHead):
 
 
 class LaplaceHead(EpistemicHead):
-    """The member, plus sigma_ep from a Laplace posterior covariance over the features (zero until fitted)."""
+    """The member, plus sigma_ep from a Laplace posterior covariance over the features (zero until fitted). Params
+    are the member's with one more column, sigma_ep; every member method reads the member's columns."""
 
     uncertainty = "laplace"
 
     def __init__(self, member: RewardHead, hidden_size: int):
-        super().__init__(member)
+        super().__init__()
         self.member = member
-        self.supports_temperature = member.supports_temperature  # P(c > r) is the member's
         self.register_buffer("covariance", torch.zeros(hidden_size, hidden_size))  # H^-1
         self.register_buffer("prior_precision", torch.zeros(()))
 
     @property
-    def first_member(self):
-        return self.member
+    def heads(self):
+        return [self.member]
+
+    def member_arguments(self, name, value):
+        return [value[:, :-1] if name in PARAMS_ARGUMENTS else value]
 
     @property
     def fitted(self) -> bool:
@@ -106,51 +154,17 @@ class LaplaceHead(EpistemicHead):
         variance = torch.einsum("nh,hk,nk->n", hidden, self.covariance, hidden).clamp_min(1e-30)
         return torch.cat([self.member(hidden), variance.sqrt().unsqueeze(-1)], dim=-1)  # (N, K + 1)
 
-    @staticmethod
-    def _m(params):
-        return params[:, :-1]
-
     def mean(self, params):
-        return self.member.mean(self._m(params))
+        return self.member.mean(params[:, :-1])
 
     def aleatoric_std(self, params):
-        return self.member.std(self._m(params))
+        return self.member.std(params[:, :-1])
 
     def epistemic_std(self, params):
         return params[:, -1]
 
     def member_summary(self, params):
-        return self.member.summary(self._m(params))
-
-    def log_prob_pair(self, pc, pr, margin=None):
-        return self.member.log_prob_pair(self._m(pc), self._m(pr), margin)
-
-    def prob_pair(self, pc, pr, temperature=1.0):
-        return self.member.prob_pair(self._m(pc), self._m(pr), temperature)
-
-    def pair_loss(self, pc, pr, margin=None, soft_label=None, weights=None):
-        return self.member.pair_loss(self._m(pc), self._m(pr), margin, soft_label, weights)
-
-    def log_prob_outcomes(self, pa, pb, margin=None):
-        return self.member.log_prob_outcomes(self._m(pa), self._m(pb), margin)
-
-    def outcome_loss(self, pa, pb, outcomes, margin=None, weights=None):
-        return self.member.outcome_loss(self._m(pa), self._m(pb), outcomes, margin, weights)
-
-    def plackett_luce(self, params, levels, weights=None):
-        return self.member.plackett_luce(self._m(params), levels, weights)
-
-    def regulariser(self, pc, pr, **loss_options):
-        return self.member.regulariser(self._m(pc), self._m(pr), **loss_options)
-
-    def attribute_means(self, params):
-        return self.member.attribute_means(self._m(params))
-
-    def attribute_stds(self, params):
-        return self.member.attribute_stds(self._m(params))
-
-    def rated_loss(self, params, scores, mask):
-        return self.member.rated_loss(self._m(params), scores, mask)
+        return self.member.summary(params[:, :-1])
 
     def set_posterior(self, covariance: torch.Tensor, prior_precision: float) -> None:
         self.covariance.copy_(covariance.to(self.covariance))
@@ -225,23 +239,37 @@ def bootstrap_weights(keys: list[str], members: int) -> torch.Tensor:
 
 
 class EnsembleHead(EpistemicHead):
-    """K heads of one kind on the shared backbone: params (N, K * P), member k's params at [:, k P : (k + 1) P]."""
+    """K heads of one kind on the shared backbone: params (N, K * P), member k's params at [:, k P : (k + 1) P].
+    A per-pair ``weights`` argument holds one column per member (the bootstrap, ``pair_weights``): member k reads
+    ``weights[..., k]``."""
 
     uncertainty = "ensemble"
+    supports_temperature = False  # P(c > r) averages the members': no one temperature scales it
+    learns_combination = False  # each member would have its own attribute weights, and the model saves one set
 
     def __init__(self, members: list[RewardHead], bootstrap: bool = True):
-        super().__init__(members[0])
+        super().__init__()
         self.members = nn.ModuleList(members)
         self.bootstrap = bootstrap
-        self.export_labels = (1,) if 1 in members[0].export_labels else ()  # the mean reward only
 
     @property
-    def first_member(self):
-        return self.members[0]
+    def heads(self):
+        return list(self.members)
+
+    def member_arguments(self, name, value):
+        if name in PARAMS_ARGUMENTS:
+            return self.split(value)
+        if name == "weights":
+            return list(value.unbind(-1))
+        return [value] * self.size
 
     @property
     def size(self) -> int:
         return len(self.members)
+
+    @property
+    def export_labels(self) -> tuple[int, ...]:
+        return (1,) if 1 in self.members[0].export_labels else ()  # the mean reward only
 
     def forward(self, hidden):
         return torch.cat([member(hidden) for member in self.members], dim=-1)
@@ -276,16 +304,13 @@ class EnsembleHead(EpistemicHead):
         probs = probs.clamp(1e-30, 1 - 1e-7)
         return probs.log(), torch.log1p(-probs)
 
+    def prob_pair(self, pc, pr, temperature=1.0):
+        if temperature != 1.0:
+            raise ValueError("an ensemble has no temperature scaling")
+        return self.log_prob_pair(pc, pr)[0].exp()
+
     def pair_weights(self, keys):
         return bootstrap_weights(keys, self.size) if self.bootstrap and keys else None
-
-    def pair_loss(self, pc, pr, margin=None, soft_label=None, weights=None):
-        """Each member's own NLL, weighted by its bootstrap weights (B, K), averaged over the members: (B,)."""
-        losses = torch.stack([m.pair_loss(c, r, margin, soft_label)
-                              for m, c, r in zip(self.members, self.split(pc), self.split(pr))], dim=-1)
-        if weights is not None:
-            losses = losses * weights.to(losses)
-        return losses.mean(-1)
 
     def log_prob_outcomes(self, pa, pb, margin=None):
         """The members' outcome probabilities, averaged (the ensemble's predictive distribution)."""
@@ -293,25 +318,14 @@ class EnsembleHead(EpistemicHead):
                              for m, a, b in zip(self.members, self.split(pa), self.split(pb))]).mean(0)
         return probs.clamp_min(1e-30).log()
 
-    def outcome_loss(self, pa, pb, outcomes, margin=None, weights=None):
-        """Each member's own NLL with its bootstrap weights (M, K), averaged over the members: (M,)."""
-        return torch.stack([m.outcome_loss(a, b, outcomes, margin, None if weights is None else weights[:, k])
-                            for k, (m, a, b) in enumerate(zip(self.members, self.split(pa), self.split(pb)))]).mean(0)
+    def attribute_stds(self, params):
+        """The members' spreads of each attribute, combined as ``aleatoric_std`` combines theirs."""
+        stds = [m.attribute_stds(p) for m, p in zip(self.members, self.split(params))]
+        return None if stds[0] is None else torch.stack(stds).square().mean(0).sqrt()
 
-    def plackett_luce(self, params, levels, weights=None):
-        """Each member's ranking NLL with its bootstrap weight (K,), averaged over the members."""
-        return torch.stack([m.plackett_luce(p, levels, None if weights is None else weights[k])
-                            for k, (m, p) in enumerate(zip(self.members, self.split(params)))]).mean()
-
-    def regulariser(self, pc, pr, **loss_options):
-        return torch.stack([m.regulariser(c, r, **loss_options)
-                            for m, c, r in zip(self.members, self.split(pc), self.split(pr))]).mean()
-
-    def attribute_means(self, params):
-        return torch.stack([m.attribute_means(p) for m, p in zip(self.members, self.split(params))]).mean(0)
-
-    def rated_loss(self, params, scores, mask):
-        return torch.stack([m.rated_loss(p, scores, mask) for m, p in zip(self.members, self.split(params))]).mean(0)
+    def fit_combination(self, pc, pr, margin=None, soft_label=None):
+        raise ModelError("combination: learned fits one set of attribute weights, and an ensemble has one per head; "
+                         "use combination: fixed with uncertainty: ensemble, or uncertainty: laplace.")
 
     def load_head_state(self, tensors, stored_kind, where):
         if not any(name.startswith("members.") for name in tensors):
@@ -338,7 +352,7 @@ class EnsembleHead(EpistemicHead):
 
 
 def with_uncertainty(make_member, hidden_size: int, uncertainty: str | None, ensemble_size: int = 1,
-                     bootstrap: bool = True) -> RewardHead:
+                     bootstrap: bool = True) -> RewardHead | EpistemicHead:
     """The head ``make_member()`` builds, wrapped for ``uncertainty`` (None: as it is)."""
     if uncertainty is None:
         return make_member()
