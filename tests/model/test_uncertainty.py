@@ -128,6 +128,19 @@ def test_ensemble_members_differ_under_bootstrap_and_one_member_is_the_single_he
     torch.testing.assert_close(same_start.mean(params), means.mean(-1))
 
 
+def test_ensemble_weighs_every_member_alike_by_per_pair_weights_without_a_bootstrap():
+    """Per-pair weights (M,) with no bootstrap columns (no `sources` in the batch, `scaled_bt` strengths or
+    `list_weighting: list`): each member's loss is weighted by them, as a single head's would be."""
+    torch.manual_seed(0)
+    ensemble = EnsembleHead([ScalarHead(4) for _ in range(3)], bootstrap=False)
+    pc, pr = ensemble(torch.randn(5, 4)), ensemble(torch.randn(5, 4))
+    outcomes = torch.tensor([[1.0, 0, 0]] * 5)
+    weights = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.25])
+    expected = torch.stack([m.outcome_loss(a, b, outcomes, None, weights) for m, a, b in
+                            zip(ensemble.members, ensemble.split(pc), ensemble.split(pr))]).mean(0)
+    torch.testing.assert_close(ensemble.outcome_loss(pc, pr, outcomes, None, weights), expected)
+
+
 def test_every_reward_mode_by_hand():
     torch.manual_seed(3)
     gauss = EnsembleHead([GaussianHead(4) for _ in range(3)])

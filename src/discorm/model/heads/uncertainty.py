@@ -240,8 +240,8 @@ def bootstrap_weights(keys: list[str], members: int) -> torch.Tensor:
 
 class EnsembleHead(EpistemicHead):
     """K heads of one kind on the shared backbone: params (N, K * P), member k's params at [:, k P : (k + 1) P].
-    A per-pair ``weights`` argument holds one column per member (the bootstrap, ``pair_weights``): member k reads
-    ``weights[..., k]``."""
+    A per-pair ``weights`` argument (M, K) holds one column per member (the bootstrap, ``pair_weights``): member k
+    reads ``weights[:, k]``; per-pair weights (M,) without a bootstrap weigh every member alike."""
 
     uncertainty = "ensemble"
     supports_temperature = False  # P(c > r) averages the members': no one temperature scales it
@@ -259,7 +259,7 @@ class EnsembleHead(EpistemicHead):
     def member_arguments(self, name, value):
         if name in PARAMS_ARGUMENTS:
             return self.split(value)
-        if name == "weights":
+        if name == "weights" and value.dim() == 2:  # (M, K) bootstrap weights; (M,) weigh every member alike
             return list(value.unbind(-1))
         return [value] * self.size
 
