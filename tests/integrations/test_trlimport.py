@@ -127,7 +127,7 @@ def test_trl_reward_model_scores_as_transformers_reads_it(trl_model):
     assert [r["reward"] for r in model.score(conversations)] == pytest.approx(expected, abs=1e-5)
     texts = [model.tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]  # RewardBench, OpenRLHF
     assert [r["reward"] for r in model.score(texts)] == pytest.approx(expected, abs=1e-5)
-    with TestClient(create_app(model, max_items=32)) as client:
+    with TestClient(create_app(model, max_items=32), base_url="http://127.0.0.1") as client:
         assert client.post("/score", json=conversations).json()["rewards"] == pytest.approx(expected, abs=1e-5)
         answer = client.post("/get_reward", json={"query": texts}).json()
         assert answer["rewards"] == pytest.approx(expected, abs=1e-5)

@@ -122,6 +122,18 @@ def test_a_wrapper_answers_every_name_of_the_interface_as_its_member(kind, uncer
     assert differences(member, _wrap(member, uncertainty)) == []
 
 
+@pytest.mark.parametrize("uncertainty", ["none", "laplace", "ensemble"])
+@pytest.mark.parametrize("kind", SHIPPED)
+def test_fsdp2_can_take_over_every_head(kind, uncertainty):
+    """FSDP2's fully_shard gives a module the class FSDP<cls>(FSDPModule, cls): a head's layout must allow it."""
+    from torch.distributed.fsdp import FSDPModule
+
+    head = _member(kind) if uncertainty == "none" else _wrap(_member(kind), uncertainty)
+    cls = type(head)
+    head.__class__ = type(f"FSDP{cls.__name__}", (FSDPModule, cls), {})
+    assert isinstance(head, FSDPModule) and isinstance(head, cls)
+
+
 def test_a_wrapper_that_drops_a_method_or_flag_is_found():
     """The check above fails for a wrapper that answers a method with RewardHead's default (a hand-written wrapper
     that forwards some methods and forgets one), forwards one without giving the member its own params, or

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from abc import ABC, abstractmethod
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -122,7 +122,7 @@ def soft_label_loss(log_p: torch.Tensor, log_not_p: torch.Tensor, soft_label: to
     return -(soft_label * log_p + (1 - soft_label) * log_not_p)
 
 
-class RewardDistribution(ABC):
+class RewardDistribution(metaclass=ABCMeta):  # not ABC: its empty __slots__ would stop FSDP2 swapping the class
     """The reward distribution that head params (N, K) describe; every method maps them to (N,) values. A head
     implements ``mean`` and, when ``distributional``, ``std`` and ``quantile``; the rest has defaults built on
     them. The uncertainty wrappers implement this part over their members and take everything else from them."""

@@ -67,9 +67,9 @@ class EpistemicHead(RewardDistribution, nn.Module):
         """The wrapped heads (one for Laplace)."""
 
     @abstractmethod
-    def member_arguments(self, name: str, value) -> list:
-        """Each member's part of the argument ``name`` of a member method (one entry per member): its params for
-        a params argument."""
+    def member_arguments(self, name: str, value, method: str) -> list:
+        """Each member's part of the argument ``name`` of the member method ``method`` (one entry per member): its
+        params for a params argument."""
 
     def __getattr__(self, name: str):
         try:
@@ -96,7 +96,8 @@ class EpistemicHead(RewardDistribution, nn.Module):
         """The member method ``name`` run on each member with its part of the arguments (``member_arguments``);
         the mean of the results over the members, or their common value where they are not tensors."""
         bound = inspect.signature(getattr(self.heads[0], name)).bind(*args, **kwargs)
-        parts = {arg: self.member_arguments(arg, value) for arg, value in bound.arguments.items() if value is not None}
+        parts = {arg: self.member_arguments(arg, value, name) for arg, value in bound.arguments.items()
+                 if value is not None}
         results = []
         for k, head in enumerate(self.heads):
             bound.arguments.update({arg: values[k] for arg, values in parts.items()})
@@ -142,7 +143,7 @@ class LaplaceHead(EpistemicHead):
     def heads(self):
         return [self.member]
 
-    def member_arguments(self, name, value):
+    def member_arguments(self, name, value, method):
         return [value[:, :-1] if name in PARAMS_ARGUMENTS else value]
 
     @property
@@ -238,10 +239,13 @@ def bootstrap_weights(keys: list[str], members: int) -> torch.Tensor:
     return torch.searchsorted(_POISSON_CDF, uniform).float()
 
 
+PER_LIST_WEIGHTS = {"plackett_luce"}  # member methods whose ``weights`` weigh one list, not each pair
+
+
 class EnsembleHead(EpistemicHead):
     """K heads of one kind on the shared backbone: params (N, K * P), member k's params at [:, k P : (k + 1) P].
-    A per-pair ``weights`` argument (M, K) holds one column per member (the bootstrap, ``pair_weights``): member k
-    reads ``weights[:, k]``; per-pair weights (M,) without a bootstrap weigh every member alike."""
+    A ``weights`` argument with one column per member (the bootstrap, ``pair_weights``: (M, K) per pair, (K,) per
+    list) gives member k its column k; weights without a bootstrap ((M,) or ()) weigh every member alike."""
 
     uncertainty = "ensemble"
     supports_temperature = False  # P(c > r) averages the members': no one temperature scales it
@@ -256,10 +260,12 @@ class EnsembleHead(EpistemicHead):
     def heads(self):
         return list(self.members)
 
-    def member_arguments(self, name, value):
+    def member_arguments(self, name, value, method):
         if name in PARAMS_ARGUMENTS:
             return self.split(value)
-        if name == "weights" and value.dim() == 2:  # (M, K) bootstrap weights; (M,) weigh every member alike
+        # bootstrap weights hold a last dimension of K members: (M, K) per pair, (K,) for the one list of
+        # plackett_luce; without a bootstrap, (M,) or () weigh every member alike
+        if name == "weights" and value.dim() == (1 if method in PER_LIST_WEIGHTS else 2):
             return list(value.unbind(-1))
         return [value] * self.size
 
