@@ -1,7 +1,12 @@
+import json
+import logging
+
 import pytest
 
-from discorm.config import load_args
+from discorm.config import TrainingArguments, check_output_dir, load_args
 from discorm.errors import ConfigError
+from discorm.model.reward_model import RewardModel
+from discorm.train.workflow import run_rm
 from tests.conftest import REPO
 
 
@@ -55,6 +60,70 @@ def test_bad_number_and_yaml_syntax(tmp_path):
 
 def test_disco_shorthand_selects_gaussian():
     assert load_args({"disco": True})[3].head == "gaussian"
+    assert load_args({"disco": True, "head": "gaussian"})[3].head == "gaussian"
+    assert load_args({})[3].head == "scalar"
+
+
+@pytest.mark.parametrize("head", ["categorical", "scalar", "regression"])
+def test_disco_with_another_head_is_refused_naming_both(head):
+    with pytest.raises(ConfigError, match=rf"disco: true is shorthand for head: gaussian, and head='{head}'"):
+        load_args({}, ["disco=true", f"head={head}"])
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"temperature_scaling": True}, "temperature_scaling"),
+    ({"ranking_loss": "plackett_luce"}, "ranking_loss=plackett_luce"),
+    ({"num_atoms": 5}, "num_atoms does not apply to the gaussian head"),
+    ({"combination": "learned"}, "combination=learned"),
+])
+def test_what_disco_implies_is_named_when_it_contradicts_another_key(extra, words):
+    """disco: true means head: gaussian, so every key the gaussian head refuses names disco too."""
+    with pytest.raises(ConfigError) as err:
+        load_args({"disco": True, **extra})
+    assert words in str(err.value) and "disco: true is shorthand for head: gaussian" in str(err.value)
+
+
+def test_freeze_trainable_layers_applies_only_to_freeze_finetuning():
+    for kind in ("lora", "full"):
+        with pytest.raises(ConfigError, match=rf"freeze_trainable_layers=4 applies to finetuning_type: freeze, "
+                                              rf"and finetuning_type='{kind}'"):
+            load_args({"finetuning_type": kind, "freeze_trainable_layers": 4})
+    assert load_args({"finetuning_type": "freeze"})[3].finetuning().freeze_trainable_layers == 2
+    assert load_args({"finetuning_type": "freeze", "freeze_trainable_layers": 0})[3].finetuning() \
+        .freeze_trainable_layers == 0
+
+
+def test_a_key_given_twice_in_yaml_is_refused_with_its_lines(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("learning_rate: 1e-5\ncutoff_len: 64\nlearning_rate: 2e-5\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:3: the key 'learning_rate' is given twice \(lines 1 and 3\)"):
+        load_args(str(config))
+    config.write_text("head: categorical\nhead_options:\n  num_atoms: 3\n  num_atoms: 5\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:4: the key 'num_atoms' is given twice \(lines 3 and 4\)"):
+        load_args(str(config))
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_training(tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    for out in (file, file / "run"):
+        with pytest.raises(ConfigError, match=rf"'{file}' is a file, and training writes a folder there"):
+            check_output_dir(TrainingArguments(output_dir=str(out)))
+    assert file.read_text() == "mine"
+
+
+def test_a_cutoff_len_beyond_the_backbone_is_lowered_for_training_and_the_saved_model(tiny_bert, tmp_path, caplog):
+    rows = [{"prompt": "q " * 700, "chosen": f"yes {i}", "rejected": f"no {i}"} for i in range(4)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = load_args({"model_name_or_path": str(tiny_bert), "dataset": str(tmp_path / "d.jsonl"),
+                      "cutoff_len": 4096, "pooling": "first", "packing": False, "finetuning_type": "full",
+                      "max_steps": 1, "output_dir": str(tmp_path / "run"), "use_cpu": True, "save_strategy": "no",
+                      "disable_tqdm": True, "report_to": "none"})
+    with caplog.at_level(logging.WARNING, logger="discorm"):
+        run_rm(*args)
+    assert "cutoff_len=4096 is beyond the backbone's max_position_embeddings=512" in caplog.text
+    assert RewardModel.from_pretrained(tmp_path / "run").rm_config.cutoff_len == 512
+    assert args[1].cutoff_len == 4096  # the caller's arguments are left as they were
 
 
 def test_trainer_engine_keys_from_yaml(tmp_path):

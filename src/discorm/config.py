@@ -12,9 +12,9 @@ import os
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import UnionType
 from typing import Any
 
-import torch
 import transformers
 import yaml
 
@@ -171,13 +171,14 @@ class FinetuningArguments:
     lora_dropout: float = _arg(0.0, "LoRA dropout.")
     lora_target: str = _arg(
         "all", "Comma-separated module names for LoRA, or 'all' for every linear layer of the backbone.")
-    freeze_trainable_layers: int = _arg(
-        2, "freeze: how many of the last transformer blocks train (the head always does).")
-    head: str = _arg(
-        "scalar",
-        "Reward head: scalar, gaussian (mean + variance), categorical (distribution over atoms), regression "
-        "(rated scores), multi_objective (one output per rated attribute, combined into the reward).")
-    disco: bool = _arg(False, "Shorthand for head: gaussian.")
+    freeze_trainable_layers: int | None = _arg(
+        None, "finetuning_type: freeze: how many of the last transformer blocks train (the head always does); "
+        "default 2.")
+    head: str | None = _arg(
+        None,
+        "Reward head: scalar (the default), gaussian (mean + variance), categorical (distribution over atoms), "
+        "regression (rated scores), multi_objective (one output per rated attribute, combined into the reward).")
+    disco: bool = _arg(False, "Shorthand for head: gaussian (with another head it is refused).")
     pooling: str = _arg(
         "last", "Token whose hidden state is scored: last (last real token), first (BERT-style), mean.")
     head_options: dict = field(
@@ -229,9 +230,23 @@ class FinetuningArguments:
         "; stored with the model and applied by scoring, the server and the export.")
 
     def __post_init__(self):
-        if self.disco:
-            self.head = "gaussian"
+        if self.disco and self.head not in (None, "gaussian"):
+            raise ConfigError(f"disco: true is shorthand for head: gaussian, and head={self.head!r} asks for another "
+                              f"head; remove disco, or set head: gaussian.")
+        self.head = "gaussian" if self.disco else self.head or "scalar"
+        try:
+            self._check()
+        except ConfigError as err:
+            if self.disco and "gaussian" in str(err):  # the user wrote disco, not head: say where the head came from
+                raise ConfigError(f"{err} (disco: true is shorthand for head: gaussian.)") from None
+            raise
+
+    def _check(self) -> None:
         check_choice("finetuning_type", self.finetuning_type, FINETUNING_TYPES)
+        if self.freeze_trainable_layers is not None and self.finetuning_type != "freeze":
+            raise ConfigError(f"freeze_trainable_layers={self.freeze_trainable_layers} applies to finetuning_type: "
+                              f"freeze, and finetuning_type={self.finetuning_type!r} would ignore it; remove "
+                              "freeze_trainable_layers, or set finetuning_type: freeze.")
         check_choice("head", self.head, tuple(HEADS))
         self.head_options = HEADS[self.head].resolve_options(dict(self.head_options or {}))
         if self.temperature_scaling and not HEADS[self.head].supports_temperature:
@@ -274,8 +289,9 @@ class FinetuningArguments:
         return Uncertainty(self.uncertainty, size, self.ensemble_bootstrap)
 
     def finetuning(self) -> Finetuning:
+        layers = self.freeze_trainable_layers
         return Finetuning(self.finetuning_type, self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_target,
-                          self.freeze_trainable_layers)
+                          Finetuning.freeze_trainable_layers if layers is None else layers)
 
 
 @dataclass
@@ -314,12 +330,6 @@ class TrainingArguments(transformers.TrainingArguments):
                 raise ConfigError(f"{key}={value!r} must be above 0 (a step count, or a fraction of the run below 1).")
         if self.do_train and self.max_steps <= 0 and self.num_train_epochs == 0:
             raise ConfigError("num_train_epochs=0 trains nothing; set num_train_epochs above 0 (or max_steps).")
-        # torchrun / accelerate start several processes; on a machine without an accelerator they only form one
-        # distributed (gloo) job when the Trainer is told to use the CPU, otherwise each trains alone.
-        if not self.use_cpu and launched_processes() > 1 and not torch.accelerator.is_available():
-            self.use_cpu = True
-        if not torch.accelerator.is_available():
-            self.dataloader_pin_memory = False  # pinning needs an accelerator (torch warns on every epoch)
         super().__post_init__()
 
 
@@ -331,6 +341,10 @@ def check_output_dir(args: TrainingArguments) -> None:
         raise ConfigError("do_train: false asks only to evaluate; evaluate a trained model with `discorm eval "
                           "MODEL --data NAME=PATH` (Python: discorm.eval.runner.run_evaluation), or remove do_train.")
     out = Path(args.output_dir)
+    file = next((path for path in (out, *out.parents) if path.exists() and not path.is_dir()), None)
+    if file is not None:
+        raise ConfigError(f"output_dir={str(out)!r}: {str(file)!r} is a file, and training writes a folder there; "
+                          "choose another output_dir.")
     if args.overwrite_output_dir or args.resume_from_checkpoint or not out.is_dir():
         return
     found = sorted(p.name for p in out.iterdir() if p.name in RUN_FILES or (
@@ -395,6 +409,72 @@ def _known_keys() -> dict[str, Any]:
     return keys
 
 
+def _field_help() -> dict[str, str]:
+    """The help of every DiscoRM-declared key (transformers' own keys are documented by transformers)."""
+    own = (ModelArguments, DataArguments, FinetuningArguments)
+    return {f.name: f.metadata.get("help", "") for cls in own for f in fields(cls)} | {
+        name: TrainingArguments.__dataclass_fields__[name].metadata.get("help", "")
+        for name in TrainingArguments.__annotations__}
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a YAML / command-line value has the field's type (a bool is not a number; an int is a float)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return True
+    if origin in (typing.Union, UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation in (int, float):
+        return isinstance(value, int if annotation is int else (int, float)) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(_matches(item, args[0] if args else Any) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1])
+                                               for k, v in value.items())
+    return isinstance(value, annotation) if isinstance(annotation, type) else True
+
+
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+              dict: "a mapping (key: value)", list: "a list", type(None): "null"}
+PLURALS = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+VALUE_KINDS = {bool: "a boolean", int: "an integer", float: "a decimal number", str: "a string", dict: "a mapping",
+               list: "a list", type(None): "null"}
+
+
+def _describe(annotation: Any) -> str:
+    """A field's type in words: ``int | None`` -> 'an integer or null'."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, UnionType):
+        return " or ".join(dict.fromkeys(_describe(arg) for arg in args))
+    if origin is typing.Literal:
+        return " or ".join(map(repr, args))
+    if origin in (list, tuple):
+        return f"a list of {PLURALS.get(args[0], f'{_describe(args[0])} values')}" if args else "a list"
+    if origin is dict:
+        return "a mapping (key: value)"
+    return TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def check_types(values: dict, known: dict[str, Any]) -> None:
+    """Every given key of an argument dataclass (transformers' TrainingArguments keys included) against the
+    field's type, before any dataclass sees it: the error names the key, the value and the expected type."""
+    helps, options = _field_help(), _head_option_names()
+    for key, value in values.items():
+        if key in options:  # a head option: checked by its head (HeadOption.check)
+            continue
+        annotation = known[key] | bool if key in SWITCHES else known[key]
+        if not _matches(value, annotation):
+            got = VALUE_KINDS.get(type(value), f"a {type(value).__name__}")
+            about = f" {key}: {helps[key]}" if helps.get(key) else ""
+            raise ConfigError(f"{key}={value!r} is {got}; {key} takes {_describe(annotation)}.{about}")
+
+
 def _head_option_names() -> set[str]:
     return {option.name for head in HEADS.values() for option in head.options}
 
@@ -403,7 +483,10 @@ SWITCHES = ("fsdp",)  # typed `str | None` by transformers for legacy strings, b
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Turn command-line strings (and YAML's `1e-5`, which YAML reads as a string) into the field's type."""
+    """Turn command-line strings (and YAML's `1e-5`, which YAML reads as a string) into the field's type; a path
+    object (Python callers) is its string."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     types = typing.get_args(annotation) or (annotation,)
     if key in SWITCHES and isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
@@ -430,12 +513,36 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A key given twice in one YAML mapping, with the lines (1-based) of both."""
+
+    def __init__(self, key, lines: tuple[int, int]):
+        super().__init__(key, lines)
+        self.key, self.lines = key, lines
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in lines:
+                raise _DuplicateKey(key, (lines[key] + 1, key_node.start_mark.line + 1))
+            lines[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: str) -> dict:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"config file {path} does not exist; pass the path of a YAML file (see examples/).")
     try:
-        data = yaml.safe_load(read_utf8(file, ConfigError)) or {}
+        data = yaml.load(read_utf8(file, ConfigError), Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as err:
+        raise ConfigError(f"{path}:{err.lines[1]}: the key {err.key!r} is given twice (lines {err.lines[0]} and "
+                          f"{err.lines[1]}), and only one value can hold; keep one.") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
@@ -481,6 +588,7 @@ def load_args(
             "Run `discorm train --help-keys` for the full list."
         )
     typed = {key: _coerce(key, value, known[key]) for key, value in values.items()}
+    check_types(typed, known)
     options = {key: typed.pop(key) for key in _head_option_names() & set(typed)}
     if options:
         typed["head_options"] = {**(typed.get("head_options") or {}), **options}

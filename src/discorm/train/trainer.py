@@ -15,6 +15,7 @@ from discorm.config import FinetuningArguments
 from discorm.data.collator import PairBatch, model_inputs
 from discorm.files import write_text
 from discorm.model.reward_model import RewardModel
+from discorm.train.arguments import TrainerArguments
 from discorm.train.loss import PairwiseLoss, ordered_rewards
 from discorm.train.preemption import StepSync
 
@@ -44,10 +45,15 @@ class PairwiseTrainer(Trainer):
     """A ``transformers.Trainer`` for reward models: ``compute_loss`` is the head's pairwise (and rated) loss,
     ``prediction_step`` returns the head's parameters for chosen and rejected; optimizers, schedulers, DDP, FSDP,
     DeepSpeed, logging and checkpoints are the Trainer's own. ``finetuning_args`` give the loss options and
-    ``head_learning_rate``."""
+    ``head_learning_rate``; ``arguments`` (:func:`trainer_arguments`) are the arguments it runs with (``used``) and
+    the record it writes with every checkpoint (``training_args.json``), in place of ``args``."""
 
-    def __init__(self, *args, finetuning_args: FinetuningArguments | None = None, **kwargs):
+    def __init__(self, *args, finetuning_args: FinetuningArguments | None = None,
+                 arguments: TrainerArguments | None = None, **kwargs):
+        if arguments is not None:
+            kwargs["args"] = arguments.used
         super().__init__(*args, **kwargs)
+        self.arguments = arguments or TrainerArguments.unchanged(self.args)
         finetuning_args = finetuning_args or FinetuningArguments()
         self.loss_fn = PairwiseLoss.from_args(self.reward_model.head, finetuning_args)
         self.head_learning_rate = finetuning_args.head_learning_rate
@@ -111,7 +117,7 @@ class PairwiseTrainer(Trainer):
             return
         output_dir = output_dir or self.args.output_dir
         self.reward_model.save_pretrained(output_dir, state_dict=state_dict)
-        write_text(f"{output_dir}/training_args.json", self.args.to_json_string())
+        write_text(f"{output_dir}/training_args.json", self.arguments.to_json_string())
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # Private, and kept: a checkpoint is a run directory (backbone or adapter + value head), which the

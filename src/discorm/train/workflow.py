@@ -1,12 +1,12 @@
 """``run_rm``: the reward-model recipe, read top to bottom.
 
-setup data -> setup model -> validate -> setup trainer -> train -> post-training stages (``train/stages.py``)
--> save once -> evaluate the saved run on the held-out sets with ``discorm eval``'s code (``eval/``).
+the Trainer's arguments (``train/arguments.py``) -> setup model -> setup data -> validate -> setup trainer -> train
+-> post-training stages (``train/stages.py``) -> save once -> evaluate the saved run on the held-out sets with
+``discorm eval``'s code (``eval/``).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import signal
 from contextlib import contextmanager
@@ -36,9 +36,11 @@ from discorm.model.heads import HEADS
 from discorm.model.inference import padded_reason
 from discorm.model.loading import load_tokenizer
 from discorm.model.reward_model import RewardModel
+from discorm.model.rm_config import CONFIG_FILE, RewardModelConfig
 from discorm.plots import plot_training
+from discorm.train.arguments import TrainerArguments, trainer_arguments
 from discorm.train.callbacks import JsonlLogCallback
-from discorm.train.checkpoints import CompleteCheckpoints, failed_save, resolve_resume
+from discorm.train.checkpoints import CompleteCheckpoints, failed_save
 from discorm.train.stages import post_training
 from discorm.train.trainer import PairwiseTrainer
 
@@ -63,22 +65,22 @@ class RunData:
 def run_rm(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
            finetuning_args: FinetuningArguments, callbacks: list | None = None) -> dict:
     """Train a reward model and evaluate it on its held-out data; returns the metrics (also written to the run
-    directory). The argument objects are left unchanged."""
-    model_args, data_args, training_args, finetuning_args = copy.deepcopy(
-        (model_args, data_args, training_args, finetuning_args))
+    directory). The argument objects are left unchanged: the Trainer runs with a copy (``trainer_arguments``)."""
     check_output_dir(training_args)
-    training_args.resume_from_checkpoint = resolve_resume(training_args.resume_from_checkpoint,
-                                                          training_args.output_dir)
+    arguments = trainer_arguments(training_args, data_args)
+    training_args = arguments.used
+    check_resumed_head(training_args.resume_from_checkpoint, finetuning_args)
     set_seed(training_args.seed)
     warn_about_cpu_bf16(model_args, training_args)
     tokenizer = load_tokenizer(model_args.tokenizer_path, model_args.trust_remote_code, model_args.cache_dir)
+    model = setup_model(model_args, finetuning_args, tokenizer, data_args)
+    data_args = replace(data_args, cutoff_len=model.rm_config.cutoff_len)  # within the backbone's positions
     attributes = HEADS[finetuning_args.head].attributes_from(finetuning_args.head_options)
     with training_args.main_process_first(local=True, desc="tokenizing"):  # one process fills the cache
         data = setup_data(data_args, tokenizer, training_args.seed, attributes, finetuning_args.temperature_scaling,
                           finetuning_args.reward_normalization)
-    model = setup_model(model_args, finetuning_args, tokenizer, data_args)
     validate(data_args, finetuning_args, model.head, data.train, data.evaluation)
-    trainer = setup_trainer(model, data, data_args, training_args, finetuning_args, callbacks)
+    trainer = setup_trainer(model, data, data_args, arguments, finetuning_args, callbacks)
     metrics = {"data": data.summaries, **train(trainer)}
     post_training(model, data, data_args, finetuning_args, training_args.per_device_eval_batch_size)
     save(trainer, metrics)
@@ -140,7 +142,8 @@ def tokenize(names: str, data_args: DataArguments, tokenizer, eval_split: bool =
 def setup_model(model_args: ModelArguments, finetuning_args: FinetuningArguments, tokenizer=None,
                 data_args: DataArguments | None = None) -> RewardModel:
     """The backbone with a new head (or a run to continue), described by the run's template, cutoff and reward
-    options."""
+    options. A ``cutoff_len`` beyond the backbone's positions is lowered to them, with a warning, so the data, the
+    saved model and everything that scores with it use a length the backbone can read."""
     data_args = data_args or DataArguments()
     tokenizer = tokenizer or load_tokenizer(model_args.tokenizer_path, model_args.trust_remote_code,
                                             model_args.cache_dir)
@@ -148,10 +151,41 @@ def setup_model(model_args: ModelArguments, finetuning_args: FinetuningArguments
                                      finetuning_args.head_options, finetuning_args.finetuning(),
                                      model_args.load_options(), finetuning_args.pooling,
                                      finetuning_args.uncertainty_config())
-    model.rm_config = replace(model.rm_config, template=data_args.template, cutoff_len=data_args.cutoff_len,
+    model.rm_config = replace(model.rm_config, template=data_args.template,
+                              cutoff_len=usable_cutoff(data_args.cutoff_len, model.backbone.config),
                               reward_mode=finetuning_args.reward_mode, reward_alpha=finetuning_args.reward_alpha,
                               reward_k=finetuning_args.reward_k)
     return model
+
+
+def usable_cutoff(cutoff_len: int, backbone_config) -> int:
+    """``cutoff_len``, or the backbone's ``max_position_embeddings`` where it is smaller (with a warning)."""
+    positions = getattr(backbone_config, "max_position_embeddings", None)
+    if positions is None or cutoff_len <= positions:
+        return cutoff_len
+    logger.warning("cutoff_len=%d is beyond the backbone's max_position_embeddings=%d; training, scoring and "
+                   "serving this model cut sequences at %d tokens. Set cutoff_len: %d (or less) to silence this.",
+                   cutoff_len, positions, positions, positions)
+    return positions
+
+
+def check_resumed_head(checkpoint: str | None, finetuning_args: FinetuningArguments) -> None:
+    """A checkpoint continues only with the head it was trained with; refused before any data or model loads."""
+    if checkpoint is None or not Path(checkpoint, CONFIG_FILE).is_file():
+        return
+    saved = RewardModelConfig.load(checkpoint)
+    if (saved.head, saved.uncertainty) == (finetuning_args.head, finetuning_args.uncertainty):
+        return
+    trained, asked = head_name(saved.head, saved.uncertainty), head_name(finetuning_args.head,
+                                                                           finetuning_args.uncertainty)
+    raise ConfigError(
+        f"resume_from_checkpoint={checkpoint!r} was trained with {trained}, and the config asks for {asked}; a "
+        f"checkpoint continues only with its own head. Set {trained} to resume it, or train {asked} into another "
+        "output_dir (model_name_or_path may name the run to start from).")
+
+
+def head_name(head: str, uncertainty: str | None) -> str:
+    return f"head: {head}" + (f" and uncertainty: {uncertainty}" if uncertainty else "")
 
 
 def make_collator(model: RewardModel, data_args: DataArguments, tokenizer):
@@ -181,10 +215,11 @@ def metrics_fn(model: RewardModel):
     return compute_metrics
 
 
-def setup_trainer(model: RewardModel, data: RunData, data_args: DataArguments, training_args: TrainingArguments,
+def setup_trainer(model: RewardModel, data: RunData, data_args: DataArguments, arguments: TrainerArguments,
                   finetuning_args: FinetuningArguments, callbacks: list | None = None) -> PairwiseTrainer:
-    if data_args.group_by_length:
-        training_args.train_sampling_strategy = "group_by_length"  # uses the tokenized `length` column
+    """The Trainer on the training rows (a learned combination's first stage: the rated rows), evaluating pairs
+    and rated responses; checkpoints are marked complete, then rotated to the user's ``save_total_limit``."""
+    training_args = arguments.used
     stage_one = split_kinds(data.train)[1] if finetuning_args.combination == "learned" else data.train
     pairs, rated = split_kinds(data.evaluation)  # ranked lists are evaluated at the end, in RUN/eval
     if data.evaluation is not None and pairs is None and rated is None and training_args.eval_strategy != "no":
@@ -193,18 +228,11 @@ def setup_trainer(model: RewardModel, data: RunData, data_args: DataArguments, t
                           "Set eval_strategy: no, or add pairs to eval_dataset.")
     collator = make_collator(model, data_args, model.tokenizer)
     logger.info("batches: %s", type(collator).__name__)
-    trainer = PairwiseTrainer(
-        model=model, args=training_args, train_dataset=stage_one, data_collator=collator,
+    return PairwiseTrainer(
+        model=model, arguments=arguments, train_dataset=stage_one, data_collator=collator,
         eval_dataset=rated if pairs is None else pairs if rated is None else {"pairs": pairs, "rated": rated},
         compute_metrics=metrics_fn(model), finetuning_args=finetuning_args,
-        callbacks=[JsonlLogCallback(), CompleteCheckpoints(training_args.save_total_limit), *(callbacks or [])])
-    # Checkpoints are rotated once marked complete (train/checkpoints.py), and the best one is loaded by
-    # `train` from its run directory: the Trainer's own rotation and best-model loader do neither.
-    trainer.args.save_total_limit = None
-    trainer.load_best_at_end = training_args.load_best_model_at_end and not (
-        trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled)
-    trainer.args.load_best_model_at_end &= not trainer.load_best_at_end
-    return trainer
+        callbacks=[JsonlLogCallback(), CompleteCheckpoints(arguments.asked.save_total_limit), *(callbacks or [])])
 
 
 def train(trainer: PairwiseTrainer) -> dict:
@@ -220,7 +248,7 @@ def train(trainer: PairwiseTrainer) -> dict:
             f"training stopped by {signal.Signals(sync.received).name} at step {sync.stopped_at} of "
             f"{trainer.state.max_steps}; the checkpoint is {Path(args.output_dir, f'checkpoint-{sync.stopped_at}')}."
             " Run the same command with resume_from_checkpoint=latest to continue from it.", sync.received)
-    if trainer.load_best_at_end and trainer.state.best_model_checkpoint:
+    if trainer.arguments.loads_best_checkpoint and trainer.state.best_model_checkpoint:
         logger.info("loading the best checkpoint, %s", trainer.state.best_model_checkpoint)
         trainer.reward_model.load_weights(trainer.state.best_model_checkpoint)
     if sync.skipped:
