@@ -93,6 +93,20 @@ def test_freeze_trainable_layers_applies_only_to_freeze_finetuning():
         .freeze_trainable_layers == 0
 
 
+
+def test_a_command_line_finetuning_type_drops_the_files_freeze_layers_with_a_warning(tmp_path, caplog):
+    """`discorm train quickstart.yaml finetuning_type=lora` (a freeze config) trains LoRA, saying what it drops;
+    the same two keys given together in one place are still refused."""
+    config = tmp_path / "freeze.yaml"
+    config.write_text("finetuning_type: freeze\nfreeze_trainable_layers: 4\n")
+    with caplog.at_level("WARNING", logger="discorm.config"):
+        finetuning = load_args(str(config), ["finetuning_type=lora"])[3]
+    assert (finetuning.finetuning_type, finetuning.freeze_trainable_layers) == ("lora", None)
+    assert "freeze_trainable_layers=4" in caplog.text and "dropped" in caplog.text
+    assert load_args(str(config), ["freeze_trainable_layers=1"])[3].freeze_trainable_layers == 1
+    with pytest.raises(ConfigError, match="freeze_trainable_layers=2 applies to finetuning_type: freeze"):
+        load_args(str(config), ["finetuning_type=lora", "freeze_trainable_layers=2"])
+
 def test_a_key_given_twice_in_yaml_is_refused_with_its_lines(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("learning_rate: 1e-5\ncutoff_len: 64\nlearning_rate: 2e-5\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import typing
 from dataclasses import dataclass, field, fields
@@ -29,6 +30,8 @@ from discorm.model.heads import HEADS, UNCERTAINTIES
 from discorm.model.loading import QUANTIZATION_KEYS, Finetuning, LoadOptions, Uncertainty
 from discorm.model.packed import ATTENTION_BACKENDS
 from discorm.model.rm_config import check_reward_options
+
+logger = logging.getLogger(__name__)
 
 FINETUNING_TYPES = ("full", "lora", "freeze")
 POOLINGS = ("last", "first", "mean")
@@ -566,7 +569,16 @@ def parse_overrides(items: list[str]) -> dict:
 def given_values(config: str | dict | None = None, overrides: list[str] | dict | None = None) -> dict:
     """The keys a YAML file (or dict) and its overrides set, before defaults are filled in (values untyped)."""
     values = dict(_read_yaml(config) if isinstance(config, (str, os.PathLike)) else (config or {}))
-    values.update(parse_overrides(overrides) if isinstance(overrides, list) else (overrides or {}))
+    changed = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
+    layers = values.get("freeze_trainable_layers")
+    if (layers is not None and "freeze_trainable_layers" not in changed
+            and changed.get("finetuning_type", "freeze") != "freeze"):
+        # `discorm train freeze.yaml finetuning_type=lora`: the file's freeze option belongs to the type overridden
+        logger.warning("finetuning_type=%s overrides the file's finetuning_type, and its freeze_trainable_layers=%s "
+                       "(which applies to finetuning_type: freeze only) is dropped.",
+                       changed["finetuning_type"], layers)
+        del values["freeze_trainable_layers"]
+    values.update(changed)
     return values
 
 
