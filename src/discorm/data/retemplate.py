@@ -13,7 +13,8 @@ refused with a :class:`DataError` naming the item, never guessed.
 :class:`Retemplater` applies this to scoring inputs: with a policy tokenizer every rendered text (and every text
 prompt + completion pair) is parsed and re-rendered by the reward model's encoder; without one, texts are scored as
 given, and the first text that does not look like the reward model's own template is logged once per process with
-the fix.
+the fix. A reward model trained with ``reasoning: strip`` reads a text in its own format back into messages too, so
+that the traces in it are removed before scoring, as they were in training.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ class Retemplater:
         self.own = None
         if not encoder.renderer.raw:
             try:
-                self.own = ChatFormat.learn(encoder.renderer, "the reward model")
+                self.own = ChatFormat.learn(encoder.renderer.as_given(), "the reward model")
             except ConfigError:  # a template without turn markers: nothing to compare texts with
                 pass
 
@@ -182,6 +183,8 @@ class Retemplater:
         (logged once per process when it does not look like the reward model's own template)."""
         if self.policy is not None:
             return self.policy.parse(text, where)
+        if self.own is not None and self.encoder.renderer.reasoning == "strip" and self.own.looks_rendered(text):
+            return self.own.parse(text, where)
         if self.own is not None and not _warned["foreign"] and not self.own.looks_rendered(text):
             _warned["foreign"] = True
             logger.warning("%s does not look like a conversation rendered with this reward model's chat template "

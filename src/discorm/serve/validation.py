@@ -8,7 +8,7 @@ nothing to score). Every refusal is a :class:`RequestError` naming the key or ``
 """
 
 import json
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -171,6 +171,26 @@ class ClassifyRequest(RewardOptions):
         return self.input if self.input is not None else [self.messages]
 
 
+def _texts_or_ids(value: Any, info: ValidationInfo) -> Any:
+    """OpenAI's ``input``: one text, one list of token ids, or a list of either -> a list of inputs."""
+    if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, int) for v in value)):
+        value = [value]
+    return _within_limit(value, info)
+
+
+class EmbeddingsRequest(RewardOptions):
+    """``POST /v1/embeddings`` (SGLang's OpenAI-style route, where verl reads a reward): ``{"model", "input": text,
+    [text, ...], [token id, ...] or [[token id, ...], ...]}`` plus reward options; ``encoding_format`` ``float``
+    (the default) or ``base64``; OpenAI's other keys (``dimensions``, ``user``) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    EXPECTED: ClassVar[str] = ('{"model": name, "input": text, [text, ...], [token id, ...] or [[token id, ...], '
+                               '...]}')
+    model: Any = None
+    input: Annotated[list[Any], Field(min_length=1), BeforeValidator(_texts_or_ids)]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
 # pydantic's error types in the server's words: {key} the key, {item} the item index, {input} the value given and
 # {found} its type
 WORDING = {
@@ -182,6 +202,7 @@ WORDING = {
     "string_type": '"{key}" must be a list of strings; item {item} is of type {found}',
     "string_unicode": "key {input!r:.60} is not valid Unicode text (it holds a lone surrogate)",
     "too_many_items": "{msg}",
+    "literal_error": '"{key}" {msg}, found {input!r:.60}',
     "reward_options": "{msg}",
     "shape": "{msg}",
 }
