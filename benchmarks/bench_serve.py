@@ -7,11 +7,12 @@ Phase 2: the same good clients, interleaved with faulty ones for another --secon
 bodies, bad items, unknown keys, bad reward options, a wrong API key, completions without a prompt, no
 completions, an empty completion, policy texts that cannot be parsed, an empty /classify input, a JSON body sent as
 text/plain, a Host that is not the loopback's (DNS rebinding), a chat of a system turn only, a chat that ends with
-the user's turn, /v1/embeddings requests with no input, token ids beyond the vocabulary, an empty id list, an
-input that is neither, an unknown encoding_format or no API key, tool calls whose arguments are not JSON or that
-have no name, a tool turn without a call, tools that are not a list, chat_template_kwargs that name an argument of
-the template call or are not an object, a reasoning_content that is not a text, slow clients (a body trickling in, a byte at a time) and clients that disconnect mid-request, one
-of each kind, all in a separate process (so that their own work does not hold the server's interpreter lock).
+the user's turn, /v1/embeddings requests with no input, token ids beyond the vocabulary, an empty id list, an input
+that is neither, an unknown encoding_format or no API key, tool calls whose arguments are not JSON or that have no
+name, a tool turn without a call, tools that are not a list, chat_template_kwargs that name an argument of the
+template call or are not an object, a reasoning_content that is not a text, slow clients (a body trickling in, a
+byte at a time) and clients that disconnect mid-request, one of each kind, all in a separate process (so that their
+own work does not hold the server's interpreter lock).
 Prints good-request throughput and p50/p99 latency for both phases, what the faulty requests got, and the number
 of good requests that failed and of faulty requests answered otherwise than expected, which must both be 0.
 

@@ -13,6 +13,7 @@ from discorm.data.formats import FORMATS, convert
 from discorm.data.templates import Renderer
 from discorm.data.tokenize import Encoder
 from discorm.errors import DataError
+from discorm.serve.scoring import score_file
 from tests.conftest import build_datasets, build_model
 from tests.data.test_reasoning import QWEN3_LIKE
 
@@ -177,3 +178,19 @@ def test_chat_template_kwargs_reach_the_template_row_over_global(tiny_llama):
     assert tokenizer.decode(ids).endswith(closed + "hello<|im_end|>")
     with pytest.raises(DataError, match=r"item 2: chat_template_kwargs \['tokenize'\] name arguments"):
         Encoder.for_model(model).encode_item({**item, "chat_template_kwargs": {"tokenize": True}}, "item 2")
+
+
+def test_discorm_score_reads_the_tools_of_pairs_and_responses(tool_model, tmp_path):
+    tool_model.save_pretrained(tmp_path / "run")
+    pairs, responses = tmp_path / "pairs.jsonl", tmp_path / "responses.jsonl"
+    pairs.write_text(json.dumps(sharegpt_row()) + "\n")
+    responses.write_text(json.dumps({"messages": CONVERSATION, "tools": [WEATHER]}) + "\n")
+    score_file(str(tmp_path / "run"), str(pairs), str(tmp_path / "pairs_out.jsonl"))
+    score_file(str(tmp_path / "run"), str(responses), str(tmp_path / "responses_out.jsonl"))
+    pair = convert(sharegpt_row(), FORMATS["sharegpt"].spec(), "row")
+    chosen = rewards(tool_model, [{"messages": pair.prompt + pair.chosen, "tools": [WEATHER["function"]]}])[0]
+    scored = json.loads((tmp_path / "pairs_out.jsonl").read_text())
+    assert scored["chosen"]["reward"] == pytest.approx(chosen, abs=1e-5)
+    single = json.loads((tmp_path / "responses_out.jsonl").read_text())
+    assert single["reward"] == pytest.approx(rewards(tool_model, [{"messages": CONVERSATION, "tools": [WEATHER]}])[0],
+                                             abs=1e-5)
