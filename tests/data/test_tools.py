@@ -125,6 +125,13 @@ def test_llamafactory_function_call_turns_become_tool_calls(tool_model, tmp_path
     expected = encoder.encode(pair.prompt, [pair.chosen], options=pair.meta["chat"])
     assert train[0]["prompt_ids"] == expected.prompt_ids and train[0]["chosen_ids"] == expected.response_ids[0]
     assert "<tools>" in tool_model.tokenizer.decode(train[0]["prompt_ids"])
+    renamed = [{**{k: v for k, v in sharegpt_row().items() if k != "tools"}, "functions": sharegpt_row()["tools"]}]
+    (tmp_path / "glaive.json").write_text(json.dumps(renamed * 2))  # LlamaFactory's layout, through dataset_info.json
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"glaive_rm": {
+        "file_name": "glaive.json", "formatting": "sharegpt", "ranking": True,
+        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected", "tools": "functions"}}}))
+    listed, _, _ = build_datasets(DataArguments(dataset="glaive_rm", dataset_dir=str(tmp_path)), tool_model.tokenizer)
+    assert listed[0]["prompt_ids"] == expected.prompt_ids
 
 
 @pytest.mark.parametrize(("row", "message"), [

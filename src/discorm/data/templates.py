@@ -82,11 +82,10 @@ class Renderer:
         self.reasoning = reasoning
         self.template_kwargs = dict(template_kwargs or {})
         self.name = template or "tokenizer"
-        if template in RAW_NAMES:
-            self.raw, self.chat_template = True, None
-            return
-        self.raw = False
-        if template is None:
+        self.raw = template in RAW_NAMES
+        if self.raw:
+            self.chat_template = None
+        elif template is None:
             if not getattr(tokenizer, "chat_template", None):
                 raise ConfigError(
                     "the tokenizer has no chat template; set `template` to one of "
@@ -100,6 +99,10 @@ class Renderer:
                 f"template={template!r} is not known; use the tokenizer's own (leave it unset) or one of "
                 f"{', '.join(BUILTIN_TEMPLATES)}, empty."
             )
+        source = "" if self.raw else self.chat_template or tokenizer.chat_template
+        self.renders_reasoning = "reasoning_content" in str(source)  # the template reads a message's trace
+        # the arguments of the template call itself, which no template variable may name
+        self.reserved = {"messages", *inspect.signature(tokenizer.apply_chat_template).parameters} - {"kwargs"}
 
     def as_given(self) -> Renderer:
         """This renderer without the reasoning rule: how a text is read back (its trace is part of what was
@@ -107,12 +110,6 @@ class Renderer:
         plain = copy.copy(self)
         plain.reasoning = None
         return plain
-
-    @property
-    def renders_reasoning(self) -> bool:
-        """Whether the chat template reads a message's ``reasoning_content``."""
-        source = self.chat_template or getattr(self.tokenizer, "chat_template", None) or ""
-        return "reasoning_content" in str(source)
 
     def prepare(self, messages: list[Message], where: str = "") -> list[Message]:
         """The messages as the template gets them: the empty optional keys (an Arrow table's nulls) dropped,
@@ -136,8 +133,7 @@ class Renderer:
         """The template variables: the run's ``chat_template_kwargs`` overridden by the row's, and the row's
         ``tools``; a variable that is an argument of ``apply_chat_template`` itself is refused."""
         variables = {**self.template_kwargs, **(options or {}).get("chat_template_kwargs", {})}
-        reserved = {"messages", *inspect.signature(self.tokenizer.apply_chat_template).parameters} - {"kwargs"}
-        clash = sorted(reserved & set(variables))
+        clash = sorted(self.reserved & set(variables))
         if clash:
             raise DataError(f"{where or 'conversation'}: chat_template_kwargs {clash} name arguments of the "
                             "template call itself, not template variables; rename or drop them.")
