@@ -20,7 +20,7 @@ import yaml
 
 from discorm.data.formats import FORMATTING_CHOICES, describe_formats
 from discorm.data.loader import ReadOptions
-from discorm.data.templates import REASONING, REASONING_DEFAULT
+from discorm.data.templates import CALL_ARGUMENTS, REASONING, REASONING_DEFAULT
 from discorm.data.tokenize import DEFAULT_CUTOFF_LEN
 from discorm.errors import ConfigError, check_choice, check_range
 from discorm.files import read_utf8
@@ -160,6 +160,9 @@ class DataArguments:
     def __post_init__(self):
         check_choice("formatting", self.formatting, FORMATTINGS)
         check_choice("reasoning", self.reasoning, (None, *REASONING))
+        if clash := sorted(CALL_ARGUMENTS & set(self.chat_template_kwargs or {})):
+            raise ConfigError(f"chat_template_kwargs {clash} name arguments of the template call itself, not "
+                              "template variables; rename or drop them.")
         check_range("cutoff_len", self.cutoff_len, low=8)
         check_range("val_size", self.val_size, low=0)
         check_range("calibration_size", self.calibration_size, low=0)

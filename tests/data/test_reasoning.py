@@ -154,6 +154,8 @@ def test_training_data_is_stripped_and_the_rule_is_saved(tiny_llama, tmp_path):
     assert datasets[0] == datasets[1]
     with pytest.raises(ConfigError, match="reasoning='drop'"):
         DataArguments(reasoning="drop")
+    with pytest.raises(ConfigError, match=r"chat_template_kwargs \['add_generation_prompt'\] name arguments"):
+        DataArguments(chat_template_kwargs={"add_generation_prompt": True, "enable_thinking": False})
     args = DataArguments(reasoning="strip", chat_template_kwargs={"enable_thinking": False})
     model = setup_model(ModelArguments(model_name_or_path=str(tiny_llama)), FinetuningArguments(), data_args=args)
     assert (model.rm_config.reasoning, model.rm_config.chat_template_kwargs) == ("strip", {"enable_thinking": False})

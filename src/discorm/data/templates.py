@@ -19,6 +19,7 @@ import json
 import re
 
 from jinja2 import TemplateError
+from transformers import PreTrainedTokenizerBase
 
 from discorm.data.rows import Message, check_tool_turns
 from discorm.errors import ConfigError, DataError
@@ -34,6 +35,9 @@ REASONING_DEFAULT = ("unset: the messages go to the chat template as given; a <t
                      "reasoning_content are rendered where the template renders them (Qwen3-style templates drop "
                      "both from assistant turns before the last user turn; most others keep a <think> block in the "
                      "content and ignore reasoning_content)")
+# the arguments of the template call itself, which no template variable (chat_template_kwargs) may name
+CALL_ARGUMENTS = frozenset({"messages", *inspect.signature(PreTrainedTokenizerBase.apply_chat_template).parameters}
+                           - {"self", "kwargs"})
 _TAGS = ("think", "thinking")
 _BLOCKS = [re.compile(rf"<{tag}>.*?</{tag}>", re.S) for tag in _TAGS]
 
@@ -101,8 +105,6 @@ class Renderer:
             )
         source = "" if self.raw else self.chat_template or tokenizer.chat_template
         self.renders_reasoning = "reasoning_content" in str(source)  # the template reads a message's trace
-        # the arguments of the template call itself, which no template variable may name
-        self.reserved = {"messages", *inspect.signature(tokenizer.apply_chat_template).parameters} - {"kwargs"}
 
     def as_given(self) -> Renderer:
         """This renderer without the reasoning rule: how a text is read back (its trace is part of what was
@@ -133,7 +135,7 @@ class Renderer:
         """The template variables: the run's ``chat_template_kwargs`` overridden by the row's, and the row's
         ``tools``; a variable that is an argument of ``apply_chat_template`` itself is refused."""
         variables = {**self.template_kwargs, **(options or {}).get("chat_template_kwargs", {})}
-        clash = sorted(self.reserved & set(variables))
+        clash = sorted(CALL_ARGUMENTS & set(variables))
         if clash:
             raise DataError(f"{where or 'conversation'}: chat_template_kwargs {clash} name arguments of the "
                             "template call itself, not template variables; rename or drop them.")
