@@ -19,7 +19,6 @@ ROLES = ("system", "user", "assistant", "tool")
 # JSON text, so that an Arrow table stores every row's calls alike; ``templates.Renderer`` reads it back), and the
 # name and call id of a tool turn
 MESSAGE_KEYS = ("reasoning_content", "tool_calls", "name", "tool_call_id")
-CHAT_COLUMNS = ("tools", "chat_template_kwargs")  # row keys of the template's options (TRL's `tools` column)
 
 
 class SkipPair(Exception):

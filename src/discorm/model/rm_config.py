@@ -1,8 +1,9 @@
 """``RewardModelConfig``: the one typed description a reward model carries, saved as ``discorm_config.json``.
 
 Trainer, metrics, scoring, server and export read it instead of re-deriving facts from the weights or the
-training arguments. Version 1 files (DiscoRM 0.1.0, no ``version`` key) are migrated on load; version 2 and 3 files
-lack only fields that have defaults (the reward normalisation; where the score is read).
+training arguments. Version 1 files (DiscoRM 0.1.0, no ``version`` key) are migrated on load; version 2 to 4 files
+lack only fields that have defaults (the reward normalisation; where the score is read; the reasoning rule and the
+template variables).
 """
 
 from __future__ import annotations
