@@ -5,6 +5,7 @@ refused naming the row. Per-row and global ``chat_template_kwargs`` reach the te
 import json
 from dataclasses import replace
 
+import httpx
 import pytest
 from transformers import AutoTokenizer
 
@@ -13,9 +14,13 @@ from discorm.data.formats import FORMATS, convert
 from discorm.data.templates import Renderer
 from discorm.data.tokenize import Encoder
 from discorm.errors import DataError
+from discorm.integrations.trl import reward_function
+from discorm.model.reward_model import RewardModel
 from discorm.serve.scoring import score_file
+from discorm.serve.server import create_app
 from tests.conftest import build_datasets, build_model
 from tests.data.test_reasoning import QWEN3_LIKE
+from tests.serve.server_helpers import running
 
 # A Qwen2.5 / Hermes-style template: the tools as JSON in the system turn, each call as a <tool_call> block, tool
 # results as <tool_response> blocks of a user turn.
@@ -201,3 +206,23 @@ def test_discorm_score_reads_the_tools_of_pairs_and_responses(tool_model, tmp_pa
     single = json.loads((tmp_path / "responses_out.jsonl").read_text())
     assert single["reward"] == pytest.approx(rewards(tool_model, [{"messages": CONVERSATION, "tools": [WEATHER]}])[0],
                                              abs=1e-5)
+
+
+def test_trl_prompts_and_completions_carry_their_tools(tool_model, tmp_path):
+    prompts, completions = [CONVERSATION[:3]] * 2, [CONVERSATION[3:], [{"role": "assistant", "content": "No idea."}]]
+    expected = rewards(tool_model, [{"messages": p + c, "tools": [WEATHER]} for p, c in zip(prompts, completions)])
+    tools = [[WEATHER], [WEATHER]]
+    assert reward_function(tool_model)(prompts, completions, tools=tools) == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(DataError, match=r"tools: expected a list of one value per completion \(2\)"):
+        reward_function(tool_model)(prompts, completions, tools=[[WEATHER]])
+    tool_model.save_pretrained(tmp_path / "run")
+    app = create_app(RewardModel.from_pretrained(tmp_path / "run"))
+    with running(app) as (url, _):
+        assert reward_function(url)(prompts, completions, tools=tools) == pytest.approx(expected, abs=1e-5)
+        body = {"prompts": prompts, "completions": completions}
+        answer = httpx.post(f"{url}/score", json={**body, "tools": tools, "chat_template_kwargs": [None, {}]})
+        assert answer.json()["rewards"] == pytest.approx(expected, abs=1e-5)
+        short = httpx.post(f"{url}/score", json={**body, "tools": tools[:1]})
+        assert short.status_code == 422 and '1 "tools" for 2 completions' in short.json()["error"]
+        misplaced = httpx.post(f"{url}/score", json={"inputs": [CONVERSATION], "tools": tools[:1]})
+        assert misplaced.status_code == 422 and '"tools" goes with "completions"' in misplaced.json()["error"]

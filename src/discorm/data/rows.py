@@ -19,6 +19,7 @@ ROLES = ("system", "user", "assistant", "tool")
 # JSON text, so that an Arrow table stores every row's calls alike; ``templates.Renderer`` reads it back), and the
 # name and call id of a tool turn
 MESSAGE_KEYS = ("reasoning_content", "tool_calls", "name", "tool_call_id")
+CHAT_KEYS = ("tools", "chat_template_kwargs")  # a row's (or an input's) keys that the chat template reads
 
 
 class SkipPair(Exception):
@@ -177,7 +178,8 @@ def chat_options(row, where: str, spec: FormatSpec | None = None) -> dict:
     if not isinstance(row, dict):
         return {}
     options = {}
-    tools_column = spec.column("tools") if spec else "tools"
+    tools_key, kwargs_key = CHAT_KEYS
+    tools_column = spec.column(tools_key) if spec else tools_key
     tools = row.get(tools_column)
     if not missing(tools) and tools != "" and tools != []:
         fix = "Give a list of JSON schemas, each {\"type\": \"function\", \"function\": {\"name\": ...}}."
@@ -191,7 +193,7 @@ def chat_options(row, where: str, spec: FormatSpec | None = None) -> dict:
                 raise DataError(f"{where}: tool {i} of column {tools_column!r} has no name (found "
                                 f"{describe(tool)}). {fix}")
         options["tools"] = tools
-    kwargs_column = spec.column("chat_template_kwargs") if spec else "chat_template_kwargs"
+    kwargs_column = spec.column(kwargs_key) if spec else kwargs_key
     kwargs = row.get(kwargs_column)
     if not missing(kwargs):
         kwargs = _json(kwargs, f"column {kwargs_column!r}", where, "Give an object of template variables.")

@@ -110,7 +110,7 @@ def score_file(model_dir: str, input_path: str, output_path: str, batch_size: in
             elif "messages" in row or ("prompt" in row and "response" in row):
                 sequences.append(reader.encode_item(row, where))
             else:
-                sequences.append(reader.encode_joined(row.get("prompt"), row["completion"], where))
+                sequences.append(reader.encode_joined(row.get("prompt"), row["completion"], where, row))
         params = score_sequences(model, sequences, batch_size, show_progress=True)
         records = [{"index": i, **record} for i, record in enumerate(describe(model, params, **options))]
     write_jsonl(output_path, records)

@@ -193,13 +193,13 @@ def encode_inputs(server: Server, items: list) -> list[list[int]]:
 
 
 def encode_pairs(server: Server, pairs: list[tuple]) -> list[list[int]]:
-    """TRL's (prompt, completion) pairs -> token sequences; a completion given as messages must end with the
+    """TRL's (prompt, completion, options) -> token sequences; a completion given as messages must end with the
     assistant's turn (an empty or missing one is named by the reader)."""
     def encode(pair: tuple, where: str) -> list[int]:
-        prompt, completion = pair
+        prompt, completion, options = pair
         if completion:
             check_response({"prompt": [], "response": completion}, where)
-        return server.reader.encode_joined(prompt, completion, where)
+        return server.reader.encode_joined(prompt, completion, where, options)
 
     return encode_items(pairs, encode)
 

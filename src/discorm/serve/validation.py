@@ -95,14 +95,17 @@ class RewardOptions(BaseModel):
 
 
 class ScoreRequest(RewardOptions):
-    """``POST /score``: ``{"inputs": [...]}`` or TRL's ``{"prompts": [...], "completions": [...]}`` plus reward
-    options and no other key, or the inputs as a bare list."""
+    """``POST /score``: ``{"inputs": [...]}`` or TRL's ``{"prompts": [...], "completions": [...]}`` (with
+    ``tools`` and ``chat_template_kwargs``, one per completion, where the data set has them) plus reward options and
+    no other key, or the inputs as a bare list."""
 
     model_config = ConfigDict(extra="forbid")
     EXPECTED: ClassVar[str] = 'a list of inputs, {"inputs": [...]} or {"prompts": [...], "completions": [...]}'
     inputs: Inputs | None = None
     prompts: Annotated[list[Any], BeforeValidator(_within_limit)] | None = None
     completions: Inputs | None = None
+    tools: Annotated[list[Any], BeforeValidator(_within_limit)] | None = None  # with completions: one per completion
+    chat_template_kwargs: Annotated[list[Any], BeforeValidator(_within_limit)] | None = None  # likewise
 
     @model_validator(mode="before")
     @classmethod
@@ -114,17 +117,30 @@ class ScoreRequest(RewardOptions):
         if (self.inputs is None) == (self.completions is None and self.prompts is None):
             raise PydanticCustomError("shape", 'give "inputs", or "prompts" and "completions" (one prompt per '
                                       "completion), not both")
+        for key in ("tools", "chat_template_kwargs"):
+            given = getattr(self, key)
+            if given is not None and self.inputs is not None:
+                raise PydanticCustomError("shape", '"{key}" goes with "completions" (one per completion); an input '
+                                          'carries its own ({{"messages": [...], "{key}": ...}})', {"key": key})
+            if given is not None and len(given) != len(self.completions or []):
+                raise PydanticCustomError("shape", '{count} "{key}" for {completions} completions; send one per '
+                                          "completion (null where there is none)",
+                                          {"count": len(given), "key": key, "completions": len(self.completions or [])})
         return self
 
-    def pairs(self) -> list[tuple[Any, Any]]:
-        """(prompt, completion) per completion; 422 naming the completions without a prompt (and the reverse)."""
+    def pairs(self) -> list[tuple[Any, Any, dict]]:
+        """(prompt, completion, its tools and chat_template_kwargs) per completion; 422 naming the completions
+        without a prompt (and the reverse)."""
         prompts, completions = self.prompts or [], self.completions or []
         if len(prompts) != len(completions):
             unpaired = list(range(min(len(prompts), len(completions)), max(len(prompts), len(completions))))
             what = "completion(s) have no prompt" if len(completions) > len(prompts) else "prompt(s) have no completion"
             raise RequestError(422, f"item(s) {unpaired}: the {what}; send one prompt per completion "
                                     f"({len(prompts)} prompts, {len(completions)} completions)", items=unpaired)
-        return list(zip(prompts, completions))
+        options = [{key: values[i] for key, values in (("tools", self.tools), ("chat_template_kwargs",
+                                                                                 self.chat_template_kwargs))
+                    if values is not None and values[i] is not None} for i in range(len(completions))]
+        return list(zip(prompts, completions, options))
 
 
 class RewardRequest(RewardOptions):
