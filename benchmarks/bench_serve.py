@@ -7,8 +7,12 @@ Phase 2: the same good clients, interleaved with faulty ones for another --secon
 bodies, bad items, unknown keys, bad reward options, a wrong API key, completions without a prompt, no
 completions, an empty completion, policy texts that cannot be parsed, an empty /classify input, a JSON body sent as
 text/plain, a Host that is not the loopback's (DNS rebinding), a chat of a system turn only, a chat that ends with
-the user's turn, slow clients (a body trickling in, a byte at a time) and clients that disconnect mid-request, one
-of each kind, all in a separate process (so that their own work does not hold the server's interpreter lock).
+the user's turn, /v1/embeddings requests with no input, token ids beyond the vocabulary, an empty id list, an input
+that is neither, an unknown encoding_format or no API key, tool calls whose arguments are not JSON or that have no
+name, a tool turn without a call, tools that are not a list, chat_template_kwargs that name an argument of the
+template call or are not an object, a reasoning_content that is not a text, slow clients (a body trickling in, a
+byte at a time) and clients that disconnect mid-request, one of each kind, all in a separate process (so that their
+own work does not hold the server's interpreter lock).
 Prints good-request throughput and p50/p99 latency for both phases, what the faulty requests got, and the number
 of good requests that failed and of faulty requests answered otherwise than expected, which must both be 0.
 
@@ -44,6 +48,7 @@ TIMEOUT_S = 5.0
 API_KEY = "bench-key"
 KEY = {"X-API-Key": API_KEY}
 JSON = {**KEY, "content-type": "application/json"}
+USER, ANSWER = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}
 FAULTS = {  # kind -> (route, httpx request arguments, the status it must get)
     "malformed": ("/score", {"content": b'{"inputs": [', "headers": JSON}, 400),
     "oversized": ("/score", {"content": json.dumps([{"prompt": "x" * MAX_BODY, "response": "y"}]).encode(),
@@ -64,6 +69,24 @@ FAULTS = {  # kind -> (route, httpx request arguments, the status it must get)
     "system-only": ("/score", {"json": [[{"role": "system", "content": "Be brief."}]], "headers": KEY}, 422),
     "user-last": ("/score", {"json": [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
                                        {"role": "user", "content": "And owls?"}]], "headers": KEY}, 422),
+    "embed-empty": ("/v1/embeddings", {"json": {"model": "rm", "input": []}, "headers": KEY}, 422),
+    "embed-bad-id": ("/v1/embeddings", {"json": {"model": "rm", "input": [[5, 10**9]]}, "headers": KEY}, 422),
+    "embed-empty-ids": ("/v1/embeddings", {"json": {"model": "rm", "input": [[]]}, "headers": KEY}, 422),
+    "embed-not-text": ("/v1/embeddings", {"json": {"model": "rm", "input": [{"role": "user"}]}, "headers": KEY}, 422),
+    "embed-encoding": ("/v1/embeddings", {"json": {"input": "Hi", "encoding_format": "int8"}, "headers": KEY}, 422),
+    "embed-no-key": ("/v1/embeddings", {"json": {"model": "rm", "input": "Hi"}}, 401),
+    "tool-args-not-json": ("/score", {"json": [[USER, {"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": "f", "arguments": "{x"}}]}]], "headers": KEY}, 422),
+    "tool-no-name": ("/score", {"json": [[USER, {"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"arguments": {}}}]}]], "headers": KEY}, 422),
+    "tool-turn-no-call": ("/score", {"json": [[USER, {"role": "tool", "content": "18 C"}, ANSWER]], "headers": KEY},
+                          422),
+    "tools-not-list": ("/score", {"json": [{"messages": [USER, ANSWER], "tools": {"name": "f"}}], "headers": KEY}, 422),
+    "kwargs-reserved": ("/score", {"json": [{"messages": [USER, ANSWER], "chat_template_kwargs": {"tokenize": True}}],
+                                   "headers": KEY}, 422),
+    "kwargs-not-object": ("/score", {"json": [{"messages": [USER, ANSWER], "chat_template_kwargs": 3}],
+                                     "headers": KEY}, 422),
+    "trace-not-text": ("/score", {"json": [[USER, {**ANSWER, "reasoning_content": ["x"]}]], "headers": KEY}, 422),
 }
 RAW_FAULTS = {"slow": 408, "disconnecting": "disconnected"}  # on a raw socket
 

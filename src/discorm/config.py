@@ -21,6 +21,7 @@ import yaml
 
 from discorm.data.formats import FORMATTING_CHOICES, describe_formats
 from discorm.data.loader import ReadOptions
+from discorm.data.templates import CALL_ARGUMENTS, REASONING, REASONING_DEFAULT
 from discorm.data.tokenize import DEFAULT_CUTOFF_LEN
 from discorm.errors import ConfigError, check_choice, check_range
 from discorm.files import read_utf8
@@ -150,9 +151,21 @@ class DataArguments:
         None,
         "reward_normalization: the reference set whose responses' rewards get mean 0 and std 1, same forms as "
         "`dataset`; default: the training data.")
+    reasoning: str | None = _arg(
+        None,
+        "What becomes of an assistant's reasoning trace in training, scoring and re-templating (saved with the "
+        f"model): strip ({REASONING['strip']}); keep ({REASONING['keep']}); {REASONING_DEFAULT}.")
+    chat_template_kwargs: dict = field(
+        default_factory=dict,
+        metadata={"help": "Template variables for every conversation (e.g. {enable_thinking: false}); a row's own "
+                          "`chat_template_kwargs` override them. Saved with the model."})
 
     def __post_init__(self):
         check_choice("formatting", self.formatting, FORMATTINGS)
+        check_choice("reasoning", self.reasoning, (None, *REASONING))
+        if clash := sorted(CALL_ARGUMENTS & set(self.chat_template_kwargs or {})):
+            raise ConfigError(f"chat_template_kwargs {clash} name arguments of the template call itself, not "
+                              "template variables; rename or drop them.")
         check_range("cutoff_len", self.cutoff_len, low=8)
         check_range("val_size", self.val_size, low=0)
         check_range("calibration_size", self.calibration_size, low=0)

@@ -30,7 +30,7 @@ from discorm.data.pairs import (
     sharegpt,
 )
 from discorm.data.ratings import Rated, to_rated
-from discorm.data.rows import FormatSpec, describe, missing
+from discorm.data.rows import FormatSpec, chat_options, describe, missing
 from discorm.errors import DataError
 
 KINDS = ("pair", "list", "rated")
@@ -151,4 +151,6 @@ def convert(row: dict, spec: FormatSpec, where: str) -> Pair | Ranked | Rated:
     well-formed but unusable."""
     fmt = FORMATS[spec.name]
     _check_media(row, spec, fmt, where)
-    return fmt.convert(row, spec, where)
+    record = fmt.convert(row, spec, where)
+    record.meta["chat"] = chat_options(row, where, spec)  # the row's tools and chat_template_kwargs
+    return record

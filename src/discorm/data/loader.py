@@ -303,7 +303,9 @@ VOTE_COLUMNS = ("votes_chosen", "votes_tie", "votes_rejected")
 
 def _record(pair: Pair | Rated | Ranked) -> dict:
     """A Pair, Rated response or Ranked list as one row of the raw data set (the same columns for all)."""
-    record = {"prompt": pair.prompt, "source": pair.meta.get("source", ""), "response": None, "scores": None,
+    chat = pair.meta.get("chat")  # the template's options as a JSON text: rows' tools differ in shape
+    record = {"prompt": pair.prompt, "source": pair.meta.get("source", ""), "chat": json.dumps(chat) if chat else None,
+              "response": None, "scores": None,
               "responses": None, "levels": None, "votes": None, **dict.fromkeys(PAIR_FIELDS + VOTE_COLUMNS)}
     if isinstance(pair, Rated):
         record.update(response=pair.response, scores=pair.scores)
@@ -337,11 +339,12 @@ def tokenized_dataset(names: str, tokenizer, renderer: Renderer, cutoff_len: int
     encode = PairTokenizer(tokenizer, renderer, cutoff_len, read.strict)
     key = {"version": CACHE_VERSION, "tokenizer": getattr(tokenizer, "name_or_path", ""), "vocab": len(tokenizer),
            "template": renderer.name, "chat_template": renderer.chat_template, "cutoff_len": cutoff_len,
+           "reasoning": renderer.reasoning, "chat_template_kwargs": renderer.template_kwargs,
            "strict": read.strict}
     fingerprint = update_fingerprint(raw._fingerprint, encode.encode_record, key)
     cache = cache_root() / "datasets" / f"{fingerprint}.arrow"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    removed = ["prompt", "chosen", "rejected", "response", "responses"]
+    removed = ["prompt", "chat", "chosen", "rejected", "response", "responses"]
     features = datasets.Features({k: v for k, v in raw.features.items() if k not in removed} | TOKENIZED)
     tokenized = raw.map(encode.encode_record, num_proc=num_proc if num_proc and num_proc > 1 else None,
                         remove_columns=removed, features=features, new_fingerprint=fingerprint,

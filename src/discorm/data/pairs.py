@@ -26,6 +26,7 @@ from discorm.data.rows import (
     SkipPair,
     describe,
     expect,
+    function_call_message,
     missing,
     read_messages,
     with_system,
@@ -199,6 +200,8 @@ def sharegpt(row: dict, spec: FormatSpec, where: str) -> Pair:
         role, content = message.get(tags["role_tag"]), message.get(tags["content_tag"])
         if role not in roles:
             raise DataError(f"{where}: column {column!r} has role {role!r}; the tags allow {sorted(roles)}.")
+        if role == tags["function_tag"]:  # a call of the tools in the row's `tools` column
+            return function_call_message(content, column, where)
         return {"role": roles[role], "content": expect(content, str, column, where)}
 
     column = spec.column("messages")

@@ -13,7 +13,8 @@ refused with a :class:`DataError` naming the item, never guessed.
 :class:`Retemplater` applies this to scoring inputs: with a policy tokenizer every rendered text (and every text
 prompt + completion pair) is parsed and re-rendered by the reward model's encoder; without one, texts are scored as
 given, and the first text that does not look like the reward model's own template is logged once per process with
-the fix.
+the fix. A reward model trained with ``reasoning: strip`` reads a text in its own format back into messages too, so
+that the traces in it are removed before scoring, as they were in training.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from discorm.data.rows import Message, check_text, to_conversation
+from discorm.data.rows import CHAT_KEYS, Message, check_text, to_conversation
 from discorm.data.templates import Renderer
 from discorm.data.tokenize import Encoder
 from discorm.errors import ConfigError, DataError
@@ -173,7 +174,7 @@ class Retemplater:
         self.own = None
         if not encoder.renderer.raw:
             try:
-                self.own = ChatFormat.learn(encoder.renderer, "the reward model")
+                self.own = ChatFormat.learn(encoder.renderer.as_given(), "the reward model")
             except ConfigError:  # a template without turn markers: nothing to compare texts with
                 pass
 
@@ -182,6 +183,8 @@ class Retemplater:
         (logged once per process when it does not look like the reward model's own template)."""
         if self.policy is not None:
             return self.policy.parse(text, where)
+        if self.own is not None and self.encoder.renderer.reasoning == "strip" and self.own.looks_rendered(text):
+            return self.own.parse(text, where)
         if self.own is not None and not _warned["foreign"] and not self.own.looks_rendered(text):
             _warned["foreign"] = True
             logger.warning("%s does not look like a conversation rendered with this reward model's chat template "
@@ -197,10 +200,12 @@ class Retemplater:
             item = self.messages(item, where)
         return self.encoder.encode_item(item, where)
 
-    def encode_joined(self, prompt, completion, where: str = "input") -> list[int]:
+    def encode_joined(self, prompt, completion, where: str = "input", options: dict | None = None) -> list[int]:
         """A prompt and its completion given separately (TRL's ``prompts`` / ``completions``): messages + messages
         are joined; a text prompt + text completion is parsed as one policy rendering with a policy tokenizer,
-        and is a user turn + its reply without one."""
+        and is a user turn + its reply without one. ``options``: the sample's ``tools`` and
+        ``chat_template_kwargs`` (TRL passes a data set's other columns to a reward function)."""
+        options = {key: (options or {})[key] for key in CHAT_KEYS if key in (options or {})}
         if prompt is None:
             raise DataError(f"{where}: the completion has no prompt; give one prompt per completion.")
         if completion is None or (isinstance(completion, list) and not completion):
@@ -208,10 +213,11 @@ class Retemplater:
                             "messages.")
         if isinstance(prompt, str) and isinstance(completion, str):
             if self.policy is not None:
-                return self.encoder.encode_item(self.policy.parse(prompt + completion, where), where)
-            return self.encoder.encode_item({"prompt": prompt, "response": completion}, where)
+                return self.encoder.encode_item({"messages": self.policy.parse(prompt + completion, where), **options},
+                                                where)
+            return self.encoder.encode_item({"prompt": prompt, "response": completion, **options}, where)
         if isinstance(completion, str) and self.policy is not None:
             completion = self.policy.strip_end(completion)
         conversation = to_conversation({"prompt": prompt, "response": completion}, where)
         prompt_messages, response = conversation
-        return self.encoder.encode_item(prompt_messages + response, where)
+        return self.encoder.encode_item({"messages": prompt_messages + response, **options}, where)

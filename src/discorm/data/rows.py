@@ -7,13 +7,19 @@ file:line or file row N), the column and the value.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
 from discorm.errors import DataError
 
-Message = dict  # {"role": "system" | "user" | "assistant" | "tool", "content": str}
+Message = dict  # {"role": "system" | "user" | "assistant" | "tool", "content": str} + the optional MESSAGE_KEYS
 ROLES = ("system", "user", "assistant", "tool")
+# optional message keys the chat template reads: the assistant's reasoning and tool calls (``tool_calls`` is kept as a
+# JSON text, so that an Arrow table stores every row's calls alike; ``templates.Renderer`` reads it back), and the
+# name and call id of a tool turn
+MESSAGE_KEYS = ("reasoning_content", "tool_calls", "name", "tool_call_id")
+CHAT_KEYS = ("tools", "chat_template_kwargs")  # a row's (or an input's) keys that the chat template reads
 
 
 class SkipPair(Exception):
@@ -83,7 +89,8 @@ def check_text(text: str, where: str) -> str:
 
 
 def read_messages(value, column: str, where: str, default_role: str) -> list[Message]:
-    """A string, one message dict, or a list of message dicts -> a list of {"role", "content"} messages."""
+    """A string, one message dict, or a list of message dicts -> a list of {"role", "content"} messages (plus the
+    ``MESSAGE_KEYS`` they give; an assistant turn that calls tools may have no content)."""
     expect(value, (str, list, dict), column, where)
     if isinstance(value, str):
         return [{"role": default_role, "content": check_text(value, where)}]
@@ -91,18 +98,118 @@ def read_messages(value, column: str, where: str, default_role: str) -> list[Mes
     messages = []
     for item in items:
         expect(item, dict, column, where)
-        if "role" not in item or "content" not in item:
+        calls = item.get("tool_calls")
+        if "role" not in item or ("content" not in item and calls is None):
             raise DataError(
                 f"{where}: messages in column {column!r} need 'role' and 'content' keys, found {sorted(item)}."
             )
-        expect(item["content"], str, f"{column}[].content", where)
         if item["role"] not in ROLES:
             raise DataError(
                 f"{where}: a message in column {column!r} has role {item['role']!r}; roles must be one of "
                 f"{', '.join(ROLES)}. Rename the role in the data."
             )
-        messages.append({"role": item["role"], "content": check_text(item["content"], where)})
+        content = "" if item.get("content") is None and calls is not None else item["content"]
+        message = {"role": item["role"], "content": check_text(expect(content, str, f"{column}[].content", where),
+                                                               where)}
+        for key in MESSAGE_KEYS:
+            if missing(item.get(key)):
+                continue
+            if key == "tool_calls":
+                message[key] = tool_calls_text(item[key], where)
+            else:
+                message[key] = check_text(expect(item[key], str, f"{column}[].{key}", where), where)
+        messages.append(message)
     return messages
+
+
+def _json(value, what: str, where: str, fix: str):
+    """A JSON text -> its value (a value that is not a text is returned as it is)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as err:
+        raise DataError(f"{where}: {what} is not valid JSON ({err}): {value[:80]!r}. {fix}") from None
+
+
+def tool_calls_text(calls, where: str) -> str:
+    """An assistant turn's ``tool_calls`` (a list, or its JSON text), checked -> the JSON text of
+    [{"type": "function", "function": {"name": str, "arguments": {...}}}, ...]. OpenAI's form (``arguments`` as a
+    JSON text) and the bare {"name", "arguments"} form are accepted; arguments must be a JSON object."""
+    fix = 'Give each call as {"type": "function", "function": {"name": ..., "arguments": {...}}}.'
+    calls = _json(calls, "tool_calls", where, fix)
+    if isinstance(calls, dict):
+        calls = [calls]
+    if not isinstance(calls, list):
+        raise DataError(f"{where}: tool_calls should be a list of calls, found {describe(calls)}. {fix}")
+    checked = []
+    for i, call in enumerate(calls):
+        function = call.get("function", call) if isinstance(call, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name:
+            raise DataError(f"{where}: tool call {i} has no function name (found {describe(call)}). {fix}")
+        arguments = _json(function.get("arguments", {}), f"the arguments of tool call {i} ({name})", where,
+                          "Give the arguments as a JSON object.")
+        if not isinstance(arguments, dict):
+            raise DataError(f"{where}: the arguments of tool call {i} ({name}) should be a JSON object, found "
+                            f"{describe(arguments)}. Give the arguments as a JSON object.")
+        entry = {"type": "function", "function": {"name": name, "arguments": arguments}}
+        if isinstance(call.get("id"), str):
+            entry["id"] = call["id"]
+        checked.append(entry)
+    return json.dumps(checked, ensure_ascii=False)
+
+
+def check_tool_turns(messages: list[Message], where: str) -> None:
+    """Every tool turn answers a call: it follows an assistant turn with ``tool_calls`` (or another tool turn)."""
+    for i, message in enumerate(messages):
+        if message["role"] != "tool":
+            continue
+        before = messages[i - 1] if i else None
+        if before is None or not (before["role"] == "tool" or before.get("tool_calls")):
+            found = f"a {before['role']} turn" if before else "nothing"
+            raise DataError(f"{where}: message {i} is a tool turn (a tool's result) but follows {found}, not an "
+                            "assistant turn with tool_calls; give the call that the result answers, or drop it.")
+
+
+def chat_options(row, where: str, spec: FormatSpec | None = None) -> dict:
+    """A row's (or a scoring input's) options for the chat template, checked: ``tools`` (a list of JSON schemas,
+    or its JSON text: LlamaFactory stores a text) and ``chat_template_kwargs`` (an object); {} when none."""
+    if not isinstance(row, dict):
+        return {}
+    options = {}
+    tools_key, kwargs_key = CHAT_KEYS
+    tools_column = spec.column(tools_key) if spec else tools_key
+    tools = row.get(tools_column)
+    if not missing(tools) and tools != "" and tools != []:
+        fix = "Give a list of JSON schemas, each {\"type\": \"function\", \"function\": {\"name\": ...}}."
+        tools = _json(tools, f"column {tools_column!r}", where, fix)
+        if not isinstance(tools, list):
+            raise DataError(f"{where}: column {tools_column!r} should be a list of tool schemas, found "
+                            f"{describe(tools)}. {fix}")
+        for i, tool in enumerate(tools):
+            function = tool.get("function", tool) if isinstance(tool, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise DataError(f"{where}: tool {i} of column {tools_column!r} has no name (found "
+                                f"{describe(tool)}). {fix}")
+        options["tools"] = tools
+    kwargs_column = spec.column(kwargs_key) if spec else kwargs_key
+    kwargs = row.get(kwargs_column)
+    if not missing(kwargs):
+        kwargs = _json(kwargs, f"column {kwargs_column!r}", where, "Give an object of template variables.")
+        if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
+            raise DataError(f"{where}: column {kwargs_column!r} should be an object of template variables (e.g. "
+                            f"{{\"enable_thinking\": false}}), found {describe(kwargs)}.")
+        if kwargs:
+            options["chat_template_kwargs"] = kwargs
+    return options
+
+
+def function_call_message(value, column: str, where: str) -> Message:
+    """LlamaFactory's ``function_call`` turn (a JSON text: {"name", "arguments"} or a list of them) -> an assistant
+    turn with ``tool_calls``."""
+    expect(value, str, column, where)
+    return {"role": "assistant", "content": "", "tool_calls": tool_calls_text(value, where)}
 
 
 def with_system(prompt: list[Message], system, where: str = "") -> list[Message]:

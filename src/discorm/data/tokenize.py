@@ -17,6 +17,7 @@ TRL and RewardBench).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ import numpy as np
 from discorm.data.listwise import Ranked
 from discorm.data.pairs import Pair
 from discorm.data.ratings import Rated
-from discorm.data.rows import Message, check_text, to_conversation
+from discorm.data.rows import Message, chat_options, check_text, to_conversation
 from discorm.data.templates import Renderer
 from discorm.errors import DataError
 
@@ -125,7 +126,8 @@ class Encoder:
         if model.tokenizer is None:
             raise DataError("this model directory has no tokenizer; save one next to the weights.")
         config = model.rm_config
-        return cls(model.tokenizer, Renderer(model.tokenizer, config.template),
+        renderer = Renderer(model.tokenizer, config.template, config.reasoning, config.chat_template_kwargs)
+        return cls(model.tokenizer, renderer,
                    cutoff_len or config.cutoff_len or DEFAULT_CUTOFF_LEN, config.score_at, config.pad_token_id)
 
     @property
@@ -139,9 +141,12 @@ class Encoder:
         check_text(text, where)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def encode(self, prompt: list[Message], responses: list[list[Message]], where: str = "") -> Encoded:
-        prompt_text = self.renderer.render_prompt(prompt, where)
-        texts = [self.renderer.render_response(prompt, prompt_text, r, where, self.whole) for r in responses]
+    def encode(self, prompt: list[Message], responses: list[list[Message]], where: str = "",
+               options: dict | None = None) -> Encoded:
+        """``options``: the row's ``tools`` and ``chat_template_kwargs`` for the template (``rows.chat_options``)."""
+        prompt_text = self.renderer.render_prompt(prompt, where, options)
+        texts = [self.renderer.render_response(prompt, prompt_text, r, where, self.whole, options)
+                 for r in responses]
         prompt_ids, response_ids = self._split(prompt_text, texts, where)
         longest = max(map(len, response_ids))
         truncated = False
@@ -150,7 +155,7 @@ class Encoder:
             if shorter is None:
                 break
             prompt, truncated = shorter, True
-            prompt_ids, response_ids = self._split(self.renderer.render_prompt(prompt, where), texts, where)
+            prompt_ids, response_ids = self._split(self.renderer.render_prompt(prompt, where, options), texts, where)
             longest = max(map(len, response_ids))
         if len(prompt_ids) + longest > self.cutoff_len:
             truncated = True
@@ -199,13 +204,28 @@ class Encoder:
         _, (ids,) = self._read_at_last_non_pad([], [self.tokens(text, where)])
         return self._nonempty(ids[-self.cutoff_len :], where)
 
+    def encode_ids(self, ids, where: str = "input") -> list[int]:
+        """Token ids of an already rendered conversation (SGLang's and OpenAI's token input), checked to be ids of
+        this tokenizer, cut from the left as ``encode_text`` cuts."""
+        size = len(self.tokenizer)
+        bad = next((i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < size), None) \
+            if isinstance(ids, list) else ids
+        if bad is not None or not isinstance(ids, list):
+            raise DataError(f"{where}: token id {str(bad)[:40]} is not an id of this model's tokenizer (integers "
+                            f"0 to {size - 1}); send the conversation's token ids, or its text.")
+        if not ids:
+            raise DataError(f"{where}: the token id list is empty; there is nothing to score.")
+        _, (kept,) = self._read_at_last_non_pad([], [ids])
+        return self._nonempty(kept[-self.cutoff_len :], where)
+
     def encode_item(self, item, where: str = "input") -> list[int]:
-        """A scoring input (a text, chat messages, {"messages"}, {"prompt", "response"}) -> one token sequence."""
+        """A scoring input (a text, chat messages, {"messages"}, {"prompt", "response"}; a dict may add ``tools`` and
+        ``chat_template_kwargs``) -> one token sequence."""
         conversation = to_conversation(item, where)
         if isinstance(conversation, str):
             return self.encode_text(conversation, where)
         prompt, response = conversation
-        encoded = self.encode(prompt, [response], where)
+        encoded = self.encode(prompt, [response], where, chat_options(item, where))
         return self._nonempty(encoded.prompt_ids + encoded.response_ids[0], where)
 
     @staticmethod
@@ -229,7 +249,7 @@ class PairTokenizer(Encoder):
             return self._rated(pair, stats, where)
         if isinstance(pair, Ranked):
             return self._ranked(pair, stats, where)
-        encoded = self.encode(pair.prompt, [pair.chosen, pair.rejected], where)
+        encoded = self.encode(pair.prompt, [pair.chosen, pair.rejected], where, pair.meta.get("chat"))
         prompt_ids, (chosen, rejected) = encoded.prompt_ids, encoded.response_ids
         if encoded.truncated:
             stats.truncated += 1
@@ -251,7 +271,7 @@ class PairTokenizer(Encoder):
 
     def _ranked(self, ranked: Ranked, stats: DataStats, where: str) -> dict | None:
         """A list's K responses are encoded together, so the prompt is cut the same way for all of them."""
-        encoded = self.encode(ranked.prompt, ranked.responses, where)
+        encoded = self.encode(ranked.prompt, ranked.responses, where, ranked.meta.get("chat"))
         prompt_ids, responses = encoded.prompt_ids, encoded.response_ids
         if encoded.truncated:
             stats.truncated += 1
@@ -269,7 +289,7 @@ class PairTokenizer(Encoder):
         """One row of the raw data set (pair or rated response, see ``data/loader.py``) -> its tokens and what
         happened to it: ``dropped`` (the reason, or None), ``truncated``, the ``lengths`` of its sequences and
         token counts for the summary. The function ``datasets.map`` runs, in any number of processes."""
-        meta = {"source": record["source"]}
+        meta = {"source": record["source"], "chat": json.loads(record["chat"]) if record.get("chat") else None}
         if record["response"] is not None:
             item = Rated(record["prompt"], record["response"], record["scores"], meta=meta)
         elif record.get("responses") is not None:
@@ -287,7 +307,7 @@ class PairTokenizer(Encoder):
 
     def _rated(self, rated: Rated, stats: DataStats, where: str) -> dict:
         """A rated response is encoded alone, exactly as scoring encodes {"prompt", "response"}."""
-        encoded = self.encode(rated.prompt, [rated.response], where)
+        encoded = self.encode(rated.prompt, [rated.response], where, rated.meta.get("chat"))
         if encoded.truncated:
             stats.truncated += 1
         length = len(encoded.prompt_ids) + len(encoded.response_ids[0])

@@ -34,7 +34,7 @@ import yaml
 from discorm.data.listwise import Ranked
 from discorm.data.loader import ReadOptions, pairs_from_rows, read_source
 from discorm.data.ratings import Rated
-from discorm.data.rows import Message, to_conversation
+from discorm.data.rows import Message, chat_options, to_conversation
 from discorm.data.tokenize import DataStats, Encoder
 from discorm.errors import ConfigError, DataError
 from discorm.eval.formats import LISTWISE, RATED, EvalFormat, detect_format
@@ -150,7 +150,7 @@ def _text_list_items(rows, encoder: Encoder, stats: DataStats) -> list[EvalItem]
 
 def _encode(encoder: Encoder, prompt, responses, num_correct: int, row: dict, where: str, stats: DataStats,
             target: float | None = None, noise: float | None = None) -> EvalItem:
-    encoded = encoder.encode(prompt, responses, where)
+    encoded = encoder.encode(prompt, responses, where, chat_options(row, where))
     stats.truncated += encoded.truncated
     subset, item_id = row.get("subset"), row.get("id")
     return EvalItem(encoded.prompt_ids, encoded.response_ids, num_correct, prompt, responses,

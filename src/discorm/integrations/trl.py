@@ -8,8 +8,9 @@ completions (message lists, as TRL passes chat data) are joined into one convers
 are a user turn and its reply, or, with ``policy_tokenizer``, one text rendered by the policy's chat template,
 re-templated into the reward model's (``data/retemplate.py``). It scores with a model loaded here (a run
 directory) or with a running ``discorm serve`` (an ``http://`` or ``https://`` URL; the server re-templates with
-its own ``--policy-tokenizer``). Where TRL passes ``log_metric``, the mean sigma of a distributional head is logged
-as ``discorm/sigma``.
+its own ``--policy-tokenizer``). A data set's ``tools`` and ``chat_template_kwargs`` columns, which TRL passes on
+per completion, go to the chat template. Where TRL passes ``log_metric``, the mean sigma of a distributional head
+is logged as ``discorm/sigma``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import urllib.request
 import torch
 
 from discorm.data.retemplate import Retemplater
+from discorm.data.rows import CHAT_KEYS
+from discorm.data.rows import describe as describe_value
 from discorm.data.tokenize import Encoder
 from discorm.errors import ConfigError, DataError, DiscoRMError
 from discorm.model.inference import describe, score_sequences
@@ -58,23 +61,30 @@ class RewardFunction:
         if len(prompts) != len(completions):
             raise DataError(f"{len(prompts)} prompts for {len(completions)} completions; give one prompt per "
                             "completion.")
-        rewards, sigmas = self._remote(prompts, completions) if self.url else self._local(prompts, completions)
+        options = {key: kwargs[key] for key in CHAT_KEYS if kwargs.get(key) is not None}  # data set columns
+        for key, values in options.items():
+            if not isinstance(values, list) or len(values) != len(completions):
+                raise DataError(f"{key}: expected a list of one value per completion ({len(completions)}), found "
+                                f"{describe_value(values)}; pass the data set's `{key}` column as TRL does.")
+        rewards, sigmas = (self._remote if self.url else self._local)(prompts, completions, options)
         if log_metric is not None and sigmas:
             log_metric(f"{NAME}/sigma", sum(sigmas) / len(sigmas))
         return rewards
 
-    def _local(self, prompts: list, completions: list) -> tuple[list[float], list[float] | None]:
-        sequences = [self.reader.encode_joined(p, c, f"completion {i}")
+    def _local(self, prompts: list, completions: list, options: dict) -> tuple[list[float], list[float] | None]:
+        sequences = [self.reader.encode_joined(p, c, f"completion {i}", {key: values[i] for key, values in
+                                                                          options.items() if values[i] is not None})
                      for i, (p, c) in enumerate(zip(prompts, completions))]
         records = describe(self.model, score_sequences(self.model, sequences, self.batch_size), **self.options)
         return [r["reward"] for r in records], [r["sigma"] for r in records] if "sigma" in records[0] else None
 
-    def _remote(self, prompts: list, completions: list) -> tuple[list[float], list[float] | None]:
-        """POST /score with TRL's prompts + completions, ``max_items`` at a time."""
+    def _remote(self, prompts: list, completions: list, options: dict) -> tuple[list[float], list[float] | None]:
+        """POST /score with TRL's prompts + completions (and their tools), ``max_items`` at a time."""
         rewards, sigmas = [], []
         for start in range(0, len(prompts), self.max_items):
             chunk = slice(start, start + self.max_items)
             answer = self._request("/score", {"prompts": prompts[chunk], "completions": completions[chunk],
+                                              **{key: values[chunk] for key, values in options.items()},
                                               **self.options})
             rewards += answer["rewards"]
             sigmas += answer.get("sigmas", [])

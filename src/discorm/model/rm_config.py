@@ -1,8 +1,9 @@
 """``RewardModelConfig``: the one typed description a reward model carries, saved as ``discorm_config.json``.
 
 Trainer, metrics, scoring, server and export read it instead of re-deriving facts from the weights or the
-training arguments. Version 1 files (DiscoRM 0.1.0, no ``version`` key) are migrated on load; version 2 and 3 files
-lack only fields that have defaults (the reward normalisation; where the score is read).
+training arguments. Version 1 files (DiscoRM 0.1.0, no ``version`` key) are migrated on load; version 2 to 4 files
+lack only fields that have defaults (the reward normalisation; where the score is read; the reasoning rule and the
+template variables).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from discorm.data.templates import REASONING
 from discorm.data.tokenize import SCORE_POSITIONS
 from discorm.errors import ConfigError, ModelError, check_range
 from discorm.files import read_json, write_text
@@ -87,6 +89,8 @@ class RewardModelConfig:
     normalized_on: str | None = None
     uncertainty: str | None = None  # epistemic uncertainty: laplace or ensemble (model/heads/uncertainty.py)
     ensemble_size: int = 1
+    reasoning: str | None = None  # data/templates.py REASONING: what became of reasoning traces (None: the template's)
+    chat_template_kwargs: dict = field(default_factory=dict)  # the run's template variables
     version: int = VERSION
 
     def __post_init__(self):
@@ -94,6 +98,9 @@ class RewardModelConfig:
             raise ModelError(f"reward_mode={self.reward_mode!r} is not one of {', '.join(REWARD_MODES)}.")
         if self.score_at not in SCORE_POSITIONS:
             raise ModelError(f"score_at={self.score_at!r} is not one of {', '.join(SCORE_POSITIONS)}; restore "
+                             f"{CONFIG_FILE}.")
+        if self.reasoning is not None and self.reasoning not in REASONING:
+            raise ModelError(f"reasoning={self.reasoning!r} is not one of {', '.join(REASONING)} or null; restore "
                              f"{CONFIG_FILE}.")
         if not self.reward_std > 0:
             raise ModelError(f"reward_std={self.reward_std!r} must be positive; delete the normalisation fields "

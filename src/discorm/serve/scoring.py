@@ -9,7 +9,7 @@ from pathlib import Path
 from discorm.data.formats import FORMATS, convert, detect_format
 from discorm.data.loader import read_path
 from discorm.data.retemplate import Retemplater
-from discorm.data.rows import SkipPair, to_conversation
+from discorm.data.rows import SkipPair, chat_options, to_conversation
 from discorm.data.tokenize import Encoder
 from discorm.errors import DataError
 from discorm.files import check_destination, write_jsonl
@@ -29,7 +29,8 @@ def _score_lists(model, encoder: Encoder, rows: list, batch_size: int, options: 
             raise DataError(f"{where}: 'responses' should be a non-empty list of responses to score, found "
                             f"{str(responses)[:60]!r}.")
         conversations = [to_conversation({"prompt": row.get("prompt", ""), "response": r}, where) for r in responses]
-        encoded = encoder.encode(conversations[0][0], [response for _, response in conversations], where)
+        encoded = encoder.encode(conversations[0][0], [response for _, response in conversations], where,
+                                 chat_options(row, where))
         groups.append({"prompt_ids": encoded.prompt_ids, "responses_ids": encoded.response_ids})
     params = score_groups(model, groups, batch_size, show_progress=True)
     return [{"index": i, "responses": describe(model, p, **options)} for i, p in enumerate(params)]
@@ -91,7 +92,7 @@ def score_file(model_dir: str, input_path: str, output_path: str, batch_size: in
                 pair = convert(row, spec, where)
             except SkipPair as skip:
                 raise DataError(f"{skip}; a pair to score needs two different, non-empty responses.") from None
-            encoded = encoder.encode(pair.prompt, [pair.chosen, pair.rejected], where)
+            encoded = encoder.encode(pair.prompt, [pair.chosen, pair.rejected], where, pair.meta.get("chat"))
             examples.append({"prompt_ids": encoded.prompt_ids, "chosen_ids": encoded.response_ids[0],
                              "rejected_ids": encoded.response_ids[1]})
         params = score_pairs(model, examples, batch_size, show_progress=True)
@@ -109,7 +110,7 @@ def score_file(model_dir: str, input_path: str, output_path: str, batch_size: in
             elif "messages" in row or ("prompt" in row and "response" in row):
                 sequences.append(reader.encode_item(row, where))
             else:
-                sequences.append(reader.encode_joined(row.get("prompt"), row["completion"], where))
+                sequences.append(reader.encode_joined(row.get("prompt"), row["completion"], where, row))
         params = score_sequences(model, sequences, batch_size, show_progress=True)
         records = [{"index": i, **record} for i, record in enumerate(describe(model, params, **options))]
     write_jsonl(output_path, records)

@@ -7,6 +7,9 @@
   and, for a distributional or uncertainty-aware head, ``extra_logs`` with the mean, spreads and a quantile.
 - ``POST /classify`` (vLLM's pooling API, verl's reward loop): ``{"model", "input"}`` (or ``"messages"``) ->
   ``{"data": [{"index", "probs"}]}``, the reward last in ``probs``.
+- ``POST /v1/embeddings`` (SGLang's route, verl's reward loop): ``{"model", "input": texts or token ids}`` ->
+  ``{"object": "list", "data": [{"object": "embedding", "index", "embedding"}]}``, the reward last in
+  ``embedding``.
 - With a policy tokenizer (``--policy-tokenizer``) every rendered text is read back into messages and rendered
   with the model's own template (``data/retemplate.py``); without one, texts are scored as given.
 - ``GET /health`` (open to all) and ``GET /metrics`` (Prometheus); with an API key every other route needs it.
@@ -29,6 +32,7 @@ passes, leaves the queue unscored. Shutdown (SIGTERM / Ctrl-C) finishes the requ
 # No ``from __future__ import annotations``: FastAPI reads the annotations of routes and dependencies at run time.
 
 import asyncio
+import base64
 import hmac
 import ipaddress
 import logging
@@ -41,7 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Annotated
 
-from discorm.errors import ConfigError, DiscoRMError
+import numpy as np
+
+from discorm.errors import ConfigError, DataError, DiscoRMError
 
 try:
     import uvicorn
@@ -55,6 +61,7 @@ except ModuleNotFoundError as missing:
                        "installed): pip install 'discorm[serve]'.") from None
 
 from discorm.data.retemplate import Retemplater
+from discorm.data.rows import describe as describe_value
 from discorm.data.tokenize import Encoder
 from discorm.model.inference import describe
 from discorm.model.loading import load_policy_tokenizer
@@ -63,6 +70,7 @@ from discorm.serve.batching import ItemsFailed, MicroBatcher, QueueFull
 from discorm.serve.metrics import RequestMetrics, ServerMetrics
 from discorm.serve.validation import (
     ClassifyRequest,
+    EmbeddingsRequest,
     RequestError,
     RewardOptions,
     RewardRequest,
@@ -185,13 +193,13 @@ def encode_inputs(server: Server, items: list) -> list[list[int]]:
 
 
 def encode_pairs(server: Server, pairs: list[tuple]) -> list[list[int]]:
-    """TRL's (prompt, completion) pairs -> token sequences; a completion given as messages must end with the
+    """TRL's (prompt, completion, options) -> token sequences; a completion given as messages must end with the
     assistant's turn (an empty or missing one is named by the reader)."""
     def encode(pair: tuple, where: str) -> list[int]:
-        prompt, completion = pair
+        prompt, completion, options = pair
         if completion:
             check_response({"prompt": [], "response": completion}, where)
-        return server.reader.encode_joined(prompt, completion, where)
+        return server.reader.encode_joined(prompt, completion, where, options)
 
     return encode_items(pairs, encode)
 
@@ -315,14 +323,45 @@ async def classify(body: Annotated[ClassifyRequest, Depends(JSONBody(ClassifyReq
     a scalar head, [mean, sigma, reward] for a distributional one; the reward by the request's reward options."""
     sequences = encode_inputs(server, body.items())
     records = await score_sequences(server, request, sequences, body.options(), deadline)
-    spread = server.model.head.distributional
-    data = [{"index": i, "object": "classification", "label": "reward", "num_classes": 3 if spread else 1,
-             "probs": [r["mean"], r["sigma"], r["reward"]] if spread else [r["reward"]]}
-            for i, r in enumerate(records)]
+    data = [{"index": i, "object": "classification", "label": "reward", "num_classes": len(values), "probs": values}
+            for i, values in enumerate(reward_last(server, records))]
     tokens = sum(map(len, sequences))
     return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
             "model": body.model if isinstance(body.model, str) else server.name, "data": data,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0}}
+
+
+def reward_last(server: Server, records: list[dict]) -> list[list[float]]:
+    """Per item the values an RL loop reads the reward from as the last one: [reward] for a scalar head, [mean,
+    sigma, reward] for a distributional one."""
+    spread = server.model.head.distributional
+    return [[r["mean"], r["sigma"], r["reward"]] if spread else [r["reward"]] for r in records]
+
+
+@router.post("/v1/embeddings", dependencies=KEYED)
+async def embeddings(body: Annotated[EmbeddingsRequest, Depends(JSONBody(EmbeddingsRequest))], request: Request,
+                     server: ServerDep, deadline: Deadline):
+    """SGLang's embeddings route as verl reads a reward from it (``data[i].embedding[-1]``): per input the
+    ``embedding`` [reward] for a scalar head, [mean, sigma, reward] for a distributional one. A text is a rendered
+    conversation (re-templated with a policy tokenizer), token ids are scored as given."""
+    encoder = server.reader.encoder
+
+    def encode(item, where: str) -> list[int]:
+        if isinstance(item, str):
+            return server.reader.encode_item(item, where)
+        if isinstance(item, list):
+            return encoder.encode_ids(item, where)
+        raise DataError(f"{where}: expected a text or a list of token ids, found {describe_value(item)}.")
+
+    sequences = encode_items(body.input, encode)
+    records = await score_sequences(server, request, sequences, body.options(), deadline)
+    vectors = reward_last(server, records)
+    if body.encoding_format == "base64":
+        vectors = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
+    tokens = sum(map(len, sequences))
+    return {"object": "list", "model": body.model if isinstance(body.model, str) else server.name,
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
 async def refused(_request: Request, err: RequestError) -> JSONResponse:

@@ -8,7 +8,7 @@ nothing to score). Every refusal is a :class:`RequestError` naming the key or ``
 """
 
 import json
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -95,14 +95,17 @@ class RewardOptions(BaseModel):
 
 
 class ScoreRequest(RewardOptions):
-    """``POST /score``: ``{"inputs": [...]}`` or TRL's ``{"prompts": [...], "completions": [...]}`` plus reward
-    options and no other key, or the inputs as a bare list."""
+    """``POST /score``: ``{"inputs": [...]}`` or TRL's ``{"prompts": [...], "completions": [...]}`` (with
+    ``tools`` and ``chat_template_kwargs``, one per completion, where the data set has them) plus reward options and
+    no other key, or the inputs as a bare list."""
 
     model_config = ConfigDict(extra="forbid")
     EXPECTED: ClassVar[str] = 'a list of inputs, {"inputs": [...]} or {"prompts": [...], "completions": [...]}'
     inputs: Inputs | None = None
     prompts: Annotated[list[Any], BeforeValidator(_within_limit)] | None = None
     completions: Inputs | None = None
+    tools: Annotated[list[Any], BeforeValidator(_within_limit)] | None = None  # with completions: one per completion
+    chat_template_kwargs: Annotated[list[Any], BeforeValidator(_within_limit)] | None = None  # likewise
 
     @model_validator(mode="before")
     @classmethod
@@ -114,17 +117,30 @@ class ScoreRequest(RewardOptions):
         if (self.inputs is None) == (self.completions is None and self.prompts is None):
             raise PydanticCustomError("shape", 'give "inputs", or "prompts" and "completions" (one prompt per '
                                       "completion), not both")
+        for key in ("tools", "chat_template_kwargs"):
+            given = getattr(self, key)
+            if given is not None and self.inputs is not None:
+                raise PydanticCustomError("shape", '"{key}" goes with "completions" (one per completion); an input '
+                                          'carries its own ({{"messages": [...], "{key}": ...}})', {"key": key})
+            if given is not None and len(given) != len(self.completions or []):
+                raise PydanticCustomError("shape", '{count} "{key}" for {completions} completions; send one per '
+                                          "completion (null where there is none)",
+                                          {"count": len(given), "key": key, "completions": len(self.completions or [])})
         return self
 
-    def pairs(self) -> list[tuple[Any, Any]]:
-        """(prompt, completion) per completion; 422 naming the completions without a prompt (and the reverse)."""
+    def pairs(self) -> list[tuple[Any, Any, dict]]:
+        """(prompt, completion, its tools and chat_template_kwargs) per completion; 422 naming the completions
+        without a prompt (and the reverse)."""
         prompts, completions = self.prompts or [], self.completions or []
         if len(prompts) != len(completions):
             unpaired = list(range(min(len(prompts), len(completions)), max(len(prompts), len(completions))))
             what = "completion(s) have no prompt" if len(completions) > len(prompts) else "prompt(s) have no completion"
             raise RequestError(422, f"item(s) {unpaired}: the {what}; send one prompt per completion "
                                     f"({len(prompts)} prompts, {len(completions)} completions)", items=unpaired)
-        return list(zip(prompts, completions))
+        options = [{key: values[i] for key, values in (("tools", self.tools), ("chat_template_kwargs",
+                                                                                 self.chat_template_kwargs))
+                    if values is not None and values[i] is not None} for i in range(len(completions))]
+        return list(zip(prompts, completions, options))
 
 
 class RewardRequest(RewardOptions):
@@ -171,6 +187,26 @@ class ClassifyRequest(RewardOptions):
         return self.input if self.input is not None else [self.messages]
 
 
+def _texts_or_ids(value: Any, info: ValidationInfo) -> Any:
+    """OpenAI's ``input``: one text, one list of token ids, or a list of either -> a list of inputs."""
+    if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, int) for v in value)):
+        value = [value]
+    return _within_limit(value, info)
+
+
+class EmbeddingsRequest(RewardOptions):
+    """``POST /v1/embeddings`` (SGLang's OpenAI-style route, where verl reads a reward): ``{"model", "input": text,
+    [text, ...], [token id, ...] or [[token id, ...], ...]}`` plus reward options; ``encoding_format`` ``float``
+    (the default) or ``base64``; OpenAI's other keys (``dimensions``, ``user``) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    EXPECTED: ClassVar[str] = ('{"model": name, "input": text, [text, ...], [token id, ...] or [[token id, ...], '
+                               '...]}')
+    model: Any = None
+    input: Annotated[list[Any], Field(min_length=1), BeforeValidator(_texts_or_ids)]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
 # pydantic's error types in the server's words: {key} the key, {item} the item index, {input} the value given and
 # {found} its type
 WORDING = {
@@ -182,6 +218,7 @@ WORDING = {
     "string_type": '"{key}" must be a list of strings; item {item} is of type {found}',
     "string_unicode": "key {input!r:.60} is not valid Unicode text (it holds a lone surrogate)",
     "too_many_items": "{msg}",
+    "literal_error": '"{key}" {msg}, found {input!r:.60}',
     "reward_options": "{msg}",
     "shape": "{msg}",
 }

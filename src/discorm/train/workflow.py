@@ -134,7 +134,8 @@ def setup_data(data_args: DataArguments, tokenizer, seed: int = 42, attributes: 
 
 def tokenize(names: str, data_args: DataArguments, tokenizer, eval_split: bool = False, attributes: tuple = ()):
     """One ``dataset`` value tokenized with the run's template, cutoff and reading options -> (dataset, stats)."""
-    return tokenized_dataset(names, tokenizer, Renderer(tokenizer, data_args.template), data_args.cutoff_len,
+    renderer = Renderer(tokenizer, data_args.template, data_args.reasoning, data_args.chat_template_kwargs)
+    return tokenized_dataset(names, tokenizer, renderer, data_args.cutoff_len,
                              data_args.read_options(), eval_split, attributes, data_args.preprocessing_num_workers,
                              data_args.overwrite_cache)
 
@@ -151,7 +152,8 @@ def setup_model(model_args: ModelArguments, finetuning_args: FinetuningArguments
                                      finetuning_args.head_options, finetuning_args.finetuning(),
                                      model_args.load_options(), finetuning_args.pooling,
                                      finetuning_args.uncertainty_config())
-    model.rm_config = replace(model.rm_config, template=data_args.template,
+    model.rm_config = replace(model.rm_config, template=data_args.template, reasoning=data_args.reasoning,
+                              chat_template_kwargs=dict(data_args.chat_template_kwargs or {}),
                               cutoff_len=usable_cutoff(data_args.cutoff_len, model.backbone.config),
                               reward_mode=finetuning_args.reward_mode, reward_alpha=finetuning_args.reward_alpha,
                               reward_k=finetuning_args.reward_k)
