@@ -93,7 +93,8 @@ def test_epistemic_strategies_are_refused_without_a_posterior(scalar_model):
     ([], 1, "the pool is empty"),
     (_pool(3), 4, "budget 4 is not between 1 and the 3 distinct items"),
     (_pool(3), 0, "budget 0 is not between 1"),
-    ([{"prompt": "q", "chosen": "a", "rejected": "b"}], 1, r"pool item 0: the pool item already has a label \('chosen'"),
+    ([{"prompt": "q", "chosen": "a", "rejected": "b"}], 1,
+     r"pool item 0: the pool item already has a label \('chosen'"),
     ([*_pool(2), {"prompt": "q", "responses": ["a", "b"], "ranking": [0, 1]}], 1,
      r"pool item 2: the pool item already has a label \('ranking'\)"),
     ([{"prompt": "q", "responses": ["a"]}], 1, "pool item 0: 'responses' holds 1 response"),
@@ -103,3 +104,47 @@ def test_epistemic_strategies_are_refused_without_a_posterior(scalar_model):
 def test_bad_pools_stop_naming_the_row_and_key(scalar_model, pool, budget, message):
     with pytest.raises(DataError, match=message):
         scalar_model.select(pool, budget=budget, strategy="entropy")
+
+
+def test_ensemble_select_reads_its_members(tiny_llama):
+    model = build_model(tiny_llama, uncertainty="ensemble", ensemble_size=3).eval()
+    chosen = model.select(_pool(), budget=4, strategy="bald", seed=1)
+    assert len(chosen) == 4 and all(row["acquisition"] > 0 and row["preferences"][0]["p_std"] > 0 for row in chosen)
+
+
+def test_select_reads_the_pool_in_one_scoring_pass(laplace_model, monkeypatch):
+    import discorm.model.selection as selection
+
+    calls = []
+    real = selection.score_groups
+    monkeypatch.setattr(selection, "score_groups", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    laplace_model.select(_pool(12), budget=5, strategy="diverse_bald")
+    assert calls == [12]
+
+
+def test_cli_select_writes_jsonl_excludes_held_out_and_refuses_what_it_should(scalar_model, tmp_path, capsys):
+    import json
+
+    from discorm.cli import main
+    from tests.conftest import user_error
+
+    scalar_model.save_pretrained(tmp_path / "run")
+    pool = _pool(6)
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pool))
+    held = {"prompt": pool[0]["prompt"], "chosen": pool[0]["responses"][0], "rejected": pool[0]["responses"][1]}
+    (tmp_path / "held.jsonl").write_text(json.dumps(held) + "\n")
+    out = tmp_path / "next.jsonl"
+    command = ["select", str(tmp_path / "run"), "--pool", str(tmp_path / "pool.jsonl"), "--out", str(out),
+               "--strategy", "entropy", "--exclude", str(tmp_path / "held.jsonl")]
+    assert main([*command, "--budget", "5"]) == 0
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(row["id"] for row in written) == [1, 2, 3, 4, 5]
+    capsys.readouterr()
+    assert main([*command, "--budget", "5"]) == 2
+    assert "--out " + str(out) + " already exists and is not empty" in user_error(capsys.readouterr().err)
+    assert main([*command, "--budget", "4", "--force", "--seed", "1"]) == 0
+    assert [json.loads(line) for line in out.read_text().splitlines()] == written[:4]
+    assert main([*command, "--budget", "6", "--force"]) == 2
+    assert "budget 6 is not between 1 and the 5 distinct items" in user_error(capsys.readouterr().err)
+    assert main([*command[:-4], "--budget", "2", "--force"]) == 2  # the default strategy, bald
+    assert "Train it with `uncertainty: laplace`" in user_error(capsys.readouterr().err)
