@@ -148,3 +148,8 @@ def test_cli_select_writes_jsonl_excludes_held_out_and_refuses_what_it_should(sc
     assert "budget 6 is not between 1 and the 5 distinct items" in user_error(capsys.readouterr().err)
     assert main([*command[:-4], "--budget", "2", "--force"]) == 2  # the default strategy, bald
     assert "Train it with `uncertainty: laplace`" in user_error(capsys.readouterr().err)
+    (tmp_path / "lists.jsonl").write_text(json.dumps({"prompt": "q", "responses": ["a", "b", "c"]}) + "\n")
+    assert main(["select", str(tmp_path / "run"), "--pool", str(tmp_path / "lists.jsonl"), "--out",
+                 str(tmp_path / "l.json"), "--budget", "1", "--strategy", "entropy", "--format", "argilla"]) == 2
+    assert "lists.jsonl:1: the pool item compares 3 responses, and --format argilla is written for pairs" in user_error(
+        capsys.readouterr().err)

@@ -81,7 +81,7 @@ def difference_std(head, pa: torch.Tensor, pb: torch.Tensor, phi_a: torch.Tensor
     (Laplace); the population standard deviation of mu_a,k - mu_b,k over the members (ensemble); 0 otherwise."""
     if isinstance(head, LaplaceHead):
         z = (phi_a - phi_b).double()
-        return torch.einsum("nh,hk,nk->n", z, head.covariance.double(), z).clamp_min(0).sqrt()
+        return torch.einsum("nh,hk,nk->n", z, head.covariance.to(z), z).clamp_min(0).sqrt()  # on the CPU, in float64
     if isinstance(head, EnsembleHead):
         return (head.member_means(pa) - head.member_means(pb)).double().std(-1, correction=0)
     return torch.zeros(pa.shape[0], dtype=torch.float64)

@@ -54,8 +54,9 @@ def select_items(model, items: list[PoolItem], budget: int, strategy: str = "bal
         groups.append({"prompt_ids": encoded.prompt_ids, "responses_ids": encoded.response_ids})
     params, pooled = score_groups(model, groups, batch_size, show_progress, "Scoring the pool", features=True)
     # every pair (i, j) of every item, flattened over the pool's responses: (M,) owners and indices of the two sides
-    owner, first, second, offset = [], [], [], 0
+    owner, first, second, offset, rows_of = [], [], [], 0, []
     for number, group in enumerate(params):
+        rows_of.append(range(len(owner), len(owner) + len(list_pairs(len(group)))))  # the item's rows m
         for i, j in list_pairs(len(group)):
             owner.append(number)
             first.append(offset + i)
@@ -75,8 +76,9 @@ def select_items(model, items: list[PoolItem], budget: int, strategy: str = "bal
         order = diverse_greedy(scores, features, budget, seed)
     else:
         order = tie_break_order(scores, seed)[:budget].tolist()
-    preferences = [[] for _ in keep]
-    for m, number in enumerate(owner.tolist()):
-        i, j = list_pairs(len(params[number]))[len(preferences[number])]
-        preferences[number].append({"a": i, "b": j, "p": float(found["p"][m]), "p_std": float(found["p_std"][m])})
-    return [{**items[keep[n]].row, "acquisition": float(scores[n]), "preferences": preferences[n]} for n in order]
+
+    def preferences(number: int) -> list[dict]:
+        return [{"a": i, "b": j, "p": float(found["p"][m]), "p_std": float(found["p_std"][m])}
+                for (i, j), m in zip(list_pairs(len(params[number])), rows_of[number])]
+
+    return [{**items[keep[n]].row, "acquisition": float(scores[n]), "preferences": preferences(n)} for n in order]

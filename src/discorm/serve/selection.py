@@ -29,6 +29,10 @@ def select_file(model_dir: str, pool_path: str, output_path: str, budget: int, s
     if output_format not in WRITERS:
         raise DataError(f"--format {output_format!r} is not a selection format; use one of {', '.join(WRITERS)}.")
     items = [read_pool_item(row, where) for where, row in read_path(Path(pool_path))]
+    listed = next((item for item in items if len(item.responses) != 2), None)
+    if output_format != "jsonl" and listed is not None:
+        raise DataError(f"{listed.where}: the pool item compares {len(listed.responses)} responses, and --format "
+                        f"{output_format} is written for pairs; give the pool pairs, or write --format jsonl.")
     excluded = excluded_keys(read_path(Path(exclude_path)), exclude_path) if exclude_path else set()
     model = RewardModel.from_pretrained(model_dir).eval()
     selected = select_items(model, items, budget, strategy, seed, excluded, batch_size, show_progress=True)
