@@ -130,3 +130,31 @@ def test_diverse_greedy_skips_an_exact_duplicate_that_top_k_would_pick_twice():
     assert chosen[0] in (0, 1) and chosen[1:] == [2, 3]
     assert diverse_greedy(scores, features, budget=5, seed=0)[-1] in (0, 1)  # the duplicate comes last
     assert diverse_greedy(scores, features, budget=3, seed=0) == chosen
+
+
+def _eager_greedy(scores, features, budget, seed):
+    """The obvious twin of diverse_greedy: every gain from every chosen item, one item at a time."""
+    f = features.float() - features.float().mean(0)
+    f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    rank = torch.empty(len(scores), dtype=torch.long)
+    rank[tie_break_order(scores, seed)] = torch.arange(len(scores))
+    chosen = []
+    for _ in range(budget):
+        gains = []
+        for i in range(len(scores)):
+            if i in chosen:
+                continue
+            closest = max([float(f[i] @ f[j]) for j in chosen], default=0.0)
+            gains.append((-float(scores[i]) * (1 - max(closest, 0.0)), int(rank[i]), i))
+        chosen.append(min(gains)[2])
+    return chosen
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_diverse_greedy_takes_what_the_item_by_item_greedy_takes(seed):
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.rand(60, generator=generator, dtype=torch.float64)
+    scores[:10] = scores[10:20]  # ties
+    features = torch.randn(60, 5, generator=generator)
+    features[20:25] = features[:5]  # duplicates
+    assert diverse_greedy(scores, features, 25, seed) == _eager_greedy(scores, features, 25, seed)

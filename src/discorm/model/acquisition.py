@@ -131,10 +131,10 @@ def tie_break_order(scores: torch.Tensor, seed: int) -> torch.Tensor:
 
 def diverse_greedy(scores: torch.Tensor, features: torch.Tensor, budget: int, seed: int = 0) -> list[int]:
     """Greedy batch selection: repeatedly take the item maximising score_i * (1 - max(0, max_j cos(f_i, f_j))),
-    j over the items taken so far, f the features (N, D) centred on the pool's mean. An exact duplicate of a
-    chosen item gains 0 and comes only after every item with a positive gain. Ties as ``tie_break_order``.
-    O(budget N D)."""
-    f = features.double() - features.double().mean(0)
+    j over the items taken so far, f the features (N, D) centred on the pool's mean (cosines in float32). An exact
+    duplicate of a chosen item gains 0 and comes only after every item with a positive gain. Ties as
+    ``tie_break_order``. One (N, D) matrix-vector product per item taken: O(budget N D)."""
+    f = features.float() - features.float().mean(0)
     f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     rank = torch.empty(len(scores), dtype=torch.float64)
     rank[tie_break_order(scores, seed)] = torch.arange(len(scores), dtype=torch.float64)
@@ -142,11 +142,9 @@ def diverse_greedy(scores: torch.Tensor, features: torch.Tensor, budget: int, se
     taken = torch.zeros(len(scores), dtype=torch.bool)
     chosen = []
     for _ in range(min(budget, len(scores))):
-        gain = scores.double() * (1 - closest.clamp_min(0))
-        gain = torch.where(taken, -math.inf, gain)
-        best = gain.max()
-        pick = int(torch.where(gain == best, rank, math.inf).argmin())  # the best gain, ties by rank
+        gain = torch.where(taken, -math.inf, scores.double() * (1 - closest.clamp_min(0)))
+        pick = int(torch.where(gain == gain.max(), rank, math.inf).argmin())  # the best gain, ties by rank
         chosen.append(pick)
         taken[pick] = True
-        closest = torch.maximum(closest, f @ f[pick])
+        closest = torch.maximum(closest, (f @ f[pick]).double())
     return chosen
