@@ -11,7 +11,9 @@ import platform
 import sys
 
 from discorm import __version__
+from discorm.data.annotations import WRITERS
 from discorm.errors import DiscoRMError, TrainingInterrupted
+from discorm.model.acquisition import STRATEGIES
 from discorm.model.rm_config import REWARD_MODES
 
 
@@ -93,6 +95,15 @@ def _cmd_score(args) -> None:
                    reward_alpha=args.reward_alpha, reward_k=args.reward_k, policy_tokenizer=args.policy_tokenizer,
                    force=args.force)
     print(f"scored {n} rows -> {args.output}")
+
+
+def _cmd_select(args) -> None:
+    from discorm.serve.selection import select_file
+
+    n = select_file(args.run, args.pool, args.out, args.budget, strategy=args.strategy, seed=args.seed,
+                    exclude_path=args.exclude, output_format=args.format, batch_size=args.batch_size,
+                    force=args.force)
+    print(f"selected {n} items ({args.strategy}) -> {args.out}")
 
 
 def _cmd_export(args) -> None:
@@ -212,6 +223,25 @@ def build_parser() -> argparse.ArgumentParser:
                        "epistemic variance (default: the model's reward_k)")
     score.add_argument("--policy-tokenizer", default=None, metavar="PATH_OR_NAME", help=POLICY_HELP)
     score.set_defaults(func=_cmd_score)
+
+    select = sub.add_parser("select", help="choose the items of an unlabelled pool to label next")
+    select.add_argument("run")
+    select.add_argument("--pool", required=True, help="unlabelled items: prompt + responses (or response_a, "
+                        "response_b)")
+    select.add_argument("--budget", required=True, type=_positive(int), help="how many items to choose")
+    select.add_argument("--out", required=True, help="the file to write (refused if it exists, unless --force)")
+    select.add_argument("--strategy", default="bald", choices=list(STRATEGIES),
+                        help="bald, epistemic_std and diverse_bald need a model trained with uncertainty: laplace "
+                        "or ensemble")
+    select.add_argument("--seed", type=int, default=0, help="the random strategy's draws and the order of ties")
+    select.add_argument("--exclude", default=None, help="a file of comparisons never to choose (e.g. the held-out "
+                        "set), in any pair or list format")
+    select.add_argument("--format", default="jsonl", choices=list(WRITERS),
+                        help="jsonl: the pool's rows plus acquisition and preferences; label-studio: tasks to import; "
+                        "argilla: v2 records")
+    select.add_argument("--batch-size", type=_positive(int), default=8)
+    select.add_argument("--force", action="store_true", help="replace an existing --out file")
+    select.set_defaults(func=_cmd_select)
 
     export = sub.add_parser("export", help="write an AutoModelForSequenceClassification checkpoint")
     export.add_argument("run_dir")

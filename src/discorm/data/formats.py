@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from discorm.data.annotations import from_argilla, from_label_studio
 from discorm.data.listwise import Ranked, to_ranked, ultrafeedback
 from discorm.data.pairs import (
     ALPACA_COLUMNS,
@@ -60,6 +61,12 @@ class DataFormat:
 
 
 FORMATS: dict[str, DataFormat] = {fmt.name: fmt for fmt in (  # in the order detection tries them
+    DataFormat("label_studio", "pair", ("data", "annotations"), from_label_studio,
+               "a Label Studio export: data (prompt, response_a, response_b), annotations (votes)",
+               detect=("data", "annotations")),
+    DataFormat("argilla", "pair", ("fields", "responses"), from_argilla,  # before listwise: both have responses
+               "an Argilla export: fields (prompt, response_a, response_b), responses.preference (votes)",
+               detect=("fields", "responses")),
     DataFormat("listwise", "list", ("prompt", "responses"), to_ranked,
                "prompt, responses, and ranking, scores or votes", detect=("responses",)),
     DataFormat("ultrafeedback", "list", ("instruction", "completions"), ultrafeedback,

@@ -23,6 +23,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import ModelOutput
 
 from discorm.data.collator import block_positions
+from discorm.data.pool import excluded_keys, read_pool_item
 from discorm.errors import ModelError
 from discorm.model.heads import RewardHead, build_head, with_uncertainty
 from discorm.model.inference import evaluating, score_inputs
@@ -41,6 +42,7 @@ from discorm.model.loading import (
 )
 from discorm.model.packed import block_masks, choose_backend, flex_failed, sliding_windows, unsupported_reason
 from discorm.model.rm_config import RewardModelConfig
+from discorm.model.selection import select_items
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +248,17 @@ class RewardModel(nn.Module):
         messages and rendered with the model's own."""
         return score_inputs(self, inputs, batch_size=batch_size, show_progress=show_progress,
                             reward_mode=reward_mode, policy_tokenizer=policy_tokenizer, **reward_options)
+
+    def select(self, pool: list[dict], budget: int, strategy: str = "bald", seed: int = 0,
+               exclude: list[dict] = (), batch_size: int = 8, show_progress: bool = False) -> list[dict]:
+        """The ``budget`` pool rows to label next, best first, each with its ``acquisition`` score and
+        ``preferences`` (``model/selection.py``); pool rows as ``data/pool.py`` reads them (a prompt and
+        ``responses``, or ``response_a`` and ``response_b``, no label). ``strategy``: one of
+        ``acquisition.STRATEGIES``; ``exclude``: rows (a held-out set, in any pair or list format) whose comparisons are
+        never offered."""
+        items = [read_pool_item(row, f"pool item {i}") for i, row in enumerate(pool)]
+        excluded = excluded_keys([(f"exclude row {i}", row) for i, row in enumerate(exclude)], "exclude")
+        return select_items(self, items, budget, strategy, seed, excluded, batch_size, show_progress)
 
     # ----------------------------------------------------------------- save / load
     def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None) -> None:

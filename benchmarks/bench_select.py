@@ -1,0 +1,114 @@
+"""What choosing costs: ``RewardModel.select`` over a pool of N unlabelled pairs vs one plain scoring pass of the
+same pool (encoding, then ``score_pairs`` and P(a > b), as ``discorm score`` does for pairs).
+
+``select`` reads the pool, encodes it, scores it once (keeping the pooled features) and runs the acquisition math
+(64-node quadrature per pair for Laplace BALD; the greedy diversity term for diverse_bald). The target is an
+overhead under 10% of the plain pass. The default model with a Laplace head (a random posterior covariance: the
+cost does not depend on its values); synthetic prompts and responses of about --words words each.
+
+    python benchmarks/bench_select.py                              # N = 10,000 pairs (CPU: long)
+    python benchmarks/bench_select.py --pairs 40 --budget 8        # a short run
+
+The acquisition math alone is also timed at --math-pairs pairs (default 10,000) on random features through the
+same head: its seconds, divided by the plain pass's time per pair times --math-pairs, give the overhead at that
+size without scoring that many pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+WORDS = ("the cat sat on a mat while rain fell over old stone bridges and people asked about recipes, taxes, "
+         "travel, music, health, code and history with answers long or short").replace(",", "").split()
+
+
+def pool(pairs: int, words: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+
+    def text(n):
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(n // 2, n * 3 // 2)))
+
+    return [{"prompt": text(words), "responses": [text(words), text(words)], "id": i} for i in range(pairs)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=10_000, help="N, the pool's size")
+    parser.add_argument("--budget", type=int, default=1000, help="items to choose")
+    parser.add_argument("--words", type=int, default=30, help="about this many words per prompt and response")
+    parser.add_argument("--batch", type=int, default=16, help="items per forward pass")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--math-pairs", type=int, default=10_000, help="pairs for the math-only timing")
+    parser.add_argument("--math-budget", type=int, default=1000, help="diverse_bald's budget in the math-only timing")
+    opts = parser.parse_args()
+
+    import torch
+
+    from discorm.config import FinetuningArguments, ModelArguments
+    from discorm.data.pool import read_pool_item
+    from discorm.data.tokenize import Encoder
+    from discorm.model.acquisition import diverse_greedy, pair_scores
+    from discorm.model.inference import score_pairs
+    from discorm.model.loading import resolve_model_path
+    from discorm.train.workflow import setup_model
+
+    torch.set_num_threads(opts.threads)
+    torch.manual_seed(0)
+    model = setup_model(ModelArguments(model_name_or_path=resolve_model_path(opts.model)),
+                        FinetuningArguments(finetuning_type="full", uncertainty="laplace")).eval()
+    hidden = model.head.covariance.shape[0]
+    root = torch.randn(hidden, hidden) / hidden
+    model.head.set_posterior(root @ root.T, 1.0)
+    rows = pool(opts.pairs, opts.words)
+    encoder = Encoder.for_model(model)
+
+    def plain():
+        examples = []
+        for i, row in enumerate(rows):
+            item = read_pool_item(row, f"row {i}")
+            encoded = encoder.encode(item.prompt, item.responses, item.where)
+            examples.append({"prompt_ids": encoded.prompt_ids, "chosen_ids": encoded.response_ids[0],
+                             "rejected_ids": encoded.response_ids[1]})
+        params = score_pairs(model, examples, opts.batch)
+        return model.head.prob_pair(params[:, 0], params[:, 1])
+
+    runs = {"plain scoring pass": plain}
+    for strategy in ("bald", "diverse_bald"):
+        runs[f"select, {strategy}"] = lambda s=strategy: model.select(rows, opts.budget, s, batch_size=opts.batch)
+    model.select(rows[: opts.batch], 2)  # warm-up
+    times = {name: [] for name in runs}
+    for _ in range(opts.rounds):
+        for name, run in runs.items():
+            begin = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - begin)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    base = median["plain scoring pass"]
+    phi_a, phi_b = torch.randn(opts.math_pairs, hidden), torch.randn(opts.math_pairs, hidden)
+    begin = time.perf_counter()
+    with torch.no_grad():
+        scores = pair_scores("bald", model.head, model.head(phi_a), model.head(phi_b), phi_a, phi_b)["score"]
+    bald_math = time.perf_counter() - begin
+    diverse_greedy(scores, (phi_a + phi_b) / 2, min(opts.math_budget, opts.math_pairs))
+    diverse_math = time.perf_counter() - begin
+    per_pair = base / opts.pairs
+    print(f"\n{opts.model} with a Laplace head; {opts.pairs} pairs of ~{opts.words}-word prompts and responses, "
+          f"budget {opts.budget}, {opts.batch} items per pass, {opts.threads} CPU threads; median of {opts.rounds}\n")
+    print("| run | seconds | overhead vs the plain pass |")
+    print("|---|---:|---:|")
+    for name, seconds in median.items():
+        print(f"| {name} | {seconds:.1f} | {100 * (seconds / base - 1):+.1f}% |")
+    print(f"\nThe acquisition math alone at {opts.math_pairs} pairs: BALD {bald_math:.2f} s, with diverse_bald's "
+          f"greedy (budget {min(opts.math_budget, opts.math_pairs)}) {diverse_math:.2f} s; a plain pass over "
+          f"{opts.math_pairs} pairs at {per_pair:.3f} s per pair takes ~{per_pair * opts.math_pairs:.0f} s: "
+          f"{100 * bald_math / (per_pair * opts.math_pairs):.2f}% and "
+          f"{100 * diverse_math / (per_pair * opts.math_pairs):.2f}% of it.")
+
+
+if __name__ == "__main__":
+    main()
