@@ -47,8 +47,8 @@ def test_every_config_choice_resolves_through_the_registry():
         assert DataArguments(formatting=name).formatting == name  # helpsteer3 was refused here, accepted there
         assert f"{name} (" in DataArguments.__dataclass_fields__["formatting"].metadata["help"]
         assert FORMATS[name].spec().name == name
-    with pytest.raises(ConfigError,
-                       match=r"formatting='weird' is not valid; allowed values: auto, label_studio, argilla, listwise, "):
+    allowed = "auto, label_studio, argilla, listwise, "
+    with pytest.raises(ConfigError, match=rf"formatting='weird' is not valid; allowed values: {allowed}"):
         DataArguments(formatting="weird")
 
 
