@@ -223,3 +223,18 @@ def test_discorm_train_on_per_rater_rows(tiny_llama, tmp_path, target):
     assert results["eval_rated_nll_per_rating"] > 0 and "eval_rated_safe_ece" in results
     model = RewardModel.from_pretrained(tmp_path / "run")
     assert model.head.levels == LEVELS["levels"] and not torch.equal(model.head.cuts(), CutPoints(3)())
+
+
+def test_the_server_returns_the_level_shares_and_the_disagreement(tiny_llama):
+    from fastapi.testclient import TestClient
+
+    from discorm.serve.server import create_app
+
+    model = build_model(tiny_llama, head="categorical", head_options=LEVELS).eval()
+    chats = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": text}] for text in ("Hello", "Go")]
+    expected = model.score(chats)
+    with TestClient(create_app(model), base_url="http://127.0.0.1") as client:
+        body = client.post("/score", json=chats).json()
+    assert body["levels"][1] == pytest.approx(expected[1]["levels"], abs=1e-5)
+    assert body["disagreements"] == pytest.approx([r["disagreement"] for r in expected], abs=1e-5)
+    assert body["disagreements"][0] == pytest.approx(1 - max(body["levels"][0].values()), abs=1e-6)
