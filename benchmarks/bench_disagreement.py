@@ -48,7 +48,7 @@ DICES_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "dices-99
 LEVELS = ["No", "Unsure", "Yes"]  # Yes: the response is unsafe
 SCALE = {"levels": LEVELS, "direction": "first_best"}
 UNSAFE = LEVELS.index("Yes")
-PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
+PENALTIES = (1e-3, 1e-2, 0.1, 1.0, 10.0)
 
 
 def read_dices(path: Path, limit: int | None) -> list:
@@ -83,7 +83,7 @@ def features(items: list, cache: Path, cutoff: int, batch_size: int, layers: int
     if cache.is_file():
         saved = torch.load(cache)
         if (saved["count"], saved["cutoff"], saved["layers"]) == (len(items), cutoff, layers):
-            return saved["pooled"], saved["lengths"]
+            return saved["pooled"], saved["lengths"].numpy()
     model = RewardModel.from_pretrained("smollm2-135m-instruct").eval()
     model.rm_config = replace(model.rm_config, cutoff_len=cutoff)
     if layers:
@@ -94,7 +94,8 @@ def features(items: list, cache: Path, cutoff: int, batch_size: int, layers: int
     lengths = np.array([[len(model.tokenizer(r.prompt[0]["content"])["input_ids"]),
                          len(model.tokenizer(r.response[0]["content"])["input_ids"])] for r in items], dtype=float)
     _, pooled = score_ids(model, sequences, batch_size, show_progress=True, features=True)
-    torch.save({"count": len(items), "cutoff": cutoff, "layers": layers, "pooled": pooled, "lengths": lengths}, cache)
+    torch.save({"count": len(items), "cutoff": cutoff, "layers": layers, "pooled": pooled,
+                "lengths": torch.from_numpy(lengths)}, cache)
     return pooled, lengths
 
 
@@ -285,7 +286,7 @@ def main() -> None:
     parser.add_argument("--cutoff", type=int, default=384, help="tokens per conversation (the prompt is cut first)")
     parser.add_argument("--layers", type=int, default=12, help="features after this many of the 30 blocks (0: all)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=300, help="full-batch Adam steps per head")
+    parser.add_argument("--steps", type=int, default=500, help="full-batch Adam steps per head")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0, help="the split and the bootstrap")
     parser.add_argument("--full-train", action="store_true", help="also a full `discorm train` run (slow on CPU)")

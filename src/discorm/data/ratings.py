@@ -87,6 +87,16 @@ def _read_scores(row: dict, spec: FormatSpec, where: str) -> list[float]:
     return values
 
 
+def _conversation(row: dict, spec: FormatSpec, where: str) -> tuple[list[Message], list[Message]]:
+    """The prompt (with the system message) and the rated response of a row; an empty response is skipped."""
+    prompt = read_messages(row[spec.column("prompt")], "prompt", where, "user")
+    response = read_messages(row[spec.column("response")], "response", where, "assistant")
+    prompt = with_system(prompt, row.get(spec.column("system")), where)
+    if not any(m["content"].strip() for m in response):
+        raise SkipPair("empty response", f"{where}: empty response")
+    return prompt, response
+
+
 def to_rated(row: dict, spec: FormatSpec, where: str) -> Rated:
     """Convert one rated row, read with the head's attributes (``spec.attributes``; ``spec.rated_heads`` are named
     when the head has none); raises DataError for wrong types, SkipPair for unusable but well-formed rows."""
@@ -94,11 +104,7 @@ def to_rated(row: dict, spec: FormatSpec, where: str) -> Rated:
         rated = ", ".join(spec.rated_heads) or "see `discorm keys`"
         raise DataError(f"{where}: a rated row (prompt, response, scores), but the head learns from pairs only. "
                         f"Use a head that learns from ratings ({rated}), or give pairs (chosen, rejected).")
-    prompt = read_messages(row[spec.column("prompt")], "prompt", where, "user")
-    response = read_messages(row[spec.column("response")], "response", where, "assistant")
-    prompt = with_system(prompt, row.get(spec.column("system")), where)
-    if not any(m["content"].strip() for m in response):
-        raise SkipPair("empty response", f"{where}: empty response")
+    prompt, response = _conversation(row, spec, where)
     scores = _read_scores(row, spec, where)
     if all(math.isnan(v) for v in scores):
         raise SkipPair("no scores", f"{where}: no attribute is rated ({[a.name for a in spec.attributes]})")
@@ -144,11 +150,7 @@ def to_rater_counts(row: dict, spec: FormatSpec, where: str) -> Rated:
         raise DataError(f"{where}: `{column}` holds several raters' labels, but the head declares no rating levels. "
                         "Set levels: [...] and direction: first_best or last_best (heads scalar, gaussian or "
                         "categorical).")
-    prompt = read_messages(row[spec.column("prompt")], "prompt", where, "user")
-    response = read_messages(row[spec.column("response")], "response", where, "assistant")
-    prompt = with_system(prompt, row.get(spec.column("system")), where)
-    if not any(m["content"].strip() for m in response):
-        raise SkipPair("empty response", f"{where}: empty response")
+    prompt, response = _conversation(row, spec, where)
     value = expect(row[column], (list, dict), column, where)
     counts = (_histogram if isinstance(value, dict) else _labels)(value, levels, column, where)
     if sum(counts.values()) <= 0:
