@@ -1,9 +1,8 @@
 """The named likelihoods a config chooses, one table per config key: ``RANKING_LOSSES`` (``ranking_loss``),
 ``LIST_WEIGHTINGS`` (``list_weighting``), ``STRENGTH_LOSSES`` (``strength_loss``) and ``RATING_TARGETS``
-(``rating_target``). The config's allowed values,
-its help text, the refusal of a head that cannot honour a choice and the dispatch of
-:class:`~discorm.train.loss.PairwiseLoss` all read these tables; adding a loss is one entry here (or
-``TABLE.register(entry)``).
+(``rating_target``). The config's allowed values, its help text, the refusal of a head that cannot honour a choice
+and the dispatch of :class:`~discorm.train.loss.PairwiseLoss` all read these tables; adding a loss is one entry here
+(or ``TABLE.register(entry)``).
 
 A ranking loss turns each ranked list into comparisons that the head's P(a > b) scores with the pairs
 (``comparisons``: every head honours it), or asks the head for its own likelihood of the ranking (``likelihood``:

@@ -64,8 +64,8 @@ class GaussianHead(OrdinalLevels, RewardHead):
     def mean(self, params):
         return params[:, 0]
 
-    def link_scale(self, params):
-        return params[:, 1].sqrt()
+    def link_scale(self, params):  # the probit link's scale: the response's own sigma
+        return self.std(params)
 
     def std(self, params):
         return params[:, 1].sqrt()
