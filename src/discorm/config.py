@@ -25,7 +25,7 @@ from discorm.data.templates import CALL_ARGUMENTS, REASONING, REASONING_DEFAULT
 from discorm.data.tokenize import DEFAULT_CUTOFF_LEN
 from discorm.errors import ConfigError, check_choice, check_range
 from discorm.files import read_utf8
-from discorm.losses import LIST_WEIGHTINGS, RANKING_LOSSES, STRENGTH_LOSSES
+from discorm.losses import LIST_WEIGHTINGS, RANKING_LOSSES, RATING_TARGETS, STRENGTH_LOSSES
 from discorm.model.builtin import DEFAULT_MODEL
 from discorm.model.heads import HEADS, UNCERTAINTIES
 from discorm.model.loading import QUANTIZATION_KEYS, Finetuning, LoadOptions, Uncertainty
@@ -244,6 +244,7 @@ class FinetuningArguments:
         False,
         "After training, shift and scale the reward to mean 0 and std 1 on a reference set (normalization_dataset)"
         "; stored with the model and applied by scoring, the server and the export.")
+    rating_target: str = _arg("all", RATING_TARGETS.help())
 
     def __post_init__(self):
         if self.disco and self.head not in (None, "gaussian"):
@@ -276,6 +277,7 @@ class FinetuningArguments:
                               f"head does not have (heads that do: "
                               f"{', '.join(k for k, h in HEADS.items() if h.learns_combination)}).")
         check_range("rated_loss_weight", self.rated_loss_weight, low=0)
+        check_choice("rating_target", self.rating_target, RATING_TARGETS)
         RANKING_LOSSES.check(self.ranking_loss, HEADS[self.head])
         check_choice("list_weighting", self.list_weighting, LIST_WEIGHTINGS)
         check_choice("strength_loss", self.strength_loss, STRENGTH_LOSSES)

@@ -1,8 +1,8 @@
 """The named likelihoods a config chooses, one table per config key: ``RANKING_LOSSES`` (``ranking_loss``),
-``LIST_WEIGHTINGS`` (``list_weighting``) and ``STRENGTH_LOSSES`` (``strength_loss``). The config's allowed values,
-its help text, the refusal of a head that cannot honour a choice and the dispatch of
-:class:`~discorm.train.loss.PairwiseLoss` all read these tables; adding a loss is one entry here (or
-``TABLE.register(entry)``).
+``LIST_WEIGHTINGS`` (``list_weighting``), ``STRENGTH_LOSSES`` (``strength_loss``) and ``RATING_TARGETS``
+(``rating_target``). The config's allowed values, its help text, the refusal of a head that cannot honour a choice
+and the dispatch of :class:`~discorm.train.loss.PairwiseLoss` all read these tables; adding a loss is one entry here
+(or ``TABLE.register(entry)``).
 
 A ranking loss turns each ranked list into comparisons that the head's P(a > b) scores with the pairs
 (``comparisons``: every head honours it), or asks the head for its own likelihood of the ranking (``likelihood``:
@@ -108,6 +108,14 @@ class StrengthLoss(Loss):
         return not self.moves_margin or head.supports_margin
 
 
+@dataclass(frozen=True)
+class RatingTarget(Loss):
+    """What the rating likelihood of a response rated by several raters reads: ``target`` maps the raters' counts
+    per level (R, L) to the counts fitted (the head's likelihood: ``model/heads/ordinal.py``)."""
+
+    target: Callable[[torch.Tensor], torch.Tensor]
+
+
 class LossTable(dict):
     """The entries one config key chooses from, by name, in the order registered; an unknown name is refused
     naming the key. ``auto``: the key also takes ``auto``, the first of the head's ``ranking_losses``."""
@@ -206,4 +214,18 @@ RANKING_LOSSES = LossTable("ranking_loss", "Ranked lists", (
 STRENGTH_LOSSES = LossTable("strength_loss", "Pairs with a `strength`", (
     StrengthLoss("margin", "P(chosen > rejected + strength_margin * strength)", strength_as_margin, moves_margin=True),
     StrengthLoss("scaled_bt", "the pair's loss times its strength: NeMo-Aligner's scaled_bt", strength_as_weight),
+))
+
+
+def majority_label(counts: torch.Tensor) -> torch.Tensor:
+    """(R, L) counts -> one rating per response at its most frequent level (a tie shared evenly between the tied
+    levels): the label a data set keeps when it stores the majority vote."""
+    top = counts == counts.max(-1, keepdim=True).values
+    return top.float() / top.sum(-1, keepdim=True)
+
+
+RATING_TARGETS = LossTable("rating_target", "Responses rated by several raters on declared levels", (
+    RatingTarget("all", "the likelihood of every rater's label", lambda counts: counts),
+    RatingTarget("majority", "the majority label alone, one rating per response: the baseline that drops the "
+                 "disagreement", majority_label),
 ))

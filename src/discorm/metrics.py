@@ -1,7 +1,7 @@
-"""The numbers training and evaluation report, from head parameters: pairwise accuracy, margins, NLL, Brier, ECE
-and the reliability bins, the predicted spread of distributional heads, per-attribute rating metrics, and the
-temperature fit. Inputs are the head params of chosen and rejected, ``(B, K)`` each, and the target probability
-``y`` that chosen is preferred (1, or a soft label)."""
+"""The numbers training and evaluation report, from head parameters: pairwise accuracy, margins, NLL, Brier, ECE and the
+reliability bins, the predicted spread of distributional heads, per-attribute rating metrics, the numbers of several
+raters' labels on levels, and the temperature fit. Inputs are the head params of chosen and rejected, ``(B, K)`` each,
+and the target probability ``y`` that chosen is preferred (1, or a soft label)."""
 
 from __future__ import annotations
 
@@ -101,8 +101,12 @@ def pairwise_metrics(head: RewardHead, pc: torch.Tensor, pr: torch.Tensor, targe
 def rating_metrics(head: RewardHead, params: torch.Tensor, scores: torch.Tensor) -> dict[str, float]:
     """Per attribute, over the responses that rate it (scores (N, A), NaN: not rated): root mean squared error,
     Pearson and Spearman correlation of the predicted mean with the rating and, for Gaussian outputs, the mean
-    negative log-likelihood of the ratings and the mean predicted sigma."""
+    negative log-likelihood of the ratings and the mean predicted sigma. A head with rating levels: the numbers of
+    ``level_metrics`` (scores are counts of raters per level)."""
     params, scores = params.float(), scores.float()
+    if head.levels:
+        counts = scores.nan_to_num(0.0).double().numpy()
+        return level_metrics(head.attribute_means(params).detach().double().numpy(), counts, head.levels)
     means = head.attribute_means(params).double().numpy()
     stds = head.attribute_stds(params)
     stds = None if stds is None else stds.double().numpy()
@@ -122,3 +126,62 @@ def rating_metrics(head: RewardHead, params: torch.Tensor, scores: torch.Tensor)
             metrics[f"{name}_nll"] = float(np.mean(np.log(2 * np.pi * sigma**2) / 2 + (y - mu) ** 2 / (2 * sigma**2)))
             metrics[f"{name}_sigma"] = float(np.mean(sigma))
     return metrics
+
+
+CONTESTED = 0.3  # an item is contested when at least this share of its raters differ from the majority
+
+
+def share_reliability(predicted: np.ndarray, observed: np.ndarray, bins: int = 10) -> list[np.ndarray]:
+    """(mean predicted share, mean observed share, count) per non-empty bin of the predicted share of one level
+    (predicted, observed (N,) in [0, 1])."""
+    index = np.clip((predicted * bins).astype(int), 0, bins - 1)
+    count = np.bincount(index, minlength=bins)
+    seen = count > 0
+    mean = [np.bincount(index, weights=v, minlength=bins)[seen] / count[seen] for v in (predicted, observed)]
+    return [mean[0], mean[1], count[seen]]
+
+
+def share_ece(predicted: np.ndarray, observed: np.ndarray, bins: int = 10) -> float:
+    """ECE of a predicted share: sum_b |B_b|/N |mean predicted_b - mean observed_b| over the bins."""
+    mean_predicted, mean_observed, count = share_reliability(predicted, observed, bins)
+    return float(np.sum(count * np.abs(mean_predicted - mean_observed)) / max(count.sum(), 1))
+
+
+def disagreement(shares: np.ndarray) -> np.ndarray:
+    """1 - the largest share, (N,) from (N, L): the share of raters who differ from the majority."""
+    return 1 - shares.max(-1)
+
+
+def entropy(shares: np.ndarray) -> np.ndarray:
+    """The entropy (nats) of each row of shares (N, L)."""
+    return -np.sum(np.where(shares > 0, shares * np.log(np.clip(shares, 1e-300, None)), 0.0), -1)
+
+
+def level_metrics(probs: np.ndarray, counts: np.ndarray, levels) -> dict[str, float]:
+    """The numbers of responses rated by several raters on levels: probs (N, L) the predicted share of each level,
+    counts (N, L) the raters per level. ``nll_per_rating``: -sum n log p / sum n over all ratings; per level
+    ``<level>_ece`` and ``<level>_brier`` of the predicted share against the observed share; ``brier`` the mean
+    over responses of sum_k (p_k - q_k)^2; ``disagreement_spearman`` (1 - the largest share) and
+    ``entropy_spearman`` between predicted and observed; ``contested_auroc``: the predicted disagreement ranking
+    the contested responses (a minority share >= 0.3) above the others (NaN when only one kind is present)."""
+    shares = counts / counts.sum(-1, keepdims=True)
+    log_p = np.log(np.clip(probs, 1e-300, None))
+    metrics = {"nll_per_rating": float(-(counts * log_p).sum() / counts.sum()),
+               "brier": float(np.mean(((probs - shares) ** 2).sum(-1)))}
+    for k, level in enumerate(levels):
+        metrics[f"{level}_ece"] = share_ece(probs[:, k], shares[:, k])
+        metrics[f"{level}_brier"] = float(np.mean((probs[:, k] - shares[:, k]) ** 2))
+    for name, measure in (("disagreement", disagreement), ("entropy", entropy)):
+        value = correlation(measure(probs), measure(shares), rank=True)
+        metrics[f"{name}_spearman"] = float("nan") if value is None else value
+    metrics["contested_auroc"] = contested_auroc(disagreement(probs), disagreement(shares) >= CONTESTED)
+    return metrics
+
+
+def contested_auroc(score: np.ndarray, contested: np.ndarray) -> float:
+    """The area under the ROC curve of ``score`` for the contested items: the Mann-Whitney U of the contested
+    against the others over their product of counts (NaN when only one kind is present)."""
+    n_pos, n_neg = int(contested.sum()), int((~contested).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    return float(stats.mannwhitneyu(score[contested], score[~contested]).statistic / (n_pos * n_neg))

@@ -30,7 +30,7 @@ from discorm.data.pairs import (
     implicit,
     sharegpt,
 )
-from discorm.data.ratings import Rated, to_rated
+from discorm.data.ratings import Rated, to_rated, to_rater_counts
 from discorm.data.rows import FormatSpec, chat_options, describe, missing
 from discorm.errors import DataError
 
@@ -84,6 +84,9 @@ FORMATS: dict[str, DataFormat] = {fmt.name: fmt for fmt in (  # in the order det
                detect=("chosen", "rejected", "conversations"), columns=SHAREGPT_COLUMNS, tags=SHAREGPT_TAGS),
     DataFormat("implicit", "pair", ("chosen", "rejected"), implicit, "chosen, rejected as whole dialogues",
                detect=("chosen", "rejected")),
+    DataFormat("per_rater", "rated", ("prompt", "response", "ratings"), to_rater_counts,
+               "prompt, response, ratings: every rater's label or a histogram {level: count} over `levels`",
+               detect=("response", "ratings")),
     DataFormat("rated", "rated", ("prompt", "response"), to_rated,
                "prompt, response, and a column per attribute or a `scores` object", detect=("response",)),
 )}

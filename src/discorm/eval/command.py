@@ -113,6 +113,11 @@ def summary_text(results: dict, out: Path, report: bool = True) -> str:
             lines.append(f"  RewardBench 2: {', '.join(parts)}; overall {f(s['rewardbench2']['overall'])}")
     for name, s in results.get("rated_sets", {}).items():
         parts = [f"{a} rmse {f(m.get('rmse'))} spearman {f(m.get('spearman'))}" for a, m in s["attributes"].items()]
+        if "levels" in s:
+            m = s["levels"]
+            parts = [f"nll per rating {f(m['nll_per_rating'])}", f"brier {f(m['brier'])}",
+                     f"spearman(disagreement) {f(m['disagreement_spearman'], 3)}",
+                     f"contested auroc {f(m['contested_auroc'], 3)}"]
         lines.append(f"{name}: {s['items']} rated responses  {'; '.join(parts)}  {speed(name)}")
     for name, c in results.get("compare", {}).get("sets", {}).items():
         if c["paired_items"]:

@@ -75,3 +75,24 @@ def length_scatter(lengths: np.ndarray, rewards: np.ndarray, chosen: np.ndarray,
     ax.set(xlabel="response length (tokens)", ylabel="reward", title=title)
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def level_reliability(reliability: dict[str, dict], title: str) -> str:
+    """One reliability curve per level: the mean observed share of raters against the predicted share, per bin."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.6))
+    for level, bins in reliability.items():
+        draw_reliability(ax, [bins["predicted"], bins["observed"], bins["count"]], title,
+                         label=f"{level} (size = responses)")
+    ax.set(xlabel="predicted share of raters", ylabel="observed share of raters")
+    return _png(fig)
+
+
+def disagreement_scatter(predicted: np.ndarray, observed: np.ndarray, title: str) -> str:
+    """Predicted against observed disagreement (1 - the largest share of raters), one point per response."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.6))
+    top = max(float(np.max(predicted, initial=0)), float(np.max(observed, initial=0)), 0.05) * 1.05
+    ax.plot([0, top], [0, top], "k--", linewidth=1)
+    ax.scatter(predicted, observed, s=9, alpha=0.5, color=CHOSEN_COLOUR)
+    ax.set(xlabel="predicted disagreement", ylabel="observed disagreement (1 - majority share)", title=title,
+           xlim=(0, top), ylim=(0, top))
+    return _png(fig)

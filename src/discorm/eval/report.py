@@ -159,6 +159,23 @@ def _ranking(evaluation) -> dict:
             "length_figures": length, "wrong": _wrong(results, evaluation.sets)}
 
 
+def _levels(evaluation) -> list[dict]:
+    """Per set rated on levels: its name, the metrics to show and its reliability and disagreement figures."""
+    sets = []
+    for name, s in evaluation.results.get("rated_sets", {}).items():
+        if "levels" not in s:
+            continue
+        records = evaluation.records[name]
+        predicted = np.array([r["predicted_disagreement"] for r in records])
+        observed = np.array([r["observed_disagreement"] for r in records])
+        sets.append({"name": name, "levels": list(s["rated"]), "figures": [
+            _image(figures.level_reliability(s["levels"]["reliability"], f"{name}: share of raters per level"),
+                   f"{name} reliability of the level shares"),
+            _image(figures.disagreement_scatter(predicted, observed, f"{name}: disagreement"),
+                   f"{name} predicted vs observed disagreement")]})
+    return sets
+
+
 def _compare(results: dict) -> dict:
     comparison, settings = results["compare"], results["settings"]
     rows = []
@@ -191,7 +208,7 @@ def render_report(evaluation) -> str:
     return ENVIRONMENT.get_template(TEMPLATE).render(
         results=results, title=f"Reward model evaluation: {model['path']}", meta=meta,
         ranking=_ranking(evaluation) if results["sets"] else None,
-        compare=_compare(results) if "compare" in results else None)
+        compare=_compare(results) if "compare" in results else None, levels=_levels(evaluation))
 
 
 def write_report(evaluation, path: str | Path) -> Path:

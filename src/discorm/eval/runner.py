@@ -93,7 +93,8 @@ def evaluate(model_path: str, sets: dict[str, str], options: EvalOptions, data_a
     for name, eval_set in eval_sets.items():
         params, seconds = score_items(model, eval_set, options.batch_size, options.show_progress)
         if eval_set.format.rated:  # kept apart: the ranking sections read results["sets"]
-            summary, records[name] = rated_results(model, eval_set, params, options.reward)
+            summary, records[name] = rated_results(model, eval_set, params, options.reward, options.resamples,
+                                                   options.seed)
             results.setdefault("rated_sets", {})[name] = summary
         else:
             summary, records[name] = set_results(model, eval_set, params, options.reward, options.resamples,
@@ -167,7 +168,8 @@ def run_evaluation(model_path: str, sets: dict[str, str], out_dir: str | Path, o
 def flat_metrics(results: dict) -> dict[str, float]:
     """The headline numbers of an evaluation as one flat map: ``eval_<metric>`` of the first set of pairs (with a
     listwise set's ``eval_best_of_k_accuracy``, ``eval_kendall_tau``, ``eval_tie_accuracy``, ...) and
-    ``eval_rated_<attribute>_<metric>`` of rated sets (what ``run_rm`` returns and ``discorm train`` prints)."""
+    ``eval_rated_<attribute>_<metric>`` of rated sets, ``eval_rated_<metric>`` of sets rated on levels (what
+    ``run_rm`` returns and ``discorm train`` prints)."""
     flat = {}
     first = next(iter(results["sets"].values()), None)
     if first is not None:
@@ -178,4 +180,6 @@ def flat_metrics(results: dict) -> dict[str, float]:
     for summary in results.get("rated_sets", {}).values():
         for attribute, values in summary["attributes"].items():
             flat.update({f"eval_rated_{attribute}_{metric}": value for metric, value in values.items()})
+        flat.update({f"eval_rated_{key}": value for key, value in summary.get("levels", {}).items()
+                     if isinstance(value, float)})
     return flat

@@ -45,6 +45,19 @@ def bootstrap_statistic_interval(statistic: Callable[[np.ndarray], float], units
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def bootstrap_statistics_intervals(statistic: Callable[[np.ndarray], np.ndarray], units: int,
+                                   resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                                   confidence: float = CONFIDENCE) -> list[tuple[float, float]]:
+    """Percentile intervals of several statistics computed together from each resample of unit indices
+    (``statistic`` returns one value per statistic): one pass over the resamples for all of them."""
+    if units < 2:
+        values = statistic(np.zeros(1, dtype=int)) if units else None
+        return [(float(v), float(v)) if units else (float("nan"), float("nan")) for v in values]
+    result = _bootstrap(np.arange(units), lambda index: np.asarray(statistic(index.astype(int)), dtype=float),
+                        resamples, seed, confidence, False)
+    return [(float(lo), float(hi)) for lo, hi in zip(result.confidence_interval.low, result.confidence_interval.high)]
+
+
 def paired_bootstrap(a, b, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
                      confidence: float = CONFIDENCE) -> dict[str, float]:
     """Paired bootstrap test of mean(a) - mean(b) over the same items.

@@ -11,7 +11,7 @@ import torch
 
 from discorm.config import FinetuningArguments
 from discorm.data.collator import PairBatch
-from discorm.losses import LIST_WEIGHTINGS, RANKING_LOSSES, STRENGTH_LOSSES, Comparisons, RankedList
+from discorm.losses import LIST_WEIGHTINGS, RANKING_LOSSES, RATING_TARGETS, STRENGTH_LOSSES, Comparisons, RankedList
 from discorm.model.heads import RewardHead, head_class
 
 
@@ -20,12 +20,13 @@ class PairwiseLoss:
     """loss = sum_m w_m NLL_m / sum_m units_m over every comparison (a pair, or a pair a list orders, or a list's
     Plackett-Luce terms) + head regulariser + c * mean((r_a + r_b)^2).
 
-    Scalar head, hard labels: NLL = -logsigmoid(r_c - r_r - margin), and with plain pairs the loss is their mean.
-    A ranked list of K gives K(K-1)/2 comparisons under ``all_pairs`` (each 1/C of a unit with
-    ``list_weighting: list``), or K - 1 units of Plackett-Luce likelihood; a pair or list with n annotator votes
-    counts n units. Rated responses: loss = (U * comparisons + w * R * mean_r rated_loss_r) / (U + R), U the
-    comparison units, w = rated_loss_weight. ``ranking_loss``, ``list_weighting`` and ``strength_loss`` name
-    entries of the tables in :mod:`discorm.losses`."""
+    Scalar head, hard labels: NLL = -logsigmoid(r_c - r_r - margin), and with plain pairs the loss is their mean. A
+    ranked list of K gives K(K-1)/2 comparisons under ``all_pairs`` (each 1/C of a unit with ``list_weighting: list``),
+    or K - 1 units of Plackett-Luce likelihood; a pair or list with n annotator votes counts n units. Rated responses:
+    loss = (U * comparisons + w * R * mean_r rated_loss_r) / (U + R), U the comparison units, w = rated_loss_weight; a
+    response rated by several raters on levels counts one unit (its NLL per rating), fitted to every rater's label or to
+    the majority label (``rating_target``). ``ranking_loss``, ``list_weighting`` and ``strength_loss`` name entries of
+    the tables in :mod:`discorm.losses`."""
 
     head: RewardHead
     loss_options: dict = field(default_factory=dict)  # the head's unsaved options (variance_penalty, ...)
@@ -35,6 +36,7 @@ class PairwiseLoss:
     list_weighting: str = "comparison"
     strength_loss: str = "margin"
     strength_margin: float = 1.0
+    rating_target: str = "all"
 
     @classmethod
     def from_args(cls, head: RewardHead, args: FinetuningArguments) -> PairwiseLoss:
@@ -43,7 +45,7 @@ class PairwiseLoss:
         loss_options = {o.name: options[o.name] for o in head.options if not o.saved}
         ranking = head.ranking_losses[0] if args.ranking_loss == "auto" else args.ranking_loss
         return cls(head, loss_options, args.center_rewards_coefficient, args.rated_loss_weight, ranking,
-                   args.list_weighting, args.strength_loss, args.strength_margin)
+                   args.list_weighting, args.strength_loss, args.strength_margin, args.rating_target)
 
     def __call__(self, pc: torch.Tensor, pr: torch.Tensor, margin: torch.Tensor | None = None,
                  soft_label: torch.Tensor | None = None, rated: torch.Tensor | None = None,
@@ -63,8 +65,10 @@ class PairwiseLoss:
         keys = batch.get("sources")
         count = rated.shape[0]
         if count:
-            rated_part = self.rated_loss_weight * self.head.rated_loss(rated, batch["scores"],
-                                                                       batch["score_mask"]).mean()
+            scores, mask = batch["scores"], batch["score_mask"]
+            if self.head.levels:  # counts of raters per level: all of them, or the majority label alone
+                scores = RATING_TARGETS[self.rating_target].target(scores.masked_fill(~mask, 0))
+            rated_part = self.rated_loss_weight * self.head.rated_loss(rated, scores, mask).mean()
             if not pairs + sum(lists):
                 return rated_part
         ranking = RANKING_LOSSES[self.ranking_loss]

@@ -196,6 +196,7 @@ class RewardHead(RewardDistribution, nn.Module):
     tie_model: str = "none"
     uncertainty: ClassVar[str] = ""  # laplace or ensemble for the wrappers (heads/uncertainty.py)
     attributes: tuple[Attribute, ...] = ()  # rated qualities it predicts; empty: it learns from pairs only
+    levels: tuple[str, ...] | list[str] = ()  # the rating levels whose share of raters it predicts (ordinal.py)
 
     # ------------------------------------------------------------------ what every head implements
     @abstractmethod

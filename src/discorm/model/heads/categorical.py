@@ -9,15 +9,17 @@ from torch import nn
 
 from discorm.errors import ConfigError
 from discorm.model.heads.base import HeadOption, RewardHead, register_head, tie_options
+from discorm.model.heads.ordinal import LEVEL_OPTIONS, OrdinalLevels
 
 
 @register_head
-class CategoricalHead(RewardHead):
+class CategoricalHead(OrdinalLevels, RewardHead):
     """Reward is one of K fixed atoms a_1 < ... < a_K with probabilities softmax(Linear(h)).
 
     P(c > r + m) = sum_ij p_c(i) p_r(j) [1(a_i - a_j > m) + 1/2 1(a_i - a_j = m)]: a difference equal to the
     margin m counts half (with m = 0, ties on an atom). Two-peaked distributions (annotators who disagree) are
-    representable, unlike with a Gaussian.
+    representable, unlike with a Gaussian. With ``levels``, the atoms are the levels (worst lowest, num_atoms = the
+    number of levels) and P(a rater gives level k) is its atom's probability (``ordinal.py``).
     """
 
     kind = "categorical"
@@ -28,12 +30,16 @@ class CategoricalHead(RewardHead):
         HeadOption("entropy_coef", 0.0, "categorical: subtracts entropy_coef * entropy of the batch-mean "
                    "distribution", saved=False),
         *tie_options(("atoms",), learnable=False),
+        *LEVEL_OPTIONS,
     )
     distributional = True
     tie_models = ("atoms",)
 
-    def __init__(self, hidden_size: int, num_atoms: int = 11, atom_range: float = 5.0, **ties):
+    def __init__(self, hidden_size: int, num_atoms: int = 11, atom_range: float = 5.0, levels=(), direction: str = "",
+                 **ties):
         super().__init__()
+        self.init_levels(levels, direction, cuts=False)
+        num_atoms = len(self.levels) or num_atoms
         if ties.get("tie_model", "none") != "none" and ties.get("learn_tie_param", False):
             raise ConfigError("tie_model: atoms has a fixed threshold tie_param (a tie: atoms within it), which has no "
                               "gradient to learn from; set learn_tie_param: false.")
@@ -49,6 +55,9 @@ class CategoricalHead(RewardHead):
 
     def probs(self, params):
         return params.float().softmax(-1)
+
+    def worst_first_log_probs(self, params):
+        return params.float().log_softmax(-1)
 
     def mean(self, params):
         return self.probs(params) @ self.atoms.to(params.device)

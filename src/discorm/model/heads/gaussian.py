@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from discorm.model.heads.base import ExportSpec, HeadOption, RewardHead, register_head, tie_options
+from discorm.model.heads.ordinal import LEVEL_OPTIONS, OrdinalLevels
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +20,12 @@ VARIANCE_EPS = 1e-4
 
 
 @register_head
-class GaussianHead(RewardHead):
+class GaussianHead(OrdinalLevels, RewardHead):
     """Reward ~ N(mu, var): mu from the value layer, var = softplus(Linear(h)) + eps.
 
     With independent rewards, P(c > r) = Phi(z), z = (mu_c - mu_r - margin) / sqrt(var_c + var_r); the loss
-    -log Phi(z) uses ``torch.special.log_ndtr`` so it stays finite for |z| of 40 and more.
+    -log Phi(z) uses ``torch.special.log_ndtr`` so it stays finite for |z| of 40 and more. With ``levels``, raters'
+    labels by the ordinal probit link with the response's own sigma (``ordinal.py``).
     """
 
     kind = "gaussian"
@@ -31,14 +33,17 @@ class GaussianHead(RewardHead):
         HeadOption("variance_penalty", 0.0, "gaussian: adds variance_penalty * mean(var_chosen + var_rejected)",
                    low=0.0, saved=False),
         *tie_options(("thurstone",)),
+        *LEVEL_OPTIONS,
     )
     tie_models = ("thurstone",)
     distributional = True
     export_labels = (1, 2)
+    link = "probit"
 
-    def __init__(self, hidden_size: int, **ties):
+    def __init__(self, hidden_size: int, levels=(), direction: str = "", **ties):
         super().__init__()
         self.init_ties(**ties)
+        self.init_levels(levels, direction)
         self.value = nn.Linear(hidden_size, 1, bias=False)
         self.variance = nn.Linear(hidden_size, 1)
         nn.init.normal_(self.value.weight, std=1 / math.sqrt(hidden_size + 1))
@@ -58,6 +63,9 @@ class GaussianHead(RewardHead):
 
     def mean(self, params):
         return params[:, 0]
+
+    def link_scale(self, params):  # the probit link's scale: the response's own sigma
+        return self.std(params)
 
     def std(self, params):
         return params[:, 1].sqrt()

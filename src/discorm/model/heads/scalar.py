@@ -10,29 +10,32 @@ import torch.nn.functional as F
 from torch import nn
 
 from discorm.model.heads.base import ExportSpec, HeadOption, RewardHead, register_head, tie_options
+from discorm.model.heads.ordinal import LEVEL_OPTIONS, OrdinalLevels
 
 logger = logging.getLogger(__name__)
 
 
 @register_head
-class ScalarHead(RewardHead):
+class ScalarHead(OrdinalLevels, RewardHead):
     """r = w . h. P(c > r) = sigmoid((r_c - r_r - margin) / T), with T = 1 in training and a temperature fitted
-    on held-out pairs for calibration."""
+    on held-out pairs for calibration. With ``levels``, raters' labels by the ordinal logit link (``ordinal.py``)."""
 
     kind = "scalar"
     options = (
         HeadOption("bias", False, "scalar: give the value layer a bias (pairwise losses cannot see it; imported "
                    "heads may carry one)"),
         *tie_options(("rao_kupper", "davidson")),
+        *LEVEL_OPTIONS,
     )
     export_labels = (1,)
     supports_temperature = True
     ranking_losses = ("plackett_luce", "all_pairs")
     tie_models = ("rao_kupper", "davidson")
 
-    def __init__(self, hidden_size: int, bias: bool = False, **ties):
+    def __init__(self, hidden_size: int, bias: bool = False, levels=(), direction: str = "", **ties):
         super().__init__()
         self.init_ties(**ties)
+        self.init_levels(levels, direction)
         self.bias = bias
         self.value = nn.Linear(hidden_size, 1, bias=bias)
         nn.init.normal_(self.value.weight, std=1 / math.sqrt(hidden_size + 1))

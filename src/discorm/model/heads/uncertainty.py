@@ -35,6 +35,7 @@ from torch import nn
 
 from discorm.errors import ConfigError, ModelError
 from discorm.model.heads.base import PARAMS_ARGUMENTS, ExportSpec, RewardDistribution, RewardHead
+from discorm.model.heads.ordinal import level_summary
 
 logger = logging.getLogger(__name__)
 
@@ -298,6 +299,8 @@ class EnsembleHead(EpistemicHead):
 
     def member_summary(self, params):
         names = [a.name for a in self.attributes]
+        if self.levels:  # the members' mixture of rating distributions
+            return level_summary(self.levels, self.attribute_means(params))
         return {"attributes": dict(zip(names, self.attribute_means(params).unbind(-1)))} if names else {}
 
     def worst_member(self, params):
