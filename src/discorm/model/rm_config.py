@@ -20,7 +20,7 @@ from discorm.files import read_json, write_text
 from discorm.model.heads import head_class
 
 CONFIG_FILE = "discorm_config.json"
-VERSION = 4
+VERSION = 5
 REWARD_MODES = ("mean", "lower_quantile", "mean_minus_std", "lcb", "uwo", "min")
 
 
