@@ -4,6 +4,7 @@ import copy
 import json
 import logging
 import shutil
+import sys
 
 import pytest
 import torch
@@ -346,3 +347,10 @@ def test_compare_reads_an_older_runs_metrics_file_and_a_discorm_eval_output(tiny
     second = run_evaluation(str(tmp_path / "new"), {"p": str(data)}, tmp_path / "b", options, report=False,
                             compare=str(tmp_path / "a"))  # an earlier discorm eval output: read, not re-run
     assert second["compare"]["sets"]["p"]["other_accuracy"] == first["sets"]["p"]["accuracy"]
+
+
+def test_no_name_in_tests_hides_a_standard_library_module():
+    """tests/distributed_worker.py runs as a script, so tests/ comes first on its sys.path: a tests/select/ folder
+    would be imported as the standard library's select by torch.distributed."""
+    names = {path.name.removesuffix(".py") for path in (REPO / "tests").iterdir()}
+    assert not names & set(sys.stdlib_module_names)
