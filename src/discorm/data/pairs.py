@@ -21,12 +21,14 @@ import re
 from dataclasses import dataclass, field
 
 from discorm.data.rows import (
+    PART_IMAGES,
     FormatSpec,
     Message,
     SkipPair,
     describe,
     expect,
     function_call_message,
+    message_content,
     missing,
     read_messages,
     with_system,
@@ -34,6 +36,7 @@ from discorm.data.rows import (
 from discorm.errors import DataError
 
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input"}  # LlamaFactory's names where they differ from the key
+RLAIF_V_COLUMNS = {"prompt": "question", "images": "image"}  # LlamaFactory's rlaif_v entry (alpaca with an image)
 SHAREGPT_COLUMNS = {"messages": "conversations"}
 SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
                  "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
@@ -202,7 +205,8 @@ def sharegpt(row: dict, spec: FormatSpec, where: str) -> Pair:
             raise DataError(f"{where}: column {column!r} has role {role!r}; the tags allow {sorted(roles)}.")
         if role == tags["function_tag"]:  # a call of the tools in the row's `tools` column
             return function_call_message(content, column, where)
-        return {"role": roles[role], "content": expect(content, str, column, where)}
+        text, images = message_content(content, column, where)
+        return {"role": roles[role], "content": text, **({PART_IMAGES: images} if images else {})}
 
     column = spec.column("messages")
     messages = [convert(m, column) for m in expect(row.get(column), list, column, where)]
