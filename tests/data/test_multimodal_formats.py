@@ -108,6 +108,14 @@ def test_dataset_info_entries_read_images_from_dataset_dir(tmp_path, pictures):
     assert pairs[2].prompt == [{"role": "user", "content": "<image>Colour?"}]
 
 
+def test_a_data_folder_reads_its_images_from_itself(tmp_path):
+    picture = _draw(tmp_path / "set" / "red.png", "red")
+    _jsonl(tmp_path / "set" / "a.jsonl", [_sharegpt(["red.png"])])
+    _jsonl(tmp_path / "set" / "b.jsonl", [_sharegpt([str(picture)], chosen="Crimson.")])
+    pairs = load_pairs(str(tmp_path / "set"), ReadOptions(dataset_dir=str(tmp_path / "elsewhere")), DataStats())
+    assert [p.meta["images"] for p in pairs] == [[str(picture)], [str(picture)]]
+
+
 def test_content_parts_become_placeholders_and_images(tmp_path, pictures):
     uri = _data_uri("blue")
     rows = [{"prompt": [{"role": "user", "content": [

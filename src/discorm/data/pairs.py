@@ -4,6 +4,8 @@
 - implicit: only ``chosen`` and ``rejected``, each a whole dialogue (HH-RLHF ``\\n\\nHuman: ... \\n\\nAssistant:``
   text, or message lists); the shared prompt is split off at the last turn boundary both share;
 - alpaca / sharegpt: LlamaFactory ranking data sets (``dataset_info.json``), with its column mapping and tags;
+- rlaif_v: LlamaFactory's alpaca-style image rows (``question``, ``chosen``, ``rejected``, ``image``; the images
+  of every format: ``data/media.py``);
 - helpsteer3: HelpSteer3-Preference rows (``context``, ``response1``, ``response2``, ``overall_preference`` from -3
   to 3, negative when response 1 is better): the preferred response first, with a ``strength`` (0: a tie).
 
