@@ -155,6 +155,22 @@ def test_data_uris_pil_images_and_parquet_bytes(tmp_path, pictures):
     assert decoded.size == (16, 12) and decoded.getpixel((0, 0)) == (255, 0, 0)
 
 
+def test_image_features_keep_their_file_bytes(tmp_path, pictures, monkeypatch):
+    """A table saved by `datasets` with an image feature, and a Hub set (RLAIF-V's columns) standing in for
+    load_dataset: the images are stored as their original bytes, not decoded and re-encoded."""
+    jpeg = pictures["blue"].read_bytes()
+    features = datasets.Features({"question": datasets.Value("string"), "chosen": datasets.Value("string"),
+                                  "rejected": datasets.Value("string"), "image": datasets.Image()})
+    table = datasets.Dataset.from_dict({"question": ["Colour?"], "chosen": ["Blue."], "rejected": ["Red."],
+                                        "image": [{"bytes": jpeg, "path": None}]}, features=features)
+    table.to_parquet(str(tmp_path / "saved.parquet"))
+    expected = "data:image;base64," + base64.b64encode(jpeg).decode()
+    assert _load(tmp_path / "saved.parquet")[0].meta["images"] == [expected]
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, subset, split, cache_dir: table)
+    (pair,) = load_pairs("openbmb/RLAIF-V-Dataset", ReadOptions(dataset_dir=str(tmp_path)), DataStats())
+    assert pair.meta["images"] == [expected] and pair.prompt[0]["content"] == "<image>Colour?"
+
+
 def test_lists_and_rated_rows_carry_images_and_text_rows_none(tmp_path, pictures):
     rows = [{"prompt": "<image>Colour?", "responses": ["Red.", "Blue.", "Green."], "ranking": [0, 1, 2],
              "images": ["imgs/red.png"]},
@@ -194,6 +210,11 @@ BAD = [
      r"bad.jsonl:2, column 'images' image 0: the image data URI holds invalid base64"),
     ("data URI of no image", _sharegpt(["data:image/png;base64," + base64.b64encode(b"plain text").decode()]),
      r"bad.jsonl:2, column 'images' image 0: the image cannot be read"),
+    ("image part of a sharegpt response", {**_sharegpt([]), "rejected": {"from": "gpt", "value": [
+        {"type": "text", "text": "See "}, {"type": "image_url", "image_url": {"url": "imgs/red.png"}}]}},
+     r"bad.jsonl:2, rejected part 1: response 'rejected' holds an image"),
+    ("too many pixels", _sharegpt(["imgs/huge.png"]),
+     r"bad.jsonl:2, column 'images' image 0: image file '.*huge.png' has 4097x4097 pixels, more than the 16777216"),
     ("video column", {**_sharegpt(["imgs/red.png"]), "videos": ["clip.mp4"]},
      r"bad.jsonl:2: column 'videos' carries videos .*videos and audio are not read \(images are\)"),
     ("video part", {"prompt": [{"role": "user", "content": [{"type": "video", "video": "clip.mp4"}]}],
@@ -218,6 +239,8 @@ GOOD = {"sharegpt": _sharegpt(["imgs/red.png"]), "explicit": {"prompt": "Q?", "c
 @pytest.mark.parametrize("row, message", [case[1:] for case in BAD], ids=[case[0] for case in BAD])
 def test_bad_image_inputs_name_the_row_and_the_key(tmp_path, pictures, row, message):
     (tmp_path / "imgs" / "notes.png").write_text("not an image")
+    if "huge" in json.dumps(row):
+        Image.new("1", (4097, 4097)).save(tmp_path / "imgs" / "huge.png")
     path = _jsonl(tmp_path / "bad.jsonl", [GOOD[detect_format(list(row), "row")], row])  # line 1 reads well
     with pytest.raises(DataError, match=message):
         _load(path)

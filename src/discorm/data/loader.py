@@ -137,6 +137,21 @@ def _csv_has_rows(path: Path) -> bool:
     return any(line.strip() for line in text.splitlines()[reader.line_num:])
 
 
+def _undecoded(feature):
+    """A feature with its images left as {"bytes", "path"} (their original file bytes), not decoded into pixels."""
+    if isinstance(feature, datasets.Image):
+        return datasets.Image(decode=False)
+    if isinstance(feature, (datasets.List, datasets.Sequence)):
+        return type(feature)(_undecoded(feature.feature))
+    return feature
+
+
+def _image_bytes(table: datasets.Dataset) -> datasets.Dataset:
+    """The table with its image columns undecoded: a row's images are checked and stored as they were given."""
+    features = datasets.Features({name: _undecoded(feature) for name, feature in table.features.items()})
+    return table if features == table.features else table.cast(features)
+
+
 def _read_table(path: Path) -> Iterator[tuple[str, dict]]:
     kind = "parquet" if path.suffix == ".parquet" else "CSV"
     if kind == "CSV" and not _csv_has_rows(path):
@@ -153,7 +168,7 @@ def _read_table(path: Path) -> Iterator[tuple[str, dict]]:
             f"{path}: not a readable {kind} file ({type(cause).__name__}: {str(cause)[:200]}); check that it is a "
             f"valid {kind} file with a header of column names."
         ) from None
-    for index, row in enumerate(table):
+    for index, row in enumerate(_image_bytes(table)):
         yield f"{path} row {index}", row
 
 
@@ -187,7 +202,7 @@ def read_hub(name: str, read: ReadOptions, split: str = "train", subset: str | N
             f"dataset {name!r} is not a local file or folder, not in {read.dataset_dir}/{DATASET_INFO}, and "
             f"could not be loaded from the Hugging Face Hub ({type(err).__name__}: {str(err)[:200]})."
         ) from None
-    return [(f"{name} row {index}", row) for index, row in enumerate(table)]
+    return [(f"{name} row {index}", row) for index, row in enumerate(_image_bytes(table))]
 
 
 def _dataset_info(read: ReadOptions) -> dict | None:

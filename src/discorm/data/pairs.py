@@ -211,7 +211,7 @@ def sharegpt(row: dict, spec: FormatSpec, where: str) -> Pair:
         return {"role": roles[role], "content": text, **({PART_IMAGES: images} if images else {})}
 
     column = spec.column("messages")
-    messages = [convert(m, column) for m in expect(row.get(column), list, column, where)]
+    messages = [convert(m, f"{column}[{i}]") for i, m in enumerate(expect(row.get(column), list, column, where))]
     chosen = convert(row.get(spec.column("chosen")), spec.column("chosen"))
     rejected = convert(row.get(spec.column("rejected")), spec.column("rejected"))
     return build_pair(row, spec, where, with_system(messages, row.get(spec.column("system")), where), [chosen],
