@@ -13,6 +13,7 @@ import pyarrow.parquet
 import pytest
 from PIL import Image
 
+from discorm.data import loader
 from discorm.data.formats import detect_format
 from discorm.data.loader import ReadOptions, _record, load_pairs, pairs_from_rows
 from discorm.data.preview import preview
@@ -185,6 +186,42 @@ def test_lists_and_rated_rows_carry_images_and_text_rows_none(tmp_path, pictures
     literal = _load(_jsonl(tmp_path / "t.jsonl", [{"prompt": "Is <image> an HTML tag?", "chosen": "No.",
                                                     "rejected": "Yes."}]))
     assert literal[0].prompt[0]["content"] == "Is <image> an HTML tag?" and "images" not in literal[0].meta
+
+
+class _Encoder:
+    """Stands in for the model's encoder (which expands the placeholders): the loader's part is the column."""
+
+    def __init__(self, *args):
+        pass
+
+    def encode_record(self, record):
+        ids = [1] * (2 + len(record["images"] or ()))
+        return {"prompt_ids": ids, "chosen_ids": [2], "rejected_ids": [3], "response_ids": None,
+                "responses_ids": None, "length": len(ids) + 1, "truncated": False, "dropped": None,
+                "lengths": [len(ids) + 1] * 2, "pair_tokens": 2 * len(ids) + 2, "padded_tokens": 2 * len(ids) + 2}
+
+
+class _Tokenizer:
+    name_or_path = "stand-in"
+
+    def __len__(self):
+        return 8
+
+
+class _Renderer:
+    name, chat_template, reasoning, template_kwargs = "stand-in", None, None, None
+
+
+def test_the_tokenized_data_set_keeps_the_images_column(tmp_path, pictures, monkeypatch):
+    monkeypatch.setattr(loader, "PairTokenizer", _Encoder)
+    path = _jsonl(tmp_path / "mixed.jsonl", [_sharegpt(["imgs/red.png", "imgs/blue.jpg"], "<image><image>Same?"),
+                                             _sharegpt(None, "Colour?")])
+    dataset, _ = loader.tokenized_dataset(str(path), _Tokenizer(), _Renderer(), 64, ReadOptions())
+    assert dataset["images"] == [[str(pictures["red"]), str(pictures["blue"])], None]
+    assert [len(ids) for ids in dataset["prompt_ids"]] == [4, 2]
+    text = _jsonl(tmp_path / "text.jsonl", [_sharegpt(None, "Colour?")])
+    dataset, _ = loader.tokenized_dataset(str(text), _Tokenizer(), _Renderer(), 64, ReadOptions())
+    assert "images" not in dataset.column_names  # a text data set has no images column
 
 
 # ----------------------------------------------------------------------------- bad inputs
