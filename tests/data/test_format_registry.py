@@ -137,29 +137,29 @@ def test_a_format_is_gone_once_unregistered(tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad rows
-@pytest.mark.parametrize("column, value, media", [("images", ["cat.png"], "images"), ("image", "cat.png", "images"),
-                                                  ("videos", ["clip.mp4"], "videos"), ("audios", ["a.wav"], "audio")])
+@pytest.mark.parametrize("column, value, media", [("videos", ["clip.mp4"], "videos"), ("video", "clip.mp4", "videos"),
+                                                  ("audios", ["a.wav"], "audio")])
 def test_a_media_column_is_refused_naming_file_row_and_column(tmp_path, column, value, media):
     path = _jsonl(tmp_path / "mm.jsonl", [{**ROW, column: None}, {**ROW, column: value}])
-    with pytest.raises(DataError, match=rf"mm.jsonl:2: column '{column}' carries {media} .*images, videos and audio "
-                                        rf"are not supported yet for training text reward models.*Drop the column"):
+    with pytest.raises(DataError, match=rf"mm.jsonl:2: column '{column}' carries {media} .*videos and audio are not "
+                                        rf"read \(images are\).*Drop the column"):
         _load(path)
 
 
 def test_media_columns_of_every_kind_and_reader(tmp_path):
-    rated = _jsonl(tmp_path / "r.jsonl", [{"prompt": "q", "response": "a", "score": 1, "images": ["x.png"]}])
-    with pytest.raises(DataError, match="r.jsonl:1: column 'images' carries images"):
+    rated = _jsonl(tmp_path / "r.jsonl", [{"prompt": "q", "response": "a", "score": 1, "videos": ["x.mp4"]}])
+    with pytest.raises(DataError, match="r.jsonl:1: column 'videos' carries videos"):
         _load(rated, attributes=(Attribute("score", 0, 5),))
-    ranked = _jsonl(tmp_path / "l.jsonl", [{"prompt": "q", "responses": ["a", "b"], "ranking": [0, 1], "image": "x"}])
-    with pytest.raises(DataError, match="l.jsonl:1: column 'image' carries images"):
+    ranked = _jsonl(tmp_path / "l.jsonl", [{"prompt": "q", "responses": ["a", "b"], "ranking": [0, 1], "audio": "x"}])
+    with pytest.raises(DataError, match="l.jsonl:1: column 'audio' carries audio"):
         _load(ranked)
     table = tmp_path / "t.parquet"
     pyarrow.parquet.write_table(pyarrow.table({"prompt": ["q"], "chosen": ["a"], "rejected": ["b"],
-                                               "images": [[{"bytes": b"\x89PNG", "path": None}]]}), table)
-    with pytest.raises(DataError, match="t.parquet row 0: column 'images' carries images"):
+                                               "videos": [[{"bytes": b"\x00\x00", "path": None}]]}), table)
+    with pytest.raises(DataError, match="t.parquet row 0: column 'videos' carries videos"):
         _load(table)
-    empty = _jsonl(tmp_path / "e.jsonl", [{**ROW, "images": []}, {**ROW, "images": None}])
-    assert len(_load(empty)) == 2  # an empty media column carries nothing
+    empty = _jsonl(tmp_path / "e.jsonl", [{**ROW, "videos": []}, {**ROW, "images": None}, {**ROW, "images": []}])
+    assert len(_load(empty)) == 3  # an empty media column carries nothing
 
 
 def test_header_only_tables_say_no_rows(tmp_path):

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 
 from discorm.data.annotations import from_argilla, from_label_studio
 from discorm.data.listwise import Ranked, to_ranked, ultrafeedback
+from discorm.data.media import attach_images
 from discorm.data.pairs import (
     ALPACA_COLUMNS,
     HELPSTEER3_SCALE,
+    RLAIF_V_COLUMNS,
     SHAREGPT_COLUMNS,
     SHAREGPT_TAGS,
     Pair,
@@ -35,8 +37,8 @@ from discorm.data.rows import FormatSpec, chat_options, describe, missing
 from discorm.errors import DataError
 
 KINDS = ("pair", "list", "rated")
-MEDIA = {"images": "images", "image": "images", "videos": "videos", "video": "videos", "audios": "audio",
-         "audio": "audio"}  # columns that carry media in multimodal data sets -> what they carry
+MEDIA = {"videos": "videos", "video": "videos", "audios": "audio", "audio": "audio"}  # media columns not read
+# (images are: data/media.py) -> what they carry
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,9 @@ FORMATS: dict[str, DataFormat] = {fmt.name: fmt for fmt in (  # in the order det
     DataFormat("alpaca", "pair", ("prompt", "chosen", "rejected"), alpaca,
                "LlamaFactory: instruction, input, chosen, rejected[, system, history]",
                detect=("chosen", "rejected", "instruction"), columns=ALPACA_COLUMNS),
+    DataFormat("rlaif_v", "pair", ("prompt", "chosen", "rejected"), alpaca,
+               "LlamaFactory's rlaif_v: question, chosen, rejected, image", detect=("chosen", "rejected", "question"),
+               columns=RLAIF_V_COLUMNS),
     DataFormat("sharegpt", "pair", ("messages", "chosen", "rejected"), sharegpt,
                "LlamaFactory: conversations, chosen, rejected[, system], role names in `tags`",
                detect=("chosen", "rejected", "conversations"), columns=SHAREGPT_COLUMNS, tags=SHAREGPT_TAGS),
@@ -142,7 +147,7 @@ def check_columns(columns: list[str], spec: FormatSpec, where: str) -> None:
 
 
 def _check_media(row: dict, spec: FormatSpec, fmt: DataFormat, where: str) -> None:
-    """A media column the format does not read would leave the row to train on its text alone: an error."""
+    """A video or audio column would leave the row to train without it: an error (images are read)."""
     read = {spec.column(key) for key in fmt.required}
     for key, media in MEDIA.items():
         column = spec.column(key)
@@ -150,9 +155,9 @@ def _check_media(row: dict, spec: FormatSpec, fmt: DataFormat, where: str) -> No
         if column in read or missing(value) or (isinstance(value, (str, list, tuple, dict)) and not value):
             continue
         raise DataError(
-            f"{where}: column {column!r} carries {media} ({describe(value)}), but images, videos and audio are not "
-            f"supported yet for training text reward models: the row would train on its text alone. Drop the "
-            f"column {column!r} (or the rows that carry {media}) from the data."
+            f"{where}: column {column!r} carries {media} ({describe(value)}), but videos and audio are not read "
+            f"(images are): the row would train without them. Drop the column {column!r} (or the rows that carry "
+            f"{media}) from the data."
         )
 
 
@@ -162,5 +167,6 @@ def convert(row: dict, spec: FormatSpec, where: str) -> Pair | Ranked | Rated:
     fmt = FORMATS[spec.name]
     _check_media(row, spec, fmt, where)
     record = fmt.convert(row, spec, where)
+    attach_images(record, row, spec, where)  # the row's images, checked, into meta["images"]
     record.meta["chat"] = chat_options(row, where, spec)  # the row's tools and chat_template_kwargs
     return record

@@ -10,6 +10,7 @@ may share one data set (see ``data/ratings.py``); the rated rows are read with t
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -22,6 +23,7 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet
 from datasets.fingerprint import update_fingerprint
+from PIL import Image
 
 from discorm.data import demo
 from discorm.data.formats import FORMATS, check_columns, convert, detect_format
@@ -135,6 +137,21 @@ def _csv_has_rows(path: Path) -> bool:
     return any(line.strip() for line in text.splitlines()[reader.line_num:])
 
 
+def _undecoded(feature):
+    """A feature with its images left as {"bytes", "path"} (their original file bytes), not decoded into pixels."""
+    if isinstance(feature, datasets.Image):
+        return datasets.Image(decode=False)
+    if isinstance(feature, (datasets.List, datasets.Sequence)):
+        return type(feature)(_undecoded(feature.feature))
+    return feature
+
+
+def _image_bytes(table: datasets.Dataset) -> datasets.Dataset:
+    """The table with its image columns undecoded: a row's images are checked and stored as they were given."""
+    features = datasets.Features({name: _undecoded(feature) for name, feature in table.features.items()})
+    return table if features == table.features else table.cast(features)
+
+
 def _read_table(path: Path) -> Iterator[tuple[str, dict]]:
     kind = "parquet" if path.suffix == ".parquet" else "CSV"
     if kind == "CSV" and not _csv_has_rows(path):
@@ -151,7 +168,7 @@ def _read_table(path: Path) -> Iterator[tuple[str, dict]]:
             f"{path}: not a readable {kind} file ({type(cause).__name__}: {str(cause)[:200]}); check that it is a "
             f"valid {kind} file with a header of column names."
         ) from None
-    for index, row in enumerate(table):
+    for index, row in enumerate(_image_bytes(table)):
         yield f"{path} row {index}", row
 
 
@@ -185,7 +202,7 @@ def read_hub(name: str, read: ReadOptions, split: str = "train", subset: str | N
             f"dataset {name!r} is not a local file or folder, not in {read.dataset_dir}/{DATASET_INFO}, and "
             f"could not be loaded from the Hugging Face Hub ({type(err).__name__}: {str(err)[:200]})."
         ) from None
-    return [(f"{name} row {index}", row) for index, row in enumerate(table)]
+    return [(f"{name} row {index}", row) for index, row in enumerate(_image_bytes(table))]
 
 
 def _dataset_info(read: ReadOptions) -> dict | None:
@@ -219,7 +236,8 @@ def _info_entry(entry, where: str, read: ReadOptions) -> tuple[dict, FormatSpec]
     for key in ("file_name", "hf_hub_url"):
         if key in entry and not isinstance(entry[key], str):
             raise DataError(f"{where}: {key!r} must be a string, found {entry[key]!r:.80}.")
-    return entry, read.spec(formatting, columns=entry.get("columns", {}), tags=entry.get("tags", {}))
+    return entry, read.spec(formatting, columns=entry.get("columns", {}), tags=entry.get("tags", {}),
+                            base_dir=str(Path(read.dataset_dir).resolve()))
 
 
 def read_source(name: str, read: ReadOptions, eval_split: bool = False):
@@ -242,9 +260,9 @@ def read_source(name: str, read: ReadOptions, eval_split: bool = False):
         if "hf_hub_url" in entry:
             return read_hub(entry["hf_hub_url"], read, entry.get("split", "train"), entry.get("subset")), spec
         raise DataError(f"{where}: needs a `file_name` or an `hf_hub_url`.")
-    for path in (Path(name), Path(read.dataset_dir, name)):
-        if path.exists():
-            return read_path(path), None
+    path = _local_path(name, read)
+    if path is not None:
+        return read_path(path), None
     if info is not None and "/" not in name:
         raise DataError(
             f"dataset {name!r} is not in {read.dataset_dir}/{DATASET_INFO} and is not a file; known "
@@ -257,6 +275,20 @@ def read_source(name: str, read: ReadOptions, eval_split: bool = False):
         )
     hub, _, split = name.partition(":")
     return read_hub(hub, read, split or ("test" if eval_split else "train")), None
+
+
+def _local_path(name: str, read: ReadOptions) -> Path | None:
+    """A ``dataset`` entry's file or folder, as given or under ``dataset_dir``; None when it is neither."""
+    return next((path for path in (Path(name), Path(read.dataset_dir, name)) if path.exists()), None)
+
+
+def image_dir(name: str, read: ReadOptions) -> str | None:
+    """Where a source's relative image paths are read from: a data file's folder, a data folder itself; None (the
+    working directory) for other sources."""
+    path = _local_path(name, read)
+    if path is None:
+        return None
+    return str((path if path.is_dir() else path.parent).resolve())
 
 
 # ----------------------------------------------------------------------------- pairs
@@ -279,7 +311,8 @@ def pairs_from_rows(rows: list[tuple[str, dict]], spec: FormatSpec | None, where
     in a rated source, read with the head's ``attributes``, (row, Ranked) in a listwise one; skipped rows are
     counted in ``stats``."""
     if spec is None:
-        spec = read.spec(detect_format(list(rows[0][1]), where) if read.formatting == "auto" else read.formatting)
+        spec = read.spec(detect_format(list(rows[0][1]), where) if read.formatting == "auto" else read.formatting,
+                         base_dir=image_dir(where, read))
     spec = replace(spec, attributes=tuple(attributes))
     check_columns(list(rows[0][1]), spec, where)
     kind = FORMATS[spec.name].kind
@@ -301,12 +334,24 @@ PAIR_FIELDS = ("chosen", "rejected", "margin", "soft_label", "noise", "strength"
 VOTE_COLUMNS = ("votes_chosen", "votes_tie", "votes_rejected")
 
 
+def _image_text(source) -> str:
+    """An image source as the data set stores it: a path or data URI as it is, a PIL image as a PNG data URI."""
+    if not isinstance(source, Image.Image):
+        return source
+    buffer = io.BytesIO()
+    source.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 def _record(pair: Pair | Rated | Ranked) -> dict:
-    """A Pair, Rated response or Ranked list as one row of the raw data set (the same columns for all)."""
+    """A Pair, Rated response or Ranked list as one row of the raw data set (the same columns for all); ``images``:
+    the prompt's image sources (paths, data URIs), None for a text row."""
     chat = pair.meta.get("chat")  # the template's options as a JSON text: rows' tools differ in shape
+    images = pair.meta.get("images")
     record = {"prompt": pair.prompt, "source": pair.meta.get("source", ""), "chat": json.dumps(chat) if chat else None,
-              "response": None, "scores": None,
-              "responses": None, "levels": None, "votes": None, **dict.fromkeys(PAIR_FIELDS + VOTE_COLUMNS)}
+              "images": [_image_text(source) for source in images] if images else None,
+              "response": None, "scores": None, "responses": None, "levels": None, "votes": None,
+              **dict.fromkeys(PAIR_FIELDS + VOTE_COLUMNS)}
     if isinstance(pair, Rated):
         record.update(response=pair.response, scores=pair.scores)
     elif isinstance(pair, Ranked):
@@ -358,8 +403,8 @@ def tokenized_dataset(names: str, tokenizer, renderer: Renderer, cutoff_len: int
     stats.pair_tokens += sum(n for n, k in zip(table.column("pair_tokens").to_pylist(), keep) if k)
     stats.padded_tokens += sum(n for n, k in zip(table.column("padded_tokens").to_pylist(), keep) if k)
     kept = tokenized if all(keep) else tokenized.select([i for i, k in enumerate(keep) if k])
-    optional = ("margin", "soft_label", "noise", "scores", "response_ids", "chosen_ids", "rejected_ids", "strength",
-                "tie", *VOTE_COLUMNS, "responses_ids", "levels", "votes")
+    optional = ("images", "margin", "soft_label", "noise", "scores", "response_ids", "chosen_ids", "rejected_ids",
+                "strength", "tie", *VOTE_COLUMNS, "responses_ids", "levels", "votes")
     kept_table = kept.with_format("arrow")[:]
     empty = [c for c in optional if c in table.column_names and kept_table.column(c).null_count == len(kept_table)]
     kept = kept.remove_columns(["truncated", "dropped", "lengths", "pair_tokens", "padded_tokens", *empty])

@@ -4,6 +4,8 @@
 - implicit: only ``chosen`` and ``rejected``, each a whole dialogue (HH-RLHF ``\\n\\nHuman: ... \\n\\nAssistant:``
   text, or message lists); the shared prompt is split off at the last turn boundary both share;
 - alpaca / sharegpt: LlamaFactory ranking data sets (``dataset_info.json``), with its column mapping and tags;
+- rlaif_v: LlamaFactory's alpaca-style image rows (``question``, ``chosen``, ``rejected``, ``image``; the images
+  of every format: ``data/media.py``);
 - helpsteer3: HelpSteer3-Preference rows (``context``, ``response1``, ``response2``, ``overall_preference`` from -3
   to 3, negative when response 1 is better): the preferred response first, with a ``strength`` (0: a tie).
 
@@ -21,12 +23,14 @@ import re
 from dataclasses import dataclass, field
 
 from discorm.data.rows import (
+    PART_IMAGES,
     FormatSpec,
     Message,
     SkipPair,
     describe,
     expect,
     function_call_message,
+    message_content,
     missing,
     read_messages,
     with_system,
@@ -34,6 +38,7 @@ from discorm.data.rows import (
 from discorm.errors import DataError
 
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input"}  # LlamaFactory's names where they differ from the key
+RLAIF_V_COLUMNS = {"prompt": "question", "images": "image"}  # LlamaFactory's rlaif_v entry (alpaca with an image)
 SHAREGPT_COLUMNS = {"messages": "conversations"}
 SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
                  "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
@@ -202,10 +207,11 @@ def sharegpt(row: dict, spec: FormatSpec, where: str) -> Pair:
             raise DataError(f"{where}: column {column!r} has role {role!r}; the tags allow {sorted(roles)}.")
         if role == tags["function_tag"]:  # a call of the tools in the row's `tools` column
             return function_call_message(content, column, where)
-        return {"role": roles[role], "content": expect(content, str, column, where)}
+        text, images = message_content(content, column, where)
+        return {"role": roles[role], "content": text, **({PART_IMAGES: images} if images else {})}
 
     column = spec.column("messages")
-    messages = [convert(m, column) for m in expect(row.get(column), list, column, where)]
+    messages = [convert(m, f"{column}[{i}]") for i, m in enumerate(expect(row.get(column), list, column, where))]
     chosen = convert(row.get(spec.column("chosen")), spec.column("chosen"))
     rejected = convert(row.get(spec.column("rejected")), spec.column("rejected"))
     return build_pair(row, spec, where, with_system(messages, row.get(spec.column("system")), where), [chosen],

@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from discorm.data.images import IMAGE_PLACEHOLDER
 from discorm.errors import DataError
 
 Message = dict  # {"role": "system" | "user" | "assistant" | "tool", "content": str} + the optional MESSAGE_KEYS
@@ -20,6 +21,10 @@ ROLES = ("system", "user", "assistant", "tool")
 # name and call id of a tool turn
 MESSAGE_KEYS = ("reasoning_content", "tool_calls", "name", "tool_call_id")
 CHAT_KEYS = ("tools", "chat_template_kwargs")  # a row's (or an input's) keys that the chat template reads
+PART_IMAGES = "images"  # the key under which read_messages leaves a message's image parts for data/media.py
+TEXT_PARTS = ("text", "input_text")
+IMAGE_PARTS = {"image": ("image", "url", "path"), "image_url": ("image_url",), "input_image": ("image_url",)}
+MEDIA_PARTS = ("video", "video_url", "input_video", "audio", "audio_url", "input_audio")
 
 
 class SkipPair(Exception):
@@ -46,6 +51,7 @@ class FormatSpec:
     strength_scale: float | None = None  # the largest |strength| a row may give (None: strengths are refused)
     attributes: tuple = ()
     rated_heads: tuple[str, ...] = ()
+    base_dir: str | None = None  # relative image paths are read from here (the data file's folder, dataset_dir)
 
     def column(self, key: str) -> str:
         return self.columns.get(key) or key
@@ -88,9 +94,41 @@ def check_text(text: str, where: str) -> str:
     return text
 
 
+def message_content(content, column: str, where: str) -> tuple[str, list]:
+    """A message's content -> (its text, its image parts). A text is itself; a list of TRL/OpenAI content parts
+    (``{"type": "text", "text": ...}``, ``{"type": "image", "image": ...}``, ``{"type": "image_url", "image_url":
+    {"url": ...}}``) is joined into one text with an ``<image>`` placeholder at each image, and each image part
+    gives (its reference, or None for a bare ``{"type": "image"}`` whose image is in the row's ``images`` column,
+    and where it stands)."""
+    if isinstance(content, str):
+        return check_text(content, where), []
+    expect(content, list, column, where)
+    texts, images = [], []
+    for number, part in enumerate(content):
+        place = f"{column} part {number}"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in TEXT_PARTS:
+            texts.append(check_text(expect(part.get("text"), str, f"{place}.text", where), where))
+        elif kind in IMAGE_PARTS:
+            ref = next((part[key] for key in IMAGE_PARTS[kind] if not missing(part.get(key))), None)
+            if kind != "image" and isinstance(ref, dict):  # {"image_url": {"url": ...}}
+                ref = ref.get("url")
+            texts.append(IMAGE_PLACEHOLDER)
+            images.append((ref, f"{where}, {place}"))
+        elif kind in MEDIA_PARTS:
+            raise DataError(f"{where}: {place} is a {kind} part; videos and audio are not read (images are). Drop "
+                            "the part, or the row.")
+        else:
+            raise DataError(f"{where}: column {column!r} should be str or a list of content parts ({{\"type\": "
+                            f"\"text\" | \"image\" | \"image_url\", ...}}); part {number} is {describe(part)}.")
+    return "".join(texts), images
+
+
 def read_messages(value, column: str, where: str, default_role: str) -> list[Message]:
     """A string, one message dict, or a list of message dicts -> a list of {"role", "content"} messages (plus the
-    ``MESSAGE_KEYS`` they give; an assistant turn that calls tools may have no content)."""
+    ``MESSAGE_KEYS`` they give; an assistant turn that calls tools may have no content). Content given as parts
+    (see ``message_content``) becomes a text, its image parts left under the message's ``PART_IMAGES`` key for
+    ``media.attach_images``, which moves them to the record."""
     expect(value, (str, list, dict), column, where)
     if isinstance(value, str):
         return [{"role": default_role, "content": check_text(value, where)}]
@@ -109,8 +147,8 @@ def read_messages(value, column: str, where: str, default_role: str) -> list[Mes
                 f"{', '.join(ROLES)}. Rename the role in the data."
             )
         content = "" if item.get("content") is None and calls is not None else item["content"]
-        message = {"role": item["role"], "content": check_text(expect(content, str, f"{column}[].content", where),
-                                                               where)}
+        text, images = message_content(content, f"{column}[{len(messages)}].content", where)
+        message = {"role": item["role"], "content": text}
         for key in MESSAGE_KEYS:
             if missing(item.get(key)):
                 continue
@@ -118,6 +156,8 @@ def read_messages(value, column: str, where: str, default_role: str) -> list[Mes
                 message[key] = tool_calls_text(item[key], where)
             else:
                 message[key] = check_text(expect(item[key], str, f"{column}[].{key}", where), where)
+        if images:
+            message[PART_IMAGES] = images
         messages.append(message)
     return messages
 
@@ -232,14 +272,23 @@ def to_conversation(item, where: str = "input") -> str | tuple[list[Message], li
     if isinstance(item, list):
         if not item:
             raise DataError(f"{where}: the message list is empty; give at least the response message.")
-        messages = read_messages(item, "messages", where, "assistant")
+        messages = _without_images(read_messages(item, "messages", where, "assistant"), where)
         return messages[:-1], messages[-1:]
     if isinstance(item, dict) and "prompt" in item and "response" in item:
-        response = read_messages(item["response"], "response", where, "assistant")
+        response = _without_images(read_messages(item["response"], "response", where, "assistant"), where)
         if not response:
             raise DataError(f"{where}: the response is an empty message list; give the response text or message.")
-        return read_messages(item["prompt"], "prompt", where, "user"), response
+        return _without_images(read_messages(item["prompt"], "prompt", where, "user"), where), response
     raise DataError(
         f"{where}: cannot score {str(item)[:80]!r}; give a text, a list of chat messages, {{'messages': [...]}} "
         "or {'prompt': ..., 'response': ...}."
     )
+
+
+def _without_images(messages: list[Message], where: str) -> list[Message]:
+    """A scoring input's messages, refused where a content part holds an image (scoring reads text)."""
+    for message in messages:
+        if message.get(PART_IMAGES):
+            raise DataError(f"{where}: a message holds an image part, but scoring reads text conversations here; "
+                            "score the text alone, or drop the image part.")
+    return messages
