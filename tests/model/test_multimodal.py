@@ -82,10 +82,10 @@ def _scores_and_grads(model, batch):
     return params.detach(), grads
 
 
-def _assert_packed_equals_padded(model, processor, features):
+def _assert_packed_equals_padded(model, processor, features, prefix_sharing=True):
     vision = model.vision
     padded = PairwiseDataCollatorWithPadding(processor.tokenizer.pad_token_id, vision=vision)(features)
-    packed = PackedPairCollator(True, vision=vision)(features)
+    packed = PackedPairCollator(prefix_sharing, vision=vision)(features)
     plain_params, plain_grads = _scores_and_grads(model, padded)
     packed_params, packed_grads = _scores_and_grads(model, packed)
     torch.testing.assert_close(packed_params, plain_params, atol=1e-5, rtol=0)
@@ -104,6 +104,11 @@ def test_packed_prefix_shared_equals_padded(vlm, tuning, shape):
     model = build(path, processor, "full" if tuning == "full" else "lora", vision_tower=tuning == "lora_vision")
     assert model.check_packing(), model.packing_obstacle
     _assert_packed_equals_padded(model, processor, _features(processor, shape))
+
+
+def test_packed_without_prefix_sharing_equals_padded(vlm):
+    family, path, processor = vlm
+    _assert_packed_equals_padded(build(path, processor), processor, _features(processor, "mixed"), False)
 
 
 def test_lora_targets_the_language_model_unless_asked_for_the_vision_tower(vlm):

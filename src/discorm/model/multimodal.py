@@ -63,7 +63,8 @@ def mrope_positions(backbone, input_ids: torch.Tensor, blocks: list[Block],
     for start, prompt_len, first, *others in blocks:
         branches = [first, *(n for n in others if n)]
         prompt = ids[start : start + prompt_len]
-        block_grids, tokens = [], int((prompt == config.image_token_id).sum())
+        images = ids[start : start + prompt_len + first]  # a block without sharing: its one sequence
+        block_grids, tokens = [], int((images == config.image_token_id).sum())
         while tokens > 0:  # the block's images: as many grids as its image tokens take, in row order
             block_grids.append(next(grids))
             tokens -= int(block_grids[-1].prod()) // merge**2
