@@ -18,7 +18,9 @@ from discorm.data.templates import Renderer
 from discorm.data.tokenize import DataStats, PairTokenizer
 from discorm.data.vision import VisionInputs
 from discorm.errors import DataError
+from discorm.model import inference
 from discorm.model.heads import build_head
+from discorm.model.inference import score_groups
 from discorm.model.loading import Finetuning, apply_finetuning, load_backbone
 from discorm.model.multimodal import hidden_size, image_token_types, mrope_positions
 from discorm.model.packed import unsupported_reason
@@ -220,3 +222,18 @@ def test_qwen2_vl_branches_get_the_3d_positions_of_their_own_padded_rows(tmp_pat
 def test_gemma3_bidirectional_image_attention_falls_back_to_padded_batches():
     backbone = SimpleNamespace(config=SimpleNamespace(model_type="gemma3"))
     assert "Gemma 3 lets image tokens attend to each other both ways" in unsupported_reason(backbone)
+
+
+def test_scoring_groups_with_images_packed_or_padded_gives_the_training_scores(vlm, monkeypatch):
+    family, path, processor = vlm
+    model = build(path, processor)
+    features = _features(processor, "lists")
+    groups = [{"prompt_ids": f["prompt_ids"], "responses_ids": f["responses_ids"], "images": f["images"]}
+              for f in features]
+    with torch.no_grad():
+        expected = model(**model_inputs(PairwiseDataCollatorWithPadding(0, vision=model.vision)(features)))
+    packed = torch.cat(score_groups(model, groups, batch_size=2))
+    monkeypatch.setattr(inference, "padded_reason", lambda model: "packing is off")
+    padded = torch.cat(score_groups(model, groups, batch_size=2))
+    torch.testing.assert_close(packed, expected.head_params, atol=1e-5, rtol=0)
+    torch.testing.assert_close(padded, expected.head_params, atol=1e-5, rtol=0)
