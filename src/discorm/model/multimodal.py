@@ -77,7 +77,7 @@ def mrope_positions(backbone, input_ids: torch.Tensor, blocks: list[Block],
             seq = sequence.unsqueeze(0)
             position, _ = backbone.get_rope_index(
                 seq, image_token_types(config, seq),
-                torch.stack(block_grids) if block_grids else None)  # (3, 1, P + R)
+                image_grid_thw=torch.stack(block_grids) if block_grids else None)  # (3, 1, P + R)
             parts.append(position[:, 0] if k == 0 else position[:, 0, prompt_len:])
             offset += length
     return torch.cat(parts, dim=1).unsqueeze(1)
