@@ -5,6 +5,7 @@ pairs and K = 3 lists with 1 and 2 images, full and LoRA tuning; the vision enco
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,9 +18,12 @@ from discorm.data.templates import Renderer
 from discorm.data.tokenize import DataStats, PairTokenizer
 from discorm.data.vision import VisionInputs
 from discorm.errors import DataError
+from discorm.model import inference
 from discorm.model.heads import build_head
+from discorm.model.inference import score_groups
 from discorm.model.loading import Finetuning, apply_finetuning, load_backbone
-from discorm.model.multimodal import hidden_size
+from discorm.model.multimodal import hidden_size, image_token_types, mrope_positions
+from discorm.model.packed import unsupported_reason
 from discorm.model.reward_model import RewardModel
 from discorm.model.rm_config import RewardModelConfig
 from tests.model.multimodal_models import FAMILIES, make_vlm
@@ -80,10 +84,10 @@ def _scores_and_grads(model, batch):
     return params.detach(), grads
 
 
-def _assert_packed_equals_padded(model, processor, features):
+def _assert_packed_equals_padded(model, processor, features, prefix_sharing=True):
     vision = model.vision
     padded = PairwiseDataCollatorWithPadding(processor.tokenizer.pad_token_id, vision=vision)(features)
-    packed = PackedPairCollator(True, vision=vision)(features)
+    packed = PackedPairCollator(prefix_sharing, vision=vision)(features)
     plain_params, plain_grads = _scores_and_grads(model, padded)
     packed_params, packed_grads = _scores_and_grads(model, packed)
     torch.testing.assert_close(packed_params, plain_params, atol=1e-5, rtol=0)
@@ -102,6 +106,11 @@ def test_packed_prefix_shared_equals_padded(vlm, tuning, shape):
     model = build(path, processor, "full" if tuning == "full" else "lora", vision_tower=tuning == "lora_vision")
     assert model.check_packing(), model.packing_obstacle
     _assert_packed_equals_padded(model, processor, _features(processor, shape))
+
+
+def test_packed_without_prefix_sharing_equals_padded(vlm):
+    family, path, processor = vlm
+    _assert_packed_equals_padded(build(path, processor), processor, _features(processor, "mixed"), False)
 
 
 def test_lora_targets_the_language_model_unless_asked_for_the_vision_tower(vlm):
@@ -190,3 +199,41 @@ def test_text_only_model_and_wrong_placeholder_count_are_refused(vlm):
         _encoder(processor, vision=False)(_pair(IMAGES[:1]), DataStats())
     with pytest.raises(DataError, match=r"data\.jsonl:7: the prompt has 1 <image> placeholder\(s\) but the row has 2"):
         _encoder(processor)(_pair(IMAGES[:2]), DataStats())
+
+
+def test_qwen2_vl_branches_get_the_3d_positions_of_their_own_padded_rows(tmp_path):
+    path, processor = make_vlm(tmp_path, "qwen2_vl")
+    model = build(path, processor)
+    features = _features(processor, "lists")
+    packed = PackedPairCollator(True, vision=model.vision)(features)
+    padded = PairwiseDataCollatorWithPadding(0, vision=model.vision)(features)
+    blocks = [tuple(b) for b in packed["pair_blocks"].tolist()]
+    positions = mrope_positions(model.backbone, packed["input_ids"], blocks, packed["image_grid_thw"])  # (3, 1, N)
+    mask = padded["attention_mask"]
+    rows, _ = model.backbone.get_rope_index(padded["input_ids"], image_token_types(model.config, padded["input_ids"]),
+                                            padded["image_grid_thw"], attention_mask=mask)  # (3, S, L)
+    ends = packed["score_index"].tolist()
+    for row, end in enumerate(ends):  # every scored token sits where its padded row puts it, in 3-D
+        assert positions[:, 0, end].tolist() == rows[:, row, int(mask[row].sum()) - 1].tolist()
+    image_rows = positions[1, 0][packed["input_ids"][0] == model.config.image_token_id]
+    assert image_rows.unique().numel() > 1  # height positions vary inside an image: not 1-D positions
+
+
+def test_gemma3_bidirectional_image_attention_falls_back_to_padded_batches():
+    backbone = SimpleNamespace(config=SimpleNamespace(model_type="gemma3"))
+    assert "Gemma 3 lets image tokens attend to each other both ways" in unsupported_reason(backbone)
+
+
+def test_scoring_groups_with_images_packed_or_padded_gives_the_training_scores(vlm, monkeypatch):
+    family, path, processor = vlm
+    model = build(path, processor)
+    features = _features(processor, "lists")
+    groups = [{"prompt_ids": f["prompt_ids"], "responses_ids": f["responses_ids"], "images": f["images"]}
+              for f in features]
+    with torch.no_grad():
+        expected = model(**model_inputs(PairwiseDataCollatorWithPadding(0, vision=model.vision)(features)))
+    packed = torch.cat(score_groups(model, groups, batch_size=2))
+    monkeypatch.setattr(inference, "padded_reason", lambda model: "packing is off")
+    padded = torch.cat(score_groups(model, groups, batch_size=2))
+    torch.testing.assert_close(packed, expected.head_params, atol=1e-5, rtol=0)
+    torch.testing.assert_close(padded, expected.head_params, atol=1e-5, rtol=0)

@@ -138,23 +138,29 @@ def model_inputs(batch: PairBatch, device: torch.device | str | None = None) -> 
             if k in batch}
 
 
-def _pixel_inputs(vision, rows: list[tuple[list, str]]) -> dict:
-    """(image sources, source of the example) per model row -> the model's pixel tensors; each distinct source
-    is opened once per batch."""
-    if not any(images for images, _ in rows):
+def _images(feature: dict) -> list[tuple]:
+    """An example's images as (source, where) pairs, named for error messages."""
+    where = feature.get("source", "?")
+    return [(image, f"{where} image {i + 1}") for i, image in enumerate(feature.get("images") or [])]
+
+
+def _pixel_inputs(vision, rows: list[list[tuple]]) -> dict:
+    """(source, where) images per model row -> the model's pixel tensors; each source is opened once per batch."""
+    if not any(rows):
         return {}
     if vision is None:
-        where = next(source for images, source in rows if images)
+        where = next(where for row in rows for _, where in row)
         raise DataError(f"{where}: the example has images but the collator has no image processor; build it with "
                         "the vision-language model's inputs (vision=model.vision).")
     opened: dict = {}
-    for images, source in rows:
-        for i, image in enumerate(images or []):
-            key = image if isinstance(image, str) else id(image)
-            if key not in opened:
-                opened[key] = load_image(image, f"{source} image {i + 1}")
-    return vision.pixel_inputs([[opened[i if isinstance(i, str) else id(i)] for i in images or []]
-                                for images, _ in rows])
+
+    def open_once(image, where: str):
+        key = image if isinstance(image, str) else id(image)  # a path or data URI, or a PIL image from Python
+        if key not in opened:
+            opened[key] = load_image(image, where)
+        return opened[key]
+
+    return vision.pixel_inputs([[open_once(image, where) for image, where in row] for row in rows])
 
 
 def pad_sequences(seqs: list[list[int]], pad_token_id: int, padding_side: str = "right",
@@ -202,7 +208,7 @@ class PairwiseDataCollatorWithPadding:
         input_ids, attention_mask = pad_sequences(seqs, self.pad_token_id, self.padding_side,
                                                   self.pad_to_multiple_of)  # (S, L)
         owners = pairs + pairs + [f for f in lists for _ in f["responses_ids"]] + rated  # each sequence's example
-        pixels = _pixel_inputs(self.vision, [(f.get("images"), f.get("source", "?")) for f in owners])
+        pixels = _pixel_inputs(self.vision, [_images(f) for f in owners])
         return {"input_ids": input_ids, "attention_mask": attention_mask, **pixels, **_labels(pairs, lists, rated)}
 
 
@@ -232,7 +238,7 @@ class PackedPairCollator:
                     blocks.append([len(tokens), len(prompt), len(response)] if shared
                                   else [len(tokens), 0, len(prompt) + len(response)])
                     tokens += prompt + response
-                    images += feature.get("images") or []  # each copy of the prompt: its images once
+                    images += _images(feature)  # each copy of the prompt: its images once
                 group_ends.append(len(tokens) - 1)
             ends.append(group_ends)
         pair_ends = ends[: len(pairs)]
@@ -244,7 +250,6 @@ class PackedPairCollator:
             "input_ids": torch.tensor([tokens], dtype=torch.long),  # (1, N)
             "position_ids": block_positions(blocks).unsqueeze(0),  # (1, N)
             "pair_blocks": torch.tensor(blocks, dtype=torch.long),  # (num_blocks, 2 + max K)
-            **_pixel_inputs(self.vision, [(images, next((f.get("source", "?") for f in features
-                                                          if f.get("images")), "?"))]),
+            **_pixel_inputs(self.vision, [images]),  # one row: every block's images in row order
             **_labels(pairs, lists, rated),
         }

@@ -372,20 +372,21 @@ TOKENIZED = {"prompt_ids": _IDS, "chosen_ids": _IDS, "rejected_ids": _IDS, "resp
 
 def tokenized_dataset(names: str, tokenizer, renderer: Renderer, cutoff_len: int, read: ReadOptions,
                       eval_split: bool = False, attributes: tuple = (), num_proc: int | None = None,
-                      overwrite_cache: bool = False) -> tuple[datasets.Dataset, DataStats]:
+                      overwrite_cache: bool = False, vision=None) -> tuple[datasets.Dataset, DataStats]:
     """Read and convert one comma-separated ``dataset`` value, then tokenize it with ``datasets.map`` (``num_proc``
     processes), cached under the fingerprint datasets gives the rows and the tokenizer. ``attributes``: the
-    head's rated attributes (see ``data/ratings.py``); empty for heads that learn from pairs only."""
+    head's rated attributes (see ``data/ratings.py``); empty for heads that learn from pairs only. ``vision``: a
+    vision-language model's image inputs (``data/vision.py``), which expand the prompts' images into tokens."""
     stats = DataStats()
     pairs = load_pairs(names, read, stats, eval_split, attributes)
     if not pairs:
         raise DataError(f"{names}: no usable pairs remain. {stats.summary(names)}")
     raw = datasets.Dataset.from_list([_record(pair) for pair in pairs])
-    encode = PairTokenizer(tokenizer, renderer, cutoff_len, read.strict)
+    encode = PairTokenizer(tokenizer, renderer, cutoff_len, read.strict, vision)
     key = {"version": CACHE_VERSION, "tokenizer": getattr(tokenizer, "name_or_path", ""), "vocab": len(tokenizer),
            "template": renderer.name, "chat_template": renderer.chat_template, "cutoff_len": cutoff_len,
            "reasoning": renderer.reasoning, "chat_template_kwargs": renderer.template_kwargs,
-           "strict": read.strict}
+           "strict": read.strict, "vision": vision and type(vision.processor).__name__}
     fingerprint = update_fingerprint(raw._fingerprint, encode.encode_record, key)
     cache = cache_root() / "datasets" / f"{fingerprint}.arrow"
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
-from discorm.data.collator import PackedPairCollator, model_inputs, pad_sequences
+from discorm.data.collator import PackedPairCollator, PairwiseDataCollatorWithPadding, model_inputs, pad_sequences
 from discorm.data.retemplate import Retemplater
 from discorm.data.tokenize import Encoder, common_prefix
 from discorm.model.loading import load_policy_tokenizer
@@ -52,12 +52,16 @@ def _device(model) -> torch.device:
 
 
 @torch.no_grad()
+def pad_token_id(model) -> int:
+    return (model.tokenizer.pad_token_id if model.tokenizer is not None else None) or 0
+
+
 def score_ids(model, sequences: list[list[int]], batch_size: int = 8, show_progress: bool = False,
               features: bool = False):
     """Token id lists -> head params (N, K) float32 on the CPU, in padded batches; with ``features`` also the
     pooled features the head read, (N, H)."""
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    pad = (model.tokenizer.pad_token_id if model.tokenizer is not None else None) or 0
+    pad = pad_token_id(model)
     params_out, pooled_out = [None] * len(sequences), [None] * len(sequences)
     with evaluating(model):
         for start in tqdm(range(0, len(order), batch_size), desc="Scoring", disable=not show_progress):
@@ -78,7 +82,8 @@ def score_groups(model, groups: list[dict], batch_size: int = 8, show_progress: 
     """Tokenized groups of responses to one prompt (``prompt_ids``, ``responses_ids``: K >= 1 lists) -> head params
     per group, each (K, P) float32 on the CPU, in input order; with ``features`` also the pooled features the head
     read, each (K, H). Packed, a group is one block whose K branches share the prompt (computed once), wherever
-    ``padded_reason`` finds packing exact for the model; else every prompt + response is padded on its own."""
+    ``padded_reason`` finds packing exact for the model; else every prompt + response is padded on its own (with
+    its prompt's ``images``, where a group has them)."""
     order = sorted(range(len(groups)), key=lambda i: len(groups[i]["prompt_ids"]) + sum(
         map(len, groups[i]["responses_ids"])))
     packed = padded_reason(model) is None
@@ -87,10 +92,14 @@ def score_groups(model, groups: list[dict], batch_size: int = 8, show_progress: 
         for start in tqdm(range(0, len(order), batch_size), desc=description, disable=not show_progress):
             index = order[start : start + batch_size]
             batch = [groups[i] for i in index]
-            if packed:
-                inputs = PackedPairCollator(prefix_sharing=True)(
-                    [{"prompt_ids": g["prompt_ids"], "responses_ids": g["responses_ids"]} for g in batch])
-                out = model(**model_inputs(inputs, _device(model)))
+            lists = [{"prompt_ids": g["prompt_ids"], "responses_ids": g["responses_ids"], "images": g.get("images"),
+                      "source": g.get("source", "input")} for g in batch]
+            images = any(g.get("images") for g in batch)  # a prompt's images (a vision-language model)
+            if packed or images:
+                vision = getattr(model, "vision", None)
+                collate = PackedPairCollator(True, vision=vision) if packed else \
+                    PairwiseDataCollatorWithPadding(pad_token_id(model), vision=vision)
+                out = model(**model_inputs(collate(lists), _device(model)))
                 params, pooled = out.head_params.float().cpu(), out.pooled.cpu() if features else None
             else:
                 seqs = [g["prompt_ids"] + r for g in batch for r in g["responses_ids"]]
@@ -161,8 +170,8 @@ def score_pairs(model, examples: list[dict], batch_size: int = 8, show_progress:
     """Tokenized pairs (prompt_ids, chosen_ids, rejected_ids) -> head params (N, 2, K) as [chosen, rejected],
     float32 on the CPU; with ``features`` also the pooled features the head read, (N, 2, H). A pair is the group
     of two responses (``score_groups``)."""
-    groups = [{"prompt_ids": e["prompt_ids"], "responses_ids": [e["chosen_ids"], e["rejected_ids"]]}
-              for e in examples]
+    groups = [{"prompt_ids": e["prompt_ids"], "responses_ids": [e["chosen_ids"], e["rejected_ids"]],
+               "images": e.get("images"), "source": e.get("source", "input")} for e in examples]
     found = score_groups(model, groups, batch_size, show_progress, description, features)
     params, pooled = found if features else (found, None)
     params = torch.stack(params) if params else torch.zeros(0, 2, 1)

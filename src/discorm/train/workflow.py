@@ -78,7 +78,7 @@ def run_rm(model_args: ModelArguments, data_args: DataArguments, training_args: 
     attributes = HEADS[finetuning_args.head].attributes_from(finetuning_args.head_options)
     with training_args.main_process_first(local=True, desc="tokenizing"):  # one process fills the cache
         data = setup_data(data_args, tokenizer, training_args.seed, attributes, finetuning_args.temperature_scaling,
-                          finetuning_args.reward_normalization)
+                          finetuning_args.reward_normalization, model.vision)
     validate(data_args, finetuning_args, model.head, data.train, data.evaluation)
     trainer = setup_trainer(model, data, data_args, arguments, finetuning_args, callbacks)
     metrics = {"data": data.summaries, **train(trainer)}
@@ -98,16 +98,17 @@ def run_rm(model_args: ModelArguments, data_args: DataArguments, training_args: 
 
 
 def setup_data(data_args: DataArguments, tokenizer, seed: int = 42, attributes: tuple = (),
-               calibrate: bool = False, normalize: bool = False) -> RunData:
+               calibrate: bool = False, normalize: bool = False, vision=None) -> RunData:
     """Training rows, evaluation rows (``eval_dataset``, else a ``val_size`` split, else the built-in test split
     of built-in data), for temperature scaling calibration pairs held out of training (or ``calibration_data``:
     never the evaluated pairs, nor pairs the model trains on), and the normalisation's ``normalization_dataset``."""
     data = RunData()
-    data.train, stats = tokenize(data_args.dataset, data_args, tokenizer, attributes=attributes)
+    data.train, stats = tokenize(data_args.dataset, data_args, tokenizer, attributes=attributes, vision=vision)
     data.summaries.append(stats.summary(data_args.dataset))
     heldout = data_args.eval_dataset or demo_test_split(data_args.dataset)
     if heldout:
-        data.evaluation, stats = tokenize(heldout, data_args, tokenizer, eval_split=True, attributes=attributes)
+        data.evaluation, stats = tokenize(heldout, data_args, tokenizer, eval_split=True, attributes=attributes,
+                                          vision=vision)
         data.summaries.append(stats.summary(f"{heldout} (eval)"))
     elif data_args.val_size:
         data.train, data.evaluation = split_validation(data.train, data_args.val_size, seed)
@@ -118,7 +119,8 @@ def setup_data(data_args: DataArguments, tokenizer, seed: int = 42, attributes: 
         entries = [n.strip() for n in heldout.split(",") if n.strip()]
         data.heldout = {"heldout" if len(entries) == 1 else f"heldout_{Path(n).stem}": n for n in entries}
     if calibrate and data_args.calibration_data:
-        data.calibration, stats = tokenize(data_args.calibration_data, data_args, tokenizer, eval_split=True)
+        data.calibration, stats = tokenize(data_args.calibration_data, data_args, tokenizer, eval_split=True,
+                                           vision=vision)
         data.summaries.append(stats.summary(f"{data_args.calibration_data} (calibration)"))
     elif calibrate:
         data.train, data.calibration = split_validation(data.train, data_args.calibration_size, seed,
@@ -126,18 +128,21 @@ def setup_data(data_args: DataArguments, tokenizer, seed: int = 42, attributes: 
         data.summaries.append(f"calibration: {len(data.calibration)} training pairs held out to fit the "
                               f"temperature, {len(data.train)} left for training")
     if normalize and data_args.normalization_dataset:
-        data.reference, _ = tokenize(data_args.normalization_dataset, data_args, tokenizer, attributes=attributes)
+        data.reference, _ = tokenize(data_args.normalization_dataset, data_args, tokenizer, attributes=attributes,
+                                     vision=vision)
     for line in data.summaries:
         logger.info(line)
     return data
 
 
-def tokenize(names: str, data_args: DataArguments, tokenizer, eval_split: bool = False, attributes: tuple = ()):
-    """One ``dataset`` value tokenized with the run's template, cutoff and reading options -> (dataset, stats)."""
+def tokenize(names: str, data_args: DataArguments, tokenizer, eval_split: bool = False, attributes: tuple = (),
+             vision=None):
+    """One ``dataset`` value tokenized with the run's template, cutoff and reading options -> (dataset, stats);
+    ``vision``: a vision-language model's image inputs."""
     renderer = Renderer(tokenizer, data_args.template, data_args.reasoning, data_args.chat_template_kwargs)
     return tokenized_dataset(names, tokenizer, renderer, data_args.cutoff_len,
                              data_args.read_options(), eval_split, attributes, data_args.preprocessing_num_workers,
-                             data_args.overwrite_cache)
+                             data_args.overwrite_cache, vision)
 
 
 def setup_model(model_args: ModelArguments, finetuning_args: FinetuningArguments, tokenizer=None,
@@ -195,9 +200,9 @@ def make_collator(model: RewardModel, data_args: DataArguments, tokenizer):
     batches otherwise, with the reason in the log."""
     reason = padded_reason(model, data_args.packing, data_args.prefix_sharing)
     if reason is None:
-        return PackedPairCollator(prefix_sharing=data_args.prefix_sharing)
+        return PackedPairCollator(prefix_sharing=data_args.prefix_sharing, vision=model.vision)
     logger.info("padded batches: %s", reason)
-    return PairwiseDataCollatorWithPadding(tokenizer.pad_token_id, data_args.pad_to_multiple_of)
+    return PairwiseDataCollatorWithPadding(tokenizer.pad_token_id, data_args.pad_to_multiple_of, vision=model.vision)
 
 
 def metrics_fn(model: RewardModel):
