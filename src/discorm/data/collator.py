@@ -4,6 +4,11 @@
 ``PackedPairCollator`` puts a batch in one row with no padding, each prompt one block ``[prompt | r_1 | ... |
 r_K]`` whose K response branches share the prompt (``model/packed.py`` computes its attention exactly): a pair is
 the block with K = 2, ``[prompt | chosen | rejected]``; a ranked list of K responses is one block of K branches.
+
+Images belong to prompts (an example's ``images``: sources, see ``data/images.py``). A padded batch gives every
+sequence its prompt's images (a pair's image is encoded twice, as every trainer that pads does); a packed batch
+gives each prompt block its images once, so the vision encoder runs once per image. Either way the batch carries
+the model's pixel tensors (``data/vision.py``) under the model's own argument names.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 import torch
+
+from discorm.data.images import load_image
+from discorm.errors import DataError
 
 # (start, prompt_len, branch_1_len, ..., branch_K_len) in the packed row; a pair is (start, P, chosen, rejected).
 # Rows of one batch are padded with zero-length branches to the longest; a zero-length branch is skipped.
@@ -121,11 +129,32 @@ class PairBatch(TypedDict, total=False):
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "pair_blocks", "score_index")
+PIXEL_INPUTS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes")  # as families name them
 
 
 def model_inputs(batch: PairBatch, device: torch.device | str | None = None) -> dict:
     """The model's inputs of a batch (see :class:`PairBatch`), on ``device`` when given."""
-    return {k: batch[k] if device is None else batch[k].to(device) for k in MODEL_INPUTS if k in batch}
+    return {k: batch[k] if device is None else batch[k].to(device) for k in MODEL_INPUTS + PIXEL_INPUTS
+            if k in batch}
+
+
+def _pixel_inputs(vision, rows: list[tuple[list, str]]) -> dict:
+    """(image sources, source of the example) per model row -> the model's pixel tensors; each distinct source
+    is opened once per batch."""
+    if not any(images for images, _ in rows):
+        return {}
+    if vision is None:
+        where = next(source for images, source in rows if images)
+        raise DataError(f"{where}: the example has images but the collator has no image processor; build it with "
+                        "the vision-language model's inputs (vision=model.vision).")
+    opened: dict = {}
+    for images, source in rows:
+        for i, image in enumerate(images or []):
+            key = image if isinstance(image, str) else id(image)
+            if key not in opened:
+                opened[key] = load_image(image, f"{source} image {i + 1}")
+    return vision.pixel_inputs([[opened[i if isinstance(i, str) else id(i)] for i in images or []]
+                                for images, _ in rows])
 
 
 def pad_sequences(seqs: list[list[int]], pad_token_id: int, padding_side: str = "right",
@@ -165,13 +194,16 @@ class PairwiseDataCollatorWithPadding:
     pad_token_id: int
     pad_to_multiple_of: int | None = None
     padding_side: str = "right"
+    vision: object | None = None  # a vision-language model's image inputs (data/vision.VisionInputs)
 
     def __call__(self, features: list[dict]) -> PairBatch:
         pairs, lists, rated = split_features(features)
         seqs = [prompt + response for prompt, responses in _sequences(pairs, lists, rated) for response in responses]
         input_ids, attention_mask = pad_sequences(seqs, self.pad_token_id, self.padding_side,
                                                   self.pad_to_multiple_of)  # (S, L)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, **_labels(pairs, lists, rated)}
+        owners = pairs + pairs + [f for f in lists for _ in f["responses_ids"]] + rated  # each sequence's example
+        pixels = _pixel_inputs(self.vision, [(f.get("images"), f.get("source", "?")) for f in owners])
+        return {"input_ids": input_ids, "attention_mask": attention_mask, **pixels, **_labels(pairs, lists, rated)}
 
 
 @dataclass
@@ -181,14 +213,15 @@ class PackedPairCollator:
     prompt computed once); without it every sequence is a block of its own, (start, 0, prompt + response)."""
 
     prefix_sharing: bool = True
+    vision: object | None = None  # a vision-language model's image inputs (data/vision.VisionInputs)
 
     def __call__(self, features: list[dict]) -> PairBatch:
         pairs, lists, rated = split_features(features)
-        groups = [(f["prompt_ids"], [f["chosen_ids"], f["rejected_ids"]]) for f in pairs]
-        groups += [(f["prompt_ids"], f["responses_ids"]) for f in lists]
-        groups += [(f["prompt_ids"], [f["response_ids"]]) for f in rated]
-        tokens, blocks, ends = [], [], []  # ends: per group, the last token of each response
-        for prompt, responses in groups:
+        groups = [(f["prompt_ids"], [f["chosen_ids"], f["rejected_ids"]], f) for f in pairs]
+        groups += [(f["prompt_ids"], f["responses_ids"], f) for f in lists]
+        groups += [(f["prompt_ids"], [f["response_ids"]], f) for f in rated]
+        tokens, blocks, ends, images = [], [], [], []  # ends: per group, the last token of each response
+        for prompt, responses, feature in groups:
             shared = self.prefix_sharing and len(responses) > 1
             group_ends = []
             for first, response in enumerate(responses):
@@ -199,6 +232,7 @@ class PackedPairCollator:
                     blocks.append([len(tokens), len(prompt), len(response)] if shared
                                   else [len(tokens), 0, len(prompt) + len(response)])
                     tokens += prompt + response
+                    images += feature.get("images") or []  # each copy of the prompt: its images once
                 group_ends.append(len(tokens) - 1)
             ends.append(group_ends)
         pair_ends = ends[: len(pairs)]
@@ -210,5 +244,7 @@ class PackedPairCollator:
             "input_ids": torch.tensor([tokens], dtype=torch.long),  # (1, N)
             "position_ids": block_positions(blocks).unsqueeze(0),  # (1, N)
             "pair_blocks": torch.tensor(blocks, dtype=torch.long),  # (num_blocks, 2 + max K)
+            **_pixel_inputs(self.vision, [(images, next((f.get("source", "?") for f in features
+                                                          if f.get("images")), "?"))]),
             **_labels(pairs, lists, rated),
         }

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from discorm.data.images import load_image
 from discorm.data.listwise import Ranked
 from discorm.data.pairs import Pair
 from discorm.data.ratings import Rated
@@ -32,7 +33,7 @@ from discorm.errors import DataError
 
 DEFAULT_CUTOFF_LEN = 1024  # DataArguments.cutoff_len's default, for models saved without one
 SKIP_REASONS = ("empty response", "identical chosen/rejected", "truncated to identical", "malformed")
-RATED_SKIP_REASONS = ("no scores", "all tied")  # listed in the summary only when they happen
+RATED_SKIP_REASONS = ("no scores", "all tied", "images do not fit")  # listed in the summary only when they happen
 SCORE_POSITIONS = {  # where the score of a rendered conversation is read, by whom
     "end_of_turn": "DiscoRM: the response ends at its end-of-turn token (whitespace after it dropped), read there",
     "last_token": "LlamaFactory: the whole rendering, trailing whitespace included, read at its last token",
@@ -102,6 +103,10 @@ class Encoded:
     truncated: bool
 
 
+class ImagesDoNotFit(DataError):
+    """A prompt whose image tokens leave no room for its responses within ``cutoff_len``."""
+
+
 class Encoder:
     """The one rule that turns conversations into tokens, for training, evaluation, scoring and serving.
 
@@ -110,15 +115,20 @@ class Encoder:
     middles; every response keeps its end-of-turn token). A pair is encoded with both responses, so the prompt is
     cut the same way for both; a single response scored alone is encoded with itself only. ``score_at`` (one of
     ``SCORE_POSITIONS``) says which token the score is read at: the last token of every sequence encoded.
+
+    A prompt with images (``vision``: a vision-language model's ``data/vision.py`` inputs) has each ``<image>``
+    expanded into the model's image tokens and is never cut: only its responses are, and a prompt whose images
+    leave them no room is refused (:class:`ImagesDoNotFit`).
     """
 
     def __init__(self, tokenizer, renderer: Renderer, cutoff_len: int, score_at: str = "end_of_turn",
-                 pad_token_id: int | None = None):
+                 pad_token_id: int | None = None, vision=None):
         self.tokenizer = tokenizer
         self.renderer = renderer
         self.cutoff_len = cutoff_len
         self.score_at = score_at
         self.pad_token_id = pad_token_id  # last_non_pad: never read at the end (None: the last token is read)
+        self.vision = vision
 
     @classmethod
     def for_model(cls, model, cutoff_len: int | None = None) -> Encoder:
@@ -127,8 +137,8 @@ class Encoder:
             raise DataError("this model directory has no tokenizer; save one next to the weights.")
         config = model.rm_config
         renderer = Renderer(model.tokenizer, config.template, config.reasoning, config.chat_template_kwargs)
-        return cls(model.tokenizer, renderer,
-                   cutoff_len or config.cutoff_len or DEFAULT_CUTOFF_LEN, config.score_at, config.pad_token_id)
+        return cls(model.tokenizer, renderer, cutoff_len or config.cutoff_len or DEFAULT_CUTOFF_LEN, config.score_at,
+                   config.pad_token_id, getattr(model, "vision", None))
 
     @property
     def whole(self) -> bool:
@@ -142,11 +152,14 @@ class Encoder:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def encode(self, prompt: list[Message], responses: list[list[Message]], where: str = "",
-               options: dict | None = None) -> Encoded:
-        """``options``: the row's ``tools`` and ``chat_template_kwargs`` for the template (``rows.chat_options``)."""
+               options: dict | None = None, images: list | None = None) -> Encoded:
+        """``options``: the row's ``tools`` and ``chat_template_kwargs`` for the template (``rows.chat_options``).
+        ``images``: the prompt's image sources (``data/images.py``), one per ``<image>`` placeholder."""
         prompt_text = self.renderer.render_prompt(prompt, where, options)
         texts = [self.renderer.render_response(prompt, prompt_text, r, where, self.whole, options)
                  for r in responses]
+        if images:
+            return self._encode_with_images(prompt_text, texts, images, where)
         prompt_ids, response_ids = self._split(prompt_text, texts, where)
         longest = max(map(len, response_ids))
         truncated = False
@@ -164,6 +177,26 @@ class Encoder:
             budget = self.cutoff_len - len(prompt_ids)
             response_ids = [_cut_response(ids, budget, 1 + len(self.tokens(text[len(text.rstrip()) :], where)))
                             for ids, text in zip(response_ids, texts)]
+        return Encoded(prompt_ids, response_ids, truncated)
+
+    def _encode_with_images(self, prompt_text: str, texts: list[str], images: list, where: str) -> Encoded:
+        """The prompt with its image tokens, whole (an image is never cut through, and a dropped turn would drop
+        its image); the responses are cut in the middle to the room left."""
+        if self.vision is None:
+            raise DataError(f"{where}: the row has {len(images)} image(s) but this model reads text only. Train or "
+                            "score it with a vision-language model (an image-text-to-text checkpoint such as "
+                            "Qwen/Qwen2.5-VL-3B-Instruct), or remove the row's images.")
+        opened = [load_image(image, f"{where} image {i + 1}") for i, image in enumerate(images)]
+        prompt_ids = self.vision.expand(prompt_text, opened, where)
+        response_ids = [self.tokens(text, where) for text in texts]
+        budget = self.cutoff_len - len(prompt_ids)
+        ends = [1 + len(self.tokens(text[len(text.rstrip()) :], where)) for text in texts]
+        if budget < max(ends) + 1:
+            raise ImagesDoNotFit(f"{where}: the prompt takes {len(prompt_ids)} tokens with its {len(images)} "
+                                 f"image(s), leaving {max(budget, 0)} of cutoff_len={self.cutoff_len} for the "
+                                 "responses; images are never cut. Raise cutoff_len, or send smaller images.")
+        truncated = len(prompt_ids) + max(map(len, response_ids)) > self.cutoff_len
+        response_ids = [_cut_response(ids, budget, end) for ids, end in zip(response_ids, ends)]
         return Encoded(prompt_ids, response_ids, truncated)
 
     def _split(self, prompt_text: str, texts: list[str], where: str) -> tuple[list[int], list[list[int]]]:
@@ -239,17 +272,31 @@ class PairTokenizer(Encoder):
     """Pair -> a tokenized training example (prompt_ids, chosen_ids, rejected_ids, extras); Rated -> (prompt_ids,
     response_ids, scores); collects DataStats."""
 
-    def __init__(self, tokenizer, renderer: Renderer, cutoff_len: int, strict: bool = False):
-        super().__init__(tokenizer, renderer, cutoff_len)
+    def __init__(self, tokenizer, renderer: Renderer, cutoff_len: int, strict: bool = False, vision=None):
+        super().__init__(tokenizer, renderer, cutoff_len, vision=vision)
         self.strict = strict
 
     def __call__(self, pair: Pair | Rated | Ranked, stats: DataStats) -> dict | None:
+        """The example of a record, with its prompt's ``images`` (sources, or None); None when it is dropped."""
         where = pair.meta.get("source", "")
+        try:
+            example = self._example(pair, stats, where)
+        except ImagesDoNotFit as err:
+            raise_or_count(stats, "images do not fit", str(err).rstrip("."), self.strict)
+            return None
+        if example is not None:
+            example["images"] = pair.meta.get("images") or None
+        return example
+
+    def _encode(self, item, responses: list, where: str) -> Encoded:
+        return self.encode(item.prompt, responses, where, item.meta.get("chat"), item.meta.get("images"))
+
+    def _example(self, pair: Pair | Rated | Ranked, stats: DataStats, where: str) -> dict | None:
         if isinstance(pair, Rated):
             return self._rated(pair, stats, where)
         if isinstance(pair, Ranked):
             return self._ranked(pair, stats, where)
-        encoded = self.encode(pair.prompt, [pair.chosen, pair.rejected], where, pair.meta.get("chat"))
+        encoded = self._encode(pair, [pair.chosen, pair.rejected], where)
         prompt_ids, (chosen, rejected) = encoded.prompt_ids, encoded.response_ids
         if encoded.truncated:
             stats.truncated += 1
@@ -271,7 +318,7 @@ class PairTokenizer(Encoder):
 
     def _ranked(self, ranked: Ranked, stats: DataStats, where: str) -> dict | None:
         """A list's K responses are encoded together, so the prompt is cut the same way for all of them."""
-        encoded = self.encode(ranked.prompt, ranked.responses, where, ranked.meta.get("chat"))
+        encoded = self._encode(ranked, ranked.responses, where)
         prompt_ids, responses = encoded.prompt_ids, encoded.response_ids
         if encoded.truncated:
             stats.truncated += 1
@@ -288,8 +335,10 @@ class PairTokenizer(Encoder):
     def encode_record(self, record: dict) -> dict:
         """One row of the raw data set (pair or rated response, see ``data/loader.py``) -> its tokens and what
         happened to it: ``dropped`` (the reason, or None), ``truncated``, the ``lengths`` of its sequences and
-        token counts for the summary. The function ``datasets.map`` runs, in any number of processes."""
-        meta = {"source": record["source"], "chat": json.loads(record["chat"]) if record.get("chat") else None}
+        token counts for the summary. The function ``datasets.map`` runs, in any number of processes; the record's
+        ``images`` column stays as it is and goes with the example to the collator."""
+        meta = {"source": record["source"], "chat": json.loads(record["chat"]) if record.get("chat") else None,
+                "images": record.get("images")}
         if record["response"] is not None:
             item = Rated(record["prompt"], record["response"], record["scores"], meta=meta)
         elif record.get("responses") is not None:
@@ -307,7 +356,7 @@ class PairTokenizer(Encoder):
 
     def _rated(self, rated: Rated, stats: DataStats, where: str) -> dict:
         """A rated response is encoded alone, exactly as scoring encodes {"prompt", "response"}."""
-        encoded = self.encode(rated.prompt, [rated.response], where, rated.meta.get("chat"))
+        encoded = self._encode(rated, [rated.response], where)
         if encoded.truncated:
             stats.truncated += 1
         length = len(encoded.prompt_ids) + len(encoded.response_ids[0])

@@ -14,18 +14,22 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from safetensors.torch import load_file
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    AutoProcessor,
     AutoTokenizer,
     BitsAndBytesConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
+from discorm.data.vision import VisionInputs
 from discorm.errors import ConfigError, ModelError
 from discorm.model.builtin import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, pull_builtin_model
 from discorm.model.heads import RewardHead, ScalarHead, build_head, with_uncertainty
+from discorm.model.multimodal import hidden_size, is_multimodal, language_model
 from discorm.model.packed import ATTN_IMPLEMENTATION, register_packed_attention
 from discorm.model.rm_config import CONFIG_FILE, RewardModelConfig
 
@@ -54,7 +58,9 @@ class LoadOptions:
 @dataclass(frozen=True)
 class Finetuning:
     """Which backbone weights train: ``full``, ``freeze`` (the last ``freeze_trainable_layers`` blocks) or
-    ``lora`` (PEFT adapters of rank ``lora_rank`` on ``lora_target``: comma-separated module names or "all")."""
+    ``lora`` (PEFT adapters of rank ``lora_rank`` on ``lora_target``: comma-separated module names or "all"; of a
+    vision-language model, "all" is the language model's linear layers, and the vision tower's and projector's
+    too with ``lora_vision_tower``)."""
 
     kind: str = "full"
     lora_rank: int = 8
@@ -62,6 +68,7 @@ class Finetuning:
     lora_dropout: float = 0.0
     lora_target: str = "all"
     freeze_trainable_layers: int = 2
+    lora_vision_tower: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,7 @@ class Parts:
     head: RewardHead
     config: RewardModelConfig
     tokenizer: PreTrainedTokenizerBase | None = None
+    vision: VisionInputs | None = None
 
 
 # ----------------------------------------------------------------------------- names and paths
@@ -175,6 +183,46 @@ def load_policy_tokenizer(policy) -> PreTrainedTokenizerBase | None:
         raise ModelError(f"--policy-tokenizer / policy_tokenizer {policy!r}: {err}") from None
 
 
+def load_vision(path: str, options: LoadOptions | None = None, config=None) -> VisionInputs | None:
+    """The image processor of a vision-language model at ``path`` (a folder or Hub id; a LoRA run's folder holds
+    the processor, ``config`` its base model's config); None for a text-only model."""
+    options = options or LoadOptions()
+    if config is None:
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=options.trust_remote_code,
+                                                cache_dir=options.cache_dir)
+        except (OSError, ValueError):
+            return None
+    if not is_multimodal(config):
+        return None
+    try:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=options.trust_remote_code,
+                                                  cache_dir=options.cache_dir)
+    except (OSError, ValueError, ImportError, AttributeError) as err:
+        raise ModelError(f"{path} is a vision-language model ({config.model_type}) but its processor could not be "
+                         f"loaded ({type(err).__name__}: {' '.join(str(err).split())[:200]}). It needs the "
+                         "processor files (preprocessor_config.json / processor_config.json) next to the weights; "
+                         "families with a video processor (Qwen2-VL, Qwen2.5-VL) also need torchvision installed."
+                         ) from None
+    if getattr(processor, "image_processor", None) is None or not hasattr(processor, "image_token"):
+        raise ModelError(f"{path}: the processor {type(processor).__name__} has no image processor or image token; "
+                         "DiscoRM reads images with an image-text-to-text model's own processor.")
+    return VisionInputs(processor)
+
+
+def _attn_implementation(path: str, options: LoadOptions, requested: str):
+    """DiscoRM's attention on the language model only: a VLM's vision tower attends over whole images with
+    plain SDPA."""
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=options.trust_remote_code,
+                                            cache_dir=options.cache_dir)
+    except (OSError, ValueError):
+        return requested
+    if not is_multimodal(config):
+        return requested
+    return {"": "sdpa", "text_config": requested, "vision_config": "sdpa"}
+
+
 def load_backbone(path: str, options: LoadOptions | None = None) -> PreTrainedModel:
     """The base transformer without any LM head (``AutoModel``): a reward model never computes vocab logits."""
     options = options or LoadOptions()
@@ -187,7 +235,8 @@ def load_backbone(path: str, options: LoadOptions | None = None) -> PreTrainedMo
         if attn is None:
             register_packed_attention()
             try:
-                backbone = AutoModel.from_pretrained(path, attn_implementation=ATTN_IMPLEMENTATION, **kwargs)
+                backbone = AutoModel.from_pretrained(
+                    path, attn_implementation=_attn_implementation(path, options, ATTN_IMPLEMENTATION), **kwargs)
             except ValueError as err:
                 if "attn" not in str(err) and "attention" not in str(err):
                     raise
@@ -227,7 +276,7 @@ def keep_cpu_4bit_trainable(backbone: torch.nn.Module) -> None:
 
 def transformer_blocks(backbone: torch.nn.Module) -> torch.nn.ModuleList:
     """The list of transformer blocks (layers / h / encoder.layer): the longest ModuleList of the backbone."""
-    lists = [m for m in backbone.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
+    lists = [m for m in language_model(backbone).modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
     if not lists:
         raise ModelError(f"cannot find the transformer blocks of {type(backbone).__name__} for freeze tuning.")
     return max(lists, key=len)
@@ -255,8 +304,13 @@ def apply_finetuning(backbone: PreTrainedModel, finetuning: Finetuning) -> torch
         return backbone
     if quantized:
         backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
-    targets = "all-linear" if finetuning.lora_target == "all" else [
-        t.strip() for t in finetuning.lora_target.split(",")]
+    if finetuning.lora_target != "all":
+        targets = [t.strip() for t in finetuning.lora_target.split(",")]
+    elif is_multimodal(backbone.config) and not finetuning.lora_vision_tower:
+        inside = {id(m) for m in language_model(backbone).modules()}
+        targets = [name for name, m in backbone.named_modules() if isinstance(m, torch.nn.Linear) and id(m) in inside]
+    else:
+        targets = "all-linear"
     config = LoraConfig(r=finetuning.lora_rank, lora_alpha=finetuning.lora_alpha,
                         lora_dropout=finetuning.lora_dropout, target_modules=targets)
     try:
@@ -322,8 +376,9 @@ def read_checkpoint(path: str, options: LoadOptions | None = None, head: str | N
                        "untrained (train one with `discorm train`).", path, head or "scalar")
         with torch.random.fork_rng():  # a reproducible head without touching the caller's random state
             torch.manual_seed(0)
-            new_head = build_head(head or "scalar", backbone.config.hidden_size)
-        return _foreign(backbone, new_head, tokenizer, given, kind)
+            new_head = build_head(head or "scalar", hidden_size(backbone.config))
+        parts = _foreign(backbone, new_head, tokenizer, given, kind)
+        return replace(parts, vision=load_vision(path, options))
     pad_token_id = None
     if kind is CheckpointKind.LLAMAFACTORY:
         backbone, tokenizer = _llamafactory_backbone(Path(path), options, tokenizer)
@@ -356,7 +411,7 @@ def _read_discorm(path: Path, options: LoadOptions, head: str | None, trainable:
         backbone = PeftModel.from_pretrained(base, path, is_trainable=trainable)
     else:
         backbone = load_backbone(str(path), options)
-    kind, hidden = head or config.head, backbone.config.hidden_size
+    kind, hidden = head or config.head, hidden_size(backbone.config)
     want = uncertainty or Uncertainty(config.uncertainty, config.ensemble_size)
     module = with_uncertainty(
         lambda: build_head(kind, hidden, **(config.head_options if kind == config.head else {})), hidden, want.kind,
@@ -365,7 +420,7 @@ def _read_discorm(path: Path, options: LoadOptions, head: str | None, trainable:
     tokenizer = load_tokenizer(str(path)) if (path / "tokenizer_config.json").is_file() else None
     config = replace(config, head=kind, head_options=module.saved_options(), uncertainty=want.kind,
                      ensemble_size=want.ensemble_size if want.kind == "ensemble" else 1)
-    return Parts(backbone, module, config, tokenizer)
+    return Parts(backbone, module, config, tokenizer, load_vision(str(path), options, backbone.config))
 
 
 def _stored_head(path: Path, config: RewardModelConfig, want: Uncertainty) -> dict[str, torch.Tensor]:

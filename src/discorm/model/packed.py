@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from discorm.data.collator import Block, block_positions
 from discorm.errors import ConfigError
+from discorm.model.multimodal import BIDIRECTIONAL_IMAGE_ATTENTION, language_model, text_config
 
 try:  # the registries of transformers' attention dispatch (5.x); the packed path depends on them
     from transformers import AttentionInterface
@@ -213,14 +214,19 @@ def flex_failed(err: BaseException) -> None:
 def unsupported_reason(backbone: torch.nn.Module) -> str | None:
     """Why this backbone cannot run the packed attention, found from its config and modules; None when it can
     (the reward model then still compares a packed forward pass with a padded one)."""
-    config = backbone.config
+    family = BIDIRECTIONAL_IMAGE_ATTENTION.get(backbone.config.model_type)
+    if family:
+        return (f"{family} lets image tokens attend to each other both ways, which the causal packed attention "
+                "does not compute")
+    config = text_config(backbone.config)  # a VLM's vision tower runs plain SDPA on whole images
     implementation = getattr(config, "_attn_implementation", None)
     if implementation != ATTN_IMPLEMENTATION:
         return f"it was loaded with attn_implementation={implementation!r}, not DiscoRM's {ATTN_IMPLEMENTATION!r}"
     if getattr(config, "attn_logit_softcapping", None):
         return (f"its attention logits are soft-capped (attn_logit_softcapping={config.attn_logit_softcapping}), "
                 "which SDPA cannot compute")
-    bidirectional = [type(m).__name__ for m in backbone.modules() if getattr(m, "is_causal", None) is False]
+    bidirectional = [type(m).__name__ for m in language_model(backbone).modules()
+                     if getattr(m, "is_causal", None) is False]
     if bidirectional:
         return f"its attention is bidirectional ({bidirectional[0]}.is_causal=False, an encoder), not causal"
     return None

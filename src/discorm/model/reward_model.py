@@ -36,10 +36,12 @@ from discorm.model.loading import (
     apply_finetuning,
     checkpoint_kind,
     load_backbone,
+    load_vision,
     log_trainable,
     read_checkpoint,
     resolve_model_path,
 )
+from discorm.model.multimodal import hidden_size, image_token_types, mrope_positions, text_config, uses_mrope
 from discorm.model.packed import block_masks, choose_backend, flex_failed, sliding_windows, unsupported_reason
 from discorm.model.rm_config import RewardModelConfig
 from discorm.model.selection import select_items
@@ -82,12 +84,13 @@ class RewardModel(nn.Module):
     packed one (see ``model/packed.py``)."""
 
     def __init__(self, backbone: nn.Module, head: RewardHead, rm_config: RewardModelConfig, tokenizer=None,
-                 attention_backend: str = "auto"):
+                 attention_backend: str = "auto", vision=None):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.rm_config = rm_config
         self.tokenizer = tokenizer
+        self.vision = vision  # a vision-language model's image inputs (data/vision.py); None: text only
         self.attention_backend = attention_backend  # packed batches: auto, sdpa_split or flex (model/packed.py)
         self._packing_obstacle: str | None = None
         self._packing_checked = False
@@ -101,18 +104,26 @@ class RewardModel(nn.Module):
         pair_blocks: torch.Tensor | None = None,
         score_index: torch.Tensor | None = None,
         return_token_values: bool = False,
+        **pixel_inputs: torch.Tensor,
     ) -> RewardModelOutput:
         """Padded: input_ids (B, L) + attention_mask -> B scores. Packed: input_ids (1, N), position_ids (1, N),
-        pair_blocks (nblocks, 2 + K), score_index (S,) -> S scores read at those token positions."""
+        pair_blocks (nblocks, 2 + K), score_index (S,) -> S scores read at those token positions.
+        ``pixel_inputs``: a vision-language model's image tensors (``pixel_values``, ``image_grid_thw``, ...; see
+        ``data/vision.py``), the images of the row's image tokens in row order."""
+        mrope = bool(pixel_inputs) and uses_mrope(self.backbone)
+        if mrope:  # Qwen2-VL's M-RoPE numbers image tokens by (time, height, width)
+            pixel_inputs["mm_token_type_ids"] = image_token_types(self.config, input_ids)
         if pair_blocks is not None:
             blocks = [tuple(block) for block in pair_blocks.tolist()]
-            hidden = self._packed_hidden(input_ids, position_ids, blocks)  # (1, N, H)
+            if mrope:  # (3, 1, N): each branch as in its own row
+                position_ids = mrope_positions(self.backbone, input_ids, blocks, pixel_inputs.get("image_grid_thw"))
+            hidden = self._packed_hidden(input_ids, position_ids, blocks, pixel_inputs)  # (1, N, H)
             pooled = hidden[0, score_index]  # (S, H): the head runs only where scores are read
         else:
-            if attention_mask is not None and position_ids is None:
+            if attention_mask is not None and position_ids is None and not mrope:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # left padding safe
-            hidden = self.backbone(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            hidden = self.backbone(  # M-RoPE: the model numbers its padded rows itself
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **pixel_inputs
             ).last_hidden_state  # (B, L, H)
             pooled = pool(hidden, attention_mask, self.rm_config.pooling)
         with torch.autocast(pooled.device.type, enabled=False):  # the head runs in float32, also under bf16
@@ -125,21 +136,23 @@ class RewardModel(nn.Module):
         return RewardModelOutput(scores=self.reward(params), head_params=params, token_values=token_values,
                                  pooled=pooled)
 
-    def _packed_hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor, blocks: list) -> torch.Tensor:
+    def _packed_hidden(self, input_ids: torch.Tensor, position_ids: torch.Tensor, blocks: list,
+                       pixel_inputs: dict) -> torch.Tensor:
         """The backbone's last hidden states (1, N, H) for a packed row, on the backend ``choose_backend`` picks;
         where auto picked FlexAttention and it fails (it compiles on first use), split SDPA computes the row."""
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         backend = choose_backend(self.attention_backend, input_ids.device, needs_grad, self.training)
         if backend == "flex":
             try:
-                masks = block_masks(blocks, sliding_windows(self.config), input_ids.device)
+                masks = block_masks(blocks, sliding_windows(text_config(self.config)), input_ids.device)
                 return self.backbone(input_ids=input_ids, position_ids=position_ids,
-                                     discorm_block_masks=masks).last_hidden_state
+                                     discorm_block_masks=masks, **pixel_inputs).last_hidden_state
             except Exception as err:  # noqa: BLE001 - any compile or kernel failure: split SDPA is exact too
                 if self.attention_backend != "auto" or isinstance(err, torch.OutOfMemoryError):
                     raise
                 flex_failed(err)
-        return self.backbone(input_ids=input_ids, position_ids=position_ids, discorm_blocks=blocks).last_hidden_state
+        return self.backbone(input_ids=input_ids, position_ids=position_ids, discorm_blocks=blocks,
+                             **pixel_inputs).last_hidden_state
 
     def reward(self, params: torch.Tensor, mode: str | None = None, alpha: float | None = None,
                k: float | None = None) -> torch.Tensor:
@@ -185,7 +198,7 @@ class RewardModel(nn.Module):
     def _compare_packed_with_padded(self) -> str | None:
         """Last-token hidden states of a packed pair block and a plain sequence vs the same padded."""
         generator = torch.Generator().manual_seed(0)
-        vocab = min(getattr(self.config, "vocab_size", 100) or 100, 1000)
+        vocab = min(getattr(text_config(self.config), "vocab_size", 100) or 100, 1000)
         device = next(self.parameters()).device
         prompt, chosen, rejected = (torch.randint(3, vocab, (n,), generator=generator) for n in (3, 2, 5))
         single = torch.randint(3, vocab, (4,), generator=generator)
@@ -288,6 +301,8 @@ class RewardModel(nn.Module):
             save_file(tensors, staged / HEAD_FILE, metadata={"head": self.head.kind})
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(staged)
+            if self.vision is not None:
+                self.vision.save_pretrained(staged)
             self.rm_config.save(staged)
             written = {p.name for p in staged.iterdir()}
             for stale in (p for pattern in WEIGHT_FILES for p in out.glob(pattern) if p.name not in written):
@@ -324,7 +339,7 @@ class RewardModel(nn.Module):
         options = options or LoadOptions()
         parts = read_checkpoint(str(path), options, head, trainable, quantized, uncertainty)
         config = replace(parts.config, **config_overrides) if config_overrides else parts.config
-        model = cls(parts.backbone, parts.head, config, parts.tokenizer, options.attention_backend)
+        model = cls(parts.backbone, parts.head, config, parts.tokenizer, options.attention_backend, parts.vision)
         if device is not None:
             model.to(device)
         return model.train(trainable)
@@ -347,13 +362,14 @@ class RewardModel(nn.Module):
                 model.rm_config = replace(model.rm_config, base_model=path, finetuning_type=finetuning.kind)
         else:
             backbone = apply_finetuning(load_backbone(resolved, options), finetuning)
-            hidden = backbone.config.hidden_size
+            hidden = hidden_size(backbone.config)
             module = with_uncertainty(lambda: build_head(head, hidden, **(head_options or {})), hidden,
                                       uncertainty.kind, uncertainty.ensemble_size, uncertainty.bootstrap)
             config = RewardModelConfig(head=module.kind, head_options=module.saved_options(), pooling=pooling,
                                        base_model=path, finetuning_type=finetuning.kind,
                                        uncertainty=uncertainty.kind, ensemble_size=uncertainty.ensemble_size)
-            model = cls(backbone, module, config, attention_backend=options.attention_backend)
+            model = cls(backbone, module, config, attention_backend=options.attention_backend,
+                        vision=load_vision(resolved, options))
         model.tokenizer = tokenizer
         model.attention_backend = options.attention_backend
         quantization = options.quantization or model.rm_config.quantization
