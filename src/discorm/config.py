@@ -245,6 +245,9 @@ class FinetuningArguments:
         "After training, shift and scale the reward to mean 0 and std 1 on a reference set (normalization_dataset)"
         "; stored with the model and applied by scoring, the server and the export.")
     rating_target: str = _arg("all", RATING_TARGETS.help())
+    train_vision_tower: bool = _arg(
+        False, "A vision-language model's vision tower and projector train in full under finetuning_type: freeze or "
+        "lora too (a model whose vision side is new, such as smollm2-135m-vision, needs it).")
 
     def __post_init__(self):
         if self.disco and self.head not in (None, "gaussian"):
@@ -309,7 +312,8 @@ class FinetuningArguments:
     def finetuning(self) -> Finetuning:
         layers = self.freeze_trainable_layers
         return Finetuning(self.finetuning_type, self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_target,
-                          Finetuning.freeze_trainable_layers if layers is None else layers)
+                          Finetuning.freeze_trainable_layers if layers is None else layers,
+                          train_vision_tower=self.train_vision_tower)
 
 
 @dataclass
