@@ -248,6 +248,9 @@ class FinetuningArguments:
     lora_vision_tower: bool = _arg(
         False, "A vision-language model with lora_target: all: LoRA on the vision tower and projector too (by default "
         "on the language model only).")
+    train_vision_tower: bool = _arg(
+        False, "A vision-language model's vision tower and projector train in full under finetuning_type: freeze or "
+        "lora too (a model whose vision side is new, such as smollm2-135m-vision, needs it).")
 
     def __post_init__(self):
         if self.disco and self.head not in (None, "gaussian"):
@@ -312,7 +315,8 @@ class FinetuningArguments:
     def finetuning(self) -> Finetuning:
         layers = self.freeze_trainable_layers
         return Finetuning(self.finetuning_type, self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_target,
-                          Finetuning.freeze_trainable_layers if layers is None else layers, self.lora_vision_tower)
+                          Finetuning.freeze_trainable_layers if layers is None else layers,
+                          lora_vision_tower=self.lora_vision_tower, train_vision_tower=self.train_vision_tower)
 
 
 @dataclass

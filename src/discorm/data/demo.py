@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import random
 
+from discorm.data import demo_images
+
 TOPICS = {
     "volcanoes": "Volcanoes form where molten rock, called magma, rises through the crust and erupts as lava.",
     "bees": "Bees collect nectar from flowers and turn it into honey, pollinating plants along the way.",
@@ -203,3 +205,5 @@ BUILTIN = {"demo": rows, "demo_rated": rated_rows, "demo_ranked": ranked_rows,
            "demo_graded": graded_rows}  # `<name>_test` is the test split of each
 BUILTIN_FORMATS = {"demo_rated": "rated", "demo_ranked": "listwise"}  # the others: explicit pairs
 BUILTIN_STRENGTH_SCALE = 3.0  # demo_graded's strengths
+BUILTIN.update(demo_images.BUILTIN)  # demo_images, demo_images_blank: image-grounded pairs (sharegpt with images)
+BUILTIN_FORMATS.update(dict.fromkeys(demo_images.BUILTIN, "sharegpt"))

@@ -69,6 +69,7 @@ class Finetuning:
     lora_target: str = "all"
     freeze_trainable_layers: int = 2
     lora_vision_tower: bool = False
+    train_vision_tower: bool = False  # freeze / lora: a VLM's vision tower and projector train in full
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,8 @@ def apply_finetuning(backbone: PreTrainedModel, finetuning: Finetuning) -> torch
             )
         for block in list(blocks)[len(blocks) - finetuning.freeze_trainable_layers :]:
             block.requires_grad_(True)
+        for name in _vision_parts(backbone, finetuning):
+            getattr(backbone, name).requires_grad_(True)
         return backbone
     if quantized:
         backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
@@ -311,12 +314,25 @@ def apply_finetuning(backbone: PreTrainedModel, finetuning: Finetuning) -> torch
         targets = [name for name, m in backbone.named_modules() if isinstance(m, torch.nn.Linear) and id(m) in inside]
     else:
         targets = "all-linear"
+    saved = _vision_parts(backbone, finetuning)
     config = LoraConfig(r=finetuning.lora_rank, lora_alpha=finetuning.lora_alpha,
-                        lora_dropout=finetuning.lora_dropout, target_modules=targets)
+                        lora_dropout=finetuning.lora_dropout, target_modules=targets, modules_to_save=saved or None)
     try:
         return get_peft_model(backbone, config)
     except ValueError as err:
         raise ModelError(f"lora_target={finetuning.lora_target!r} does not fit this model: {err}") from None
+
+
+def _vision_parts(backbone: torch.nn.Module, finetuning: Finetuning) -> list[str]:
+    """The names of the modules beside the language model (vision tower, projector) that ``train_vision_tower``
+    trains in full."""
+    if not finetuning.train_vision_tower:
+        return []
+    if not is_multimodal(backbone.config):
+        raise ConfigError(f"train_vision_tower: true needs a vision-language model, and {type(backbone).__name__} "
+                          "has no vision tower; remove train_vision_tower.")
+    text = language_model(backbone)
+    return [name for name, child in backbone.named_children() if child is not text]
 
 
 def log_trainable(model: torch.nn.Module) -> tuple[int, int]:
