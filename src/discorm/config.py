@@ -245,6 +245,12 @@ class FinetuningArguments:
         "After training, shift and scale the reward to mean 0 and std 1 on a reference set (normalization_dataset)"
         "; stored with the model and applied by scoring, the server and the export.")
     rating_target: str = _arg("all", RATING_TARGETS.help())
+    cache_frozen_trunk: bool = _arg(
+        False, "finetuning_type: freeze: compute the frozen blocks' output for the training rows once, before the "
+        "first step, and train the top blocks and the head from it in every epoch (the same losses and gradients).")
+    cache_frozen_trunk_max_gb: float = _arg(
+        4.0, "cache_frozen_trunk: the largest cache allowed, in GB (tokens x hidden size x bytes per value, on the "
+        "training device); a larger one is refused before it is built.")
 
     def __post_init__(self):
         if self.disco and self.head not in (None, "gaussian"):
@@ -299,6 +305,11 @@ class FinetuningArguments:
         check_range("lora_dropout", self.lora_dropout, low=0, high=1)
         check_range("freeze_trainable_layers", self.freeze_trainable_layers, low=0)
         check_range("head_learning_rate", self.head_learning_rate, low=0)
+        if self.cache_frozen_trunk and self.finetuning_type != "freeze":
+            raise ConfigError(f"cache_frozen_trunk caches the frozen blocks of finetuning_type: freeze, and "
+                              f"finetuning_type={self.finetuning_type!r} trains them all. Set finetuning_type: "
+                              "freeze, or remove cache_frozen_trunk.")
+        check_range("cache_frozen_trunk_max_gb", self.cache_frozen_trunk_max_gb, low=0)
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_rank
 
