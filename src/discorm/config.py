@@ -209,12 +209,13 @@ class FinetuningArguments:
         None, "Adds coef * mean((r_chosen + r_rejected)^2) to keep rewards centred.")
     reward_mode: str = _arg(
         "mean",
-        "Scalar reward handed out: mean, lower_quantile (alpha-quantile), mean_minus_std (mean - k * std); with "
+        "Scalar reward handed out: mean, lower_quantile (alpha-quantile), mean_minus_std (mean - k * std), entropic "
+        "(-(1/k) log E[exp(-k * reward)], the exponential-utility certainty equivalent); with "
         "epistemic uncertainty also lcb (mean - k * sigma_epistemic), uwo (mean - k * sigma_epistemic^2) and, for "
         "an ensemble, min (its worst member).")
     reward_alpha: float = _arg(0.1, "lower_quantile: the quantile level alpha.")
     reward_k: float = _arg(1.0, "mean_minus_std and lcb: the number of standard deviations k; uwo: the weight of "
-                           "the epistemic variance.")
+                           "the epistemic variance; entropic: the risk aversion k = 1/beta (0: the mean).")
     uncertainty: str | None = _arg(
         None, "Epistemic uncertainty for any head: laplace (a Laplace posterior over a last layer on the pooled "
         "features, fitted on the training pairs after training) or ensemble (ensemble_size heads on the shared "
