@@ -109,6 +109,9 @@ def test_what_the_cache_cannot_reproduce_is_refused(tiny_llama, tiny_gpt2):
     dropping.backbone.layers[0].self_attn.attention_dropout = 0.1
     with pytest.raises(ConfigError, match=r"dropout \(layers.0.self_attn \(rate 0.1\)\)"):
         build_trunk_cache(dropping, PAIRS)
+    with pytest.raises(ConfigError, match=r"training row 1 \(pairs.jsonl:2\) has images"):
+        build_trunk_cache(build_model(tiny_llama, "freeze", freeze_trainable_layers=1),
+                          [PAIRS[0], {**PAIRS[1], "images": ["a.png"], "source": "pairs.jsonl:2"}])
     with pytest.raises(ConfigError, match="finetuning_type: freeze"):
         FinetuningArguments(finetuning_type="full", cache_frozen_trunk=True)
 

@@ -114,18 +114,14 @@ def remap(example: dict, offset: int) -> dict:
     return out
 
 
-def estimate_bytes(dataset, model: RewardModel) -> tuple[int, int]:
-    """(tokens, bytes) of the table for ``dataset``: one row of hidden_size values per prompt and response token."""
-    tokens = sum(example_length(example) for example in dataset)
+def estimate_bytes(tokens: int, model: RewardModel) -> int:
+    """The size of the table: one row of hidden_size values per prompt and response token, in the backbone's dtype."""
     dtype = next(model.backbone.parameters()).dtype
-    return tokens, tokens * model.config.hidden_size * torch.empty((), dtype=dtype).element_size()
+    return tokens * model.config.hidden_size * torch.empty((), dtype=dtype).element_size()
 
 
 def check_cacheable(model: RewardModel, dataset) -> int:
     """Refuse what the cache cannot reproduce exactly; -> the first trainable block."""
-    if "images" in getattr(dataset, "column_names", ()) and any(i for i in dataset["images"] if i):
-        raise ConfigError("cache_frozen_trunk caches text-only training rows, and this training set has images. "
-                          "Remove cache_frozen_trunk.")
     first = first_trainable_block(model.backbone)
     dropout = frozen_dropout(model.backbone, first)
     if dropout:
@@ -144,7 +140,14 @@ def build_trunk_cache(model: RewardModel, dataset, batch_size: int = 8, max_gb: 
     ``datasets.Dataset`` or a list of dicts) of pairs, ranked lists or rated responses. The size of the table is
     logged before it is built; past ``max_gb`` it is refused."""
     first = check_cacheable(model, dataset)
-    tokens, size = estimate_bytes(dataset, model)
+    offsets = [0]  # example i owns the rows offsets[i] .. offsets[i + 1]
+    for i, example in enumerate(dataset):
+        if example.get("images"):
+            raise ConfigError(f"cache_frozen_trunk caches text-only training rows, and training row {i} "
+                              f"({example.get('source', 'no source')}) has images. Remove cache_frozen_trunk.")
+        offsets.append(offsets[-1] + example_length(example))
+    tokens = offsets[-1]
+    size = estimate_bytes(tokens, model)
     blocks = transformer_blocks(model.backbone)
     logger.info("frozen-trunk cache: %d tokens x hidden size %d, %.3f GB (limit cache_frozen_trunk_max_gb=%g); "
                 "blocks 0-%d run once, blocks %d-%d train from it", tokens, model.config.hidden_size, size / 1e9,
@@ -157,9 +160,6 @@ def build_trunk_cache(model: RewardModel, dataset, batch_size: int = 8, max_gb: 
     device = next(model.parameters()).device
     states = torch.empty(tokens, model.config.hidden_size, dtype=next(model.backbone.parameters()).dtype,
                          device=device)
-    offsets = [0]
-    for example in dataset:
-        offsets.append(offsets[-1] + example_length(example))
     captured: list[torch.Tensor] = []
 
     def before_block(module, args, kwargs):
