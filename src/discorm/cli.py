@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "model's own)")
     evaluate.add_argument("--reward-alpha", type=float, help="lower_quantile: the quantile level")
     evaluate.add_argument("--reward-k", type=float, help="mean_minus_std, lcb: the number of standard deviations; "
-                          "uwo: the weight of the epistemic variance")
+                          "uwo: the weight of the epistemic variance; entropic: the risk aversion 1/beta")
     evaluate.add_argument("--batch-size", type=int, default=8, help="items per packed forward pass")
     evaluate.add_argument("--cutoff-len", type=int, help="token budget per sequence (default: the model's own)")
     evaluate.add_argument("--max-samples", type=int, help="use at most this many rows of each set")
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="lower_quantile: the level alpha in (0, 1) (default: the model's reward_alpha)")
     score.add_argument("--reward-k", type=float, default=None,
                        help="mean_minus_std, lcb: the number of standard deviations k; uwo: the weight of the "
-                       "epistemic variance (default: the model's reward_k)")
+                       "epistemic variance; entropic: the risk aversion 1/beta (default: the model's reward_k)")
     score.add_argument("--policy-tokenizer", default=None, metavar="PATH_OR_NAME", help=POLICY_HELP)
     score.set_defaults(func=_cmd_score)
 

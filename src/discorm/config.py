@@ -209,12 +209,13 @@ class FinetuningArguments:
         None, "Adds coef * mean((r_chosen + r_rejected)^2) to keep rewards centred.")
     reward_mode: str = _arg(
         "mean",
-        "Scalar reward handed out: mean, lower_quantile (alpha-quantile), mean_minus_std (mean - k * std); with "
+        "Scalar reward handed out: mean, lower_quantile (alpha-quantile), mean_minus_std (mean - k * std), entropic "
+        "(-(1/k) log E[exp(-k * reward)], the exponential-utility certainty equivalent); with "
         "epistemic uncertainty also lcb (mean - k * sigma_epistemic), uwo (mean - k * sigma_epistemic^2) and, for "
         "an ensemble, min (its worst member).")
     reward_alpha: float = _arg(0.1, "lower_quantile: the quantile level alpha.")
     reward_k: float = _arg(1.0, "mean_minus_std and lcb: the number of standard deviations k; uwo: the weight of "
-                           "the epistemic variance.")
+                           "the epistemic variance; entropic: the risk aversion k = 1/beta (0: the mean).")
     uncertainty: str | None = _arg(
         None, "Epistemic uncertainty for any head: laplace (a Laplace posterior over a last layer on the pooled "
         "features, fitted on the training pairs after training) or ensemble (ensemble_size heads on the shared "
@@ -251,6 +252,12 @@ class FinetuningArguments:
     train_vision_tower: bool = _arg(
         False, "A vision-language model's vision tower and projector train in full under finetuning_type: freeze or "
         "lora too (a model whose vision side is new, such as smollm2-135m-vision, needs it).")
+    cache_frozen_trunk: bool = _arg(
+        False, "finetuning_type: freeze: compute the frozen blocks' output for the training rows once, before the "
+        "first step, and train the top blocks and the head from it in every epoch (the same losses and gradients).")
+    cache_frozen_trunk_max_gb: float = _arg(
+        4.0, "cache_frozen_trunk: the largest cache allowed, in GB (tokens x hidden size x bytes per value, on the "
+        "training device); a larger one is refused before it is built.")
 
     def __post_init__(self):
         if self.disco and self.head not in (None, "gaussian"):
@@ -305,6 +312,11 @@ class FinetuningArguments:
         check_range("lora_dropout", self.lora_dropout, low=0, high=1)
         check_range("freeze_trainable_layers", self.freeze_trainable_layers, low=0)
         check_range("head_learning_rate", self.head_learning_rate, low=0)
+        if self.cache_frozen_trunk and self.finetuning_type != "freeze":
+            raise ConfigError(f"cache_frozen_trunk caches the frozen blocks of finetuning_type: freeze, and "
+                              f"finetuning_type={self.finetuning_type!r} trains them all. Set finetuning_type: "
+                              "freeze, or remove cache_frozen_trunk.")
+        check_range("cache_frozen_trunk_max_gb", self.cache_frozen_trunk_max_gb, low=0)
         if self.lora_alpha is None:
             self.lora_alpha = 2 * self.lora_rank
 

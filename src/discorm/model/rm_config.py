@@ -21,7 +21,7 @@ from discorm.model.heads import head_class
 
 CONFIG_FILE = "discorm_config.json"
 VERSION = 5
-REWARD_MODES = ("mean", "lower_quantile", "mean_minus_std", "lcb", "uwo", "min")
+REWARD_MODES = ("mean", "lower_quantile", "mean_minus_std", "lcb", "uwo", "min", "entropic")
 
 
 def check_reward_options(mode: str | None = None, alpha: float | None = None, k: float | None = None,

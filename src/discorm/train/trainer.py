@@ -13,11 +13,13 @@ from transformers import Trainer
 
 from discorm.config import FinetuningArguments
 from discorm.data.collator import PairBatch, model_inputs
+from discorm.errors import ConfigError
 from discorm.files import write_text
 from discorm.model.reward_model import RewardModel
 from discorm.train.arguments import TrainerArguments
 from discorm.train.loss import PairwiseLoss, ordered_rewards
 from discorm.train.preemption import StepSync
+from discorm.train.trunk_cache import TrunkCache, build_trunk_cache
 
 
 def split_batch(params: torch.Tensor, rated: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -60,6 +62,7 @@ class PairwiseTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.sync = StepSync(self.args.device, getattr(self.args, "skip_nonfinite_batches", False))
         self.add_callback(self.sync)
+        self.trunk_cache: TrunkCache | None = None
 
     @property
     def reward_model(self) -> RewardModel:
@@ -74,8 +77,21 @@ class PairwiseTrainer(Trainer):
             split_param_groups(optimizer, self.reward_model.head.parameters(), lr=self.head_learning_rate)
         return optimizer
 
+    def cache_frozen_trunk(self, max_gb: float) -> None:
+        """Train from the frozen blocks' cached output (``train/trunk_cache.py``): computed here, once, under the
+        autocast training uses, and the training rows rewritten to read it. Evaluation runs the full model."""
+        if self.args.world_size > 1:
+            raise ConfigError("cache_frozen_trunk trains in one process; this run has "
+                              f"{self.args.world_size}. Remove cache_frozen_trunk, or train on one device.")
+        with self.autocast_smart_context_manager():
+            self.trunk_cache, self.train_dataset = build_trunk_cache(
+                self.reward_model, self.train_dataset, self.args.per_device_eval_batch_size, max_gb)
+
     def compute_loss(self, model, inputs: PairBatch, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**model_inputs(inputs))  # one pass over every scored sequence (padded or packed)
+        if self.trunk_cache is not None and model.training:  # training rows hold rows of the cache, not tokens
+            outputs = self.trunk_cache.model(**model_inputs(inputs))
+        else:
+            outputs = model(**model_inputs(inputs))  # one pass over every scored sequence (padded or packed)
         params = outputs.head_params
         with torch.autocast(params.device.type, enabled=False):  # the loss in float32, also under bf16
             loss = self.loss_fn.batch_loss(params, inputs)

@@ -235,11 +235,14 @@ def setup_trainer(model: RewardModel, data: RunData, data_args: DataArguments, a
                           "Set eval_strategy: no, or add pairs to eval_dataset.")
     collator = make_collator(model, data_args, model.tokenizer)
     logger.info("batches: %s", type(collator).__name__)
-    return PairwiseTrainer(
+    trainer = PairwiseTrainer(
         model=model, arguments=arguments, train_dataset=stage_one, data_collator=collator,
         eval_dataset=rated if pairs is None else pairs if rated is None else {"pairs": pairs, "rated": rated},
         compute_metrics=metrics_fn(model), finetuning_args=finetuning_args,
         callbacks=[JsonlLogCallback(), CompleteCheckpoints(arguments.asked.save_total_limit), *(callbacks or [])])
+    if finetuning_args.cache_frozen_trunk:
+        trainer.cache_frozen_trunk(finetuning_args.cache_frozen_trunk_max_gb)
+    return trainer
 
 
 def train(trainer: PairwiseTrainer) -> dict:

@@ -149,13 +149,22 @@ class RewardDistribution(metaclass=ABCMeta):  # not ABC: its empty __slots__ wou
     def worst_member(self, params: torch.Tensor) -> torch.Tensor:  # (N, K) -> (N,): the lowest ensemble member
         raise NotImplementedError(f"the {self.kind} head is not an ensemble")
 
+    def entropic(self, params: torch.Tensor, k: float) -> torch.Tensor:  # (N, K) -> (N,)
+        """The entropic (exponential-utility) reward with risk aversion k = 1 / beta, the certainty equivalent
+        -beta log E[exp(-R / beta)]: for a normal R, mu - k sigma^2 / 2 (exact), read here with ``mean`` and
+        ``std``; a head whose distribution is not normal computes it exactly for itself. k = 0 is the mean."""
+        return self.mean(params) - 0.5 * k * self.std(params).square()
+
     def reward(self, params: torch.Tensor, mode: str = "mean", alpha: float = 0.1, k: float = 1.0) -> torch.Tensor:
-        """The scalar handed to RL: mean, the alpha-quantile, mean - k * std (risk-averse), and with epistemic
-        uncertainty lcb (mean - k * sigma_ep), uwo (mean - k * sigma_ep^2) or min (the worst ensemble member)."""
+        """The scalar handed to RL: mean, the alpha-quantile, mean - k * std (risk-averse), the entropic reward
+        -(1 / k) log E[exp(-k R)] (``entropic``), and with epistemic uncertainty lcb (mean - k * sigma_ep), uwo
+        (mean - k * sigma_ep^2) or min (the worst ensemble member)."""
         if mode == "lower_quantile":
             return self.quantile(params, alpha)
         if mode == "mean_minus_std":
             return self.mean(params) - k * self.std(params)
+        if mode == "entropic":
+            return self.entropic(params, k)
         if mode == "lcb":
             return self.mean(params) - k * self.epistemic_std(params)
         if mode == "uwo":

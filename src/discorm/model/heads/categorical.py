@@ -67,6 +67,14 @@ class CategoricalHead(OrdinalLevels, RewardHead):
         mean = p @ atoms
         return (p @ atoms.square() - mean.square()).clamp_min(0).sqrt()
 
+    def entropic(self, params, k):
+        """Exact over the atoms: -(1 / k) log sum_i p_i exp(-k a_i), as one logsumexp (no overflow for a large k),
+        in float64 (dividing by a small k would magnify float32's rounding)."""
+        if k == 0:
+            return self.mean(params)
+        log_p = params.double().log_softmax(-1)
+        return (-(log_p - k * self.atoms.to(params.device).double()).logsumexp(-1) / k).float()
+
     def quantile(self, params, alpha):
         """The alpha-quantile of the continuous reading of the atoms: atom i's mass spread evenly over its cell
         [a_i - d/2, a_i + d/2] (d the atom spacing), so the CDF is piecewise linear and the quantile moves
