@@ -5,6 +5,7 @@ pairs and K = 3 lists with 1 and 2 images, full and LoRA tuning; the vision enco
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +20,8 @@ from discorm.data.vision import VisionInputs
 from discorm.errors import DataError
 from discorm.model.heads import build_head
 from discorm.model.loading import Finetuning, apply_finetuning, load_backbone
-from discorm.model.multimodal import hidden_size
+from discorm.model.multimodal import hidden_size, image_token_types, mrope_positions
+from discorm.model.packed import unsupported_reason
 from discorm.model.reward_model import RewardModel
 from discorm.model.rm_config import RewardModelConfig
 from tests.model.multimodal_models import FAMILIES, make_vlm
@@ -190,3 +192,26 @@ def test_text_only_model_and_wrong_placeholder_count_are_refused(vlm):
         _encoder(processor, vision=False)(_pair(IMAGES[:1]), DataStats())
     with pytest.raises(DataError, match=r"data\.jsonl:7: the prompt has 1 <image> placeholder\(s\) but the row has 2"):
         _encoder(processor)(_pair(IMAGES[:2]), DataStats())
+
+
+def test_qwen2_vl_branches_get_the_3d_positions_of_their_own_padded_rows(tmp_path):
+    path, processor = make_vlm(tmp_path, "qwen2_vl")
+    model = build(path, processor)
+    features = _features(processor, "lists")
+    packed = PackedPairCollator(True, vision=model.vision)(features)
+    padded = PairwiseDataCollatorWithPadding(0, vision=model.vision)(features)
+    blocks = [tuple(b) for b in packed["pair_blocks"].tolist()]
+    positions = mrope_positions(model.backbone, packed["input_ids"], blocks, packed["image_grid_thw"])  # (3, 1, N)
+    mask = padded["attention_mask"]
+    rows, _ = model.backbone.get_rope_index(padded["input_ids"], image_token_types(model.config, padded["input_ids"]),
+                                            padded["image_grid_thw"], attention_mask=mask)  # (3, S, L)
+    ends = packed["score_index"].tolist()
+    for row, end in enumerate(ends):  # every scored token sits where its padded row puts it, in 3-D
+        assert positions[:, 0, end].tolist() == rows[:, row, int(mask[row].sum()) - 1].tolist()
+    image_rows = positions[1, 0][packed["input_ids"][0] == model.config.image_token_id]
+    assert image_rows.unique().numel() > 1  # height positions vary inside an image: not 1-D positions
+
+
+def test_gemma3_bidirectional_image_attention_falls_back_to_padded_batches():
+    backbone = SimpleNamespace(config=SimpleNamespace(model_type="gemma3"))
+    assert "Gemma 3 lets image tokens attend to each other both ways" in unsupported_reason(backbone)

@@ -56,13 +56,17 @@ def mrope_positions(backbone, input_ids: torch.Tensor, blocks: list[Block],
     own images, in row order) gives branch k the positions of its own padded row; the prompt's are the same in
     every branch."""
     config = backbone.config
+    merge = config.vision_config.spatial_merge_size
     grids = iter(image_grid_thw if image_grid_thw is not None else [])
     ids = input_ids[0]
     parts = []
     for start, prompt_len, first, *others in blocks:
         branches = [first, *(n for n in others if n)]
         prompt = ids[start : start + prompt_len]
-        block_grids = [next(grids) for _ in range(int((prompt == config.image_token_id).sum()))]
+        block_grids, tokens = [], int((prompt == config.image_token_id).sum())
+        while tokens > 0:  # the block's images: as many grids as its image tokens take, in row order
+            block_grids.append(next(grids))
+            tokens -= int(block_grids[-1].prod()) // merge**2
         offset = start + prompt_len
         for k, length in enumerate(branches):
             if k == 0:
