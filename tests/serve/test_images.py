@@ -292,3 +292,28 @@ def test_discorm_score_reads_images_from_the_input_files_folder(vlm, tmp_path, c
     bad.write_text(json.dumps({**rows[0], "images": ["imgs/blue.png"]}) + "\n")
     assert main(["score", str(vlm[0]), "--input", str(bad), "--output", str(tmp_path / "bad_out.jsonl")]) != 0
     assert "bad.jsonl:1" in user_error(capsys.readouterr().err) and not (tmp_path / "bad_out.jsonl").exists()
+
+
+def test_discorm_eval_and_score_read_image_pairs(vlm, tmp_path):
+    """LlamaFactory's sharegpt pairs with images: `discorm eval` and `discorm score` score them with their images,
+    as RewardModel.score does."""
+    (tmp_path / "imgs").mkdir()
+    for seed in (1, 2):
+        picture(seed).save(tmp_path / "imgs" / f"{seed}.png")
+    rows = [{"conversations": [{"from": "human", "value": "<image>What is it?"}],
+             "chosen": {"from": "gpt", "value": "A red square."}, "rejected": {"from": "gpt", "value": "A cat."},
+             "images": [f"imgs/{seed}.png"]} for seed in (1, 2)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(["eval", str(vlm[0]), "--data", f"p={data}", "--out", str(tmp_path / "eval"), "--no-report",
+                 "--bootstrap", "100"]) == 0
+    assert main(["score", str(vlm[0]), "--input", str(data), "--output", str(tmp_path / "out.jsonl")]) == 0
+    expected = [r["reward"] for seed in (1, 2) for r in vlm[1].score([
+        {"prompt": "What is it?", "response": answer, "images": [data_uri(picture(seed))]}
+        for answer in ("A red square.", "A cat.")])]
+    predictions = [json.loads(x) for x in (tmp_path / "eval" / "predictions" / "p.jsonl").read_text().splitlines()]
+    assert [s for p in predictions for s in p["scores"]] == pytest.approx(expected, abs=1e-5)
+    scored = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [v for s in scored for v in (s["chosen"]["reward"], s["rejected"]["reward"])] == pytest.approx(
+        expected, abs=1e-5)
+    assert abs(expected[0] - expected[2]) > 1e-3  # the image changes the score

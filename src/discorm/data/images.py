@@ -133,7 +133,7 @@ def load_image(ref, where: str, policy: ImagePolicy = DEFAULT_POLICY) -> Image.I
 def data_uri(image: Image.Image) -> str:
     """A PIL image -> a PNG data URI (how an image travels in JSON)."""
     buffer = io.BytesIO()
-    image.save(buffer, "PNG")
+    (image if image.mode in ("RGB", "RGBA", "L") else image.convert("RGB")).save(buffer, "PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 

@@ -196,7 +196,12 @@ class Encoder:
         if self.vision is None:
             raise self._text_only(len(images), where)
         opened = [load_image(image, f"{where} image {i + 1}", self.image_policy) for i, image in enumerate(images)]
-        prompt_ids = self.vision.expand(prompt_text, opened, where)
+        try:
+            prompt_ids = self.vision.expand(prompt_text, opened, where)
+        except ValueError as err:  # the processor refuses a size (Qwen2-VL: too small, or an aspect ratio over 200)
+            sizes = ", ".join(f"{image.width}x{image.height}" for image in opened)
+            raise DataError(f"{where}: the model's image processor refuses the image(s) ({sizes}): {err}. Send "
+                            "larger images, closer to square.") from None
         response_ids = [self.tokens(text, where) for text in texts]
         budget = self.cutoff_len - len(prompt_ids)
         ends = [1 + len(self.tokens(text[len(text.rstrip()) :], where)) for text in texts]
