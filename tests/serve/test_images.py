@@ -317,3 +317,10 @@ def test_discorm_eval_and_score_read_image_pairs(vlm, tmp_path):
     assert [v for s in scored for v in (s["chosen"]["reward"], s["rejected"]["reward"])] == pytest.approx(
         expected, abs=1e-5)
     assert abs(expected[0] - expected[2]) > 1e-3  # the image changes the score
+
+
+def test_export_refuses_a_vision_language_model_naming_what_to_use(vlm, tmp_path, capsys):
+    assert main(["export", str(vlm[0]), "--out", str(tmp_path / "exported")]) == 2
+    error = user_error(capsys.readouterr().err)
+    assert "is a vision-language reward model" in error and "discorm serve" in error
+    assert not (tmp_path / "exported").exists()
