@@ -10,14 +10,19 @@ text/plain, a Host that is not the loopback's (DNS rebinding), a chat of a syste
 the user's turn, /v1/embeddings requests with no input, token ids beyond the vocabulary, an empty id list, an input
 that is neither, an unknown encoding_format or no API key, tool calls whose arguments are not JSON or that have no
 name, a tool turn without a call, tools that are not a list, chat_template_kwargs that name an argument of the
-template call or are not an object, a reasoning_content that is not a text, slow clients (a body trickling in, a
-byte at a time) and clients that disconnect mid-request, one of each kind, all in a separate process (so that their
-own work does not hold the server's interpreter lock).
+template call or are not an object, a reasoning_content that is not a text, bad images (not an image, invalid
+base64, too many pixels or bytes, more placeholders than images, a path out of the media root by ``..`` or an
+absolute path, a URL, an image in the response, an image part without its image, a video part, a bad image in
+/classify's multimodal chat, TRL's images column of the wrong length), slow clients (a body trickling in, a byte
+at a time) and clients that disconnect mid-request, one of each kind, all in a separate process (so that their own
+work does not hold the server's interpreter lock). With --vlm the model is a tiny random LLaVA served with a media
+root, so that the image faults meet the image checks (a text model refuses every image as text-only).
 Prints good-request throughput and p50/p99 latency for both phases, what the faulty requests got, and the number
 of good requests that failed and of faulty requests answered otherwise than expected, which must both be 0.
 
     python benchmarks/bench_serve.py                       # tiny model, 8 good clients, 3 rounds of 2 x 10 s
     python benchmarks/bench_serve.py --model saves/quickstart --clients 4 --seconds 20 --rounds 2
+    python benchmarks/bench_serve.py --vlm --clients 2 --seconds 3 --rounds 1   # the image checks, briefly
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,6 +55,38 @@ API_KEY = "bench-key"
 KEY = {"X-API-Key": API_KEY}
 JSON = {**KEY, "content-type": "application/json"}
 USER, ANSWER = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}
+MAX_IMAGE_PIXELS, MAX_IMAGE_BYTES = 256 * 256, 200_000
+
+
+def _png(size: tuple[int, int]) -> str:
+    from discorm.data.images import data_uri
+
+    return data_uri(Image.new("RGB", size, "red"))
+
+
+def _with_image(ref, prompt: str = "What is it?") -> dict:
+    return {"prompt": prompt, "response": "A red square.", "images": [ref]}
+
+
+def _chat_image(url: str) -> list:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": "What is it?"}]}, ANSWER]
+
+
+IMAGE_FAULTS = {  # all 422, naming the item
+    "image-not-an-image": [_with_image("data:image/png;base64,aGVsbG8=")],
+    "image-bad-base64": [_with_image("data:image/png;base64,@@@")],
+    "image-too-many-pixels": [_with_image(_png((300, 300)))],
+    "image-too-many-bytes": [_with_image("data:image/png;base64," + "A" * (MAX_IMAGE_BYTES * 2))],
+    "image-placeholders": [_with_image(_png((28, 28)), "<image> or <image>?")],
+    "image-dot-dot": [_with_image("../outside.png")],
+    "image-absolute-path": [_with_image("/etc/passwd")],
+    "image-url": [_with_image("http://127.0.0.1:9/cat.png")],
+    "image-in-response": [[USER, {"role": "assistant", "content": [{"type": "image_url",
+                                                                   "image_url": {"url": _png((28, 28))}}]}]],
+    "image-part-empty": [[{"role": "user", "content": [{"type": "image"}]}, ANSWER]],
+    "image-video-part": [[{"role": "user", "content": [{"type": "video_url", "video_url": "v.mp4"}]}, ANSWER]],
+}
 FAULTS = {  # kind -> (route, httpx request arguments, the status it must get)
     "malformed": ("/score", {"content": b'{"inputs": [', "headers": JSON}, 400),
     "oversized": ("/score", {"content": json.dumps([{"prompt": "x" * MAX_BODY, "response": "y"}]).encode(),
@@ -87,6 +125,11 @@ FAULTS = {  # kind -> (route, httpx request arguments, the status it must get)
     "kwargs-not-object": ("/score", {"json": [{"messages": [USER, ANSWER], "chat_template_kwargs": 3}],
                                      "headers": KEY}, 422),
     "trace-not-text": ("/score", {"json": [[USER, {**ANSWER, "reasoning_content": ["x"]}]], "headers": KEY}, 422),
+    **{kind: ("/score", {"json": [REQUEST[0], *items], "headers": KEY}, 422) for kind, items in IMAGE_FAULTS.items()},
+    "classify-bad-image": ("/classify", {"json": {"model": "rm", "messages": _chat_image("data:image/png;base64,AAAA")},
+                                         "headers": KEY}, 422),
+    "trl-images-length": ("/score", {"json": {"prompts": [[USER]] * 2, "completions": [[ANSWER]] * 2,
+                                              "images": [[_png((28, 28))]]}, "headers": KEY}, 422),
 }
 RAW_FAULTS = {"slow": 408, "disconnecting": "disconnected"}  # on a raw socket
 
@@ -109,7 +152,8 @@ def start_server(model_dir: str, batch_size: int):
     except ModelError as err:
         print(f"an unknown policy tokenizer is refused at start: {str(err)[:100]}...")
     app = create_app(model, batch_size, max_body_bytes=MAX_BODY, request_timeout_s=TIMEOUT_S, api_key=API_KEY,
-                     policy_tokenizer=model.tokenizer)
+                     policy_tokenizer=model.tokenizer, media_root=tempfile.mkdtemp(),
+                     max_image_pixels=MAX_IMAGE_PIXELS, max_image_bytes=MAX_IMAGE_BYTES)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
@@ -225,13 +269,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the two phases, alternating")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--vlm", action="store_true", help="without --model: a tiny random LLaVA reward model")
     opts = parser.parse_args()
     model_dir = opts.model
     if model_dir is None:
         from tests.conftest import build_model, make_model_dir
+        from tests.model.multimodal_models import make_vlm
 
         folder = Path(tempfile.mkdtemp())
-        build_model(make_model_dir(folder / "base")).save_pretrained(folder / "run")
+        base = make_vlm(folder / "base", "llava")[0] if opts.vlm else make_model_dir(folder / "base")
+        build_model(base).save_pretrained(folder / "run")
         model_dir = str(folder / "run")
     import torch
 

@@ -12,6 +12,7 @@ import sys
 
 from discorm import __version__
 from discorm.data.annotations import WRITERS
+from discorm.data.images import ImagePolicy
 from discorm.errors import DiscoRMError, TrainingInterrupted
 from discorm.model.acquisition import STRATEGIES
 from discorm.model.rm_config import REWARD_MODES
@@ -119,7 +120,9 @@ def _cmd_serve(args) -> None:
 
     serve(args.model, host=args.host, port=args.port, max_batch_size=args.batch_size, api_key=args.api_key,
           max_items=args.max_items, max_queue_items=args.max_queue, request_timeout_s=args.timeout,
-          policy_tokenizer=args.policy_tokenizer)
+          policy_tokenizer=args.policy_tokenizer, max_body_bytes=args.max_body_bytes, media_root=args.media_root,
+          allow_image_urls=args.allow_image_urls, max_image_pixels=args.max_image_pixels,
+          max_image_bytes=args.max_image_bytes)
 
 
 def _positive(kind):
@@ -272,6 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout", type=_positive(float), default=30.0,
                        help="seconds a request may take (408 / 503 beyond)")
     serve.add_argument("--policy-tokenizer", default=None, metavar="PATH_OR_NAME", help=POLICY_HELP)
+    serve.add_argument("--max-body-bytes", type=_positive(int), default=4_000_000,
+                       help="largest request body (413 beyond); images sent as data URIs count")
+    serve.add_argument("--media-root", default=None, metavar="FOLDER",
+                       help="image file paths are read only under this folder (relative ones from it); without it, "
+                       "paths are refused and images come as data URIs")
+    serve.add_argument("--allow-image-urls", action="store_true",
+                       help="fetch http(s) image URLs (off: URLs are refused with 422)")
+    serve.add_argument("--max-image-pixels", type=_positive(int), default=ImagePolicy.max_pixels,
+                       help="largest image, width x height (422 beyond)")
+    serve.add_argument("--max-image-bytes", type=_positive(int), default=ImagePolicy.max_bytes,
+                       help="largest image file or data URI payload (422 beyond)")
     serve.set_defaults(func=_cmd_serve)
     return parser
 

@@ -288,8 +288,9 @@ def test_images_without_a_user_turn_and_in_scoring_inputs(tmp_path, pictures):
            "images": ["imgs/red.png"]}
     with pytest.raises(DataError, match=r"n.jsonl:1: the row gives 1 image\(s\) but its prompt has no user message"):
         _load(_jsonl(tmp_path / "n.jsonl", [row]))
-    item = {"prompt": [{"role": "user", "content": [{"type": "image", "image": "x.png"}]}], "response": "a"}
-    with pytest.raises(DataError, match=r"item 3: a message holds an image part, but scoring reads text"):
+    item = {"prompt": "look", "response": [{"role": "assistant", "content": [{"type": "image", "image": "x.png"}]}]}
+    with pytest.raises(DataError, match=r"item 3, response\[0\].content part 0: the response holds an image; images "
+                                        "belong to the prompt"):
         to_conversation(item, "item 3")
 
 

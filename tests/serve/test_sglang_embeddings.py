@@ -42,7 +42,7 @@ BAD_INPUTS = {  # name -> (route, body, the item the 422 names, words of the mes
     "reserved template kwarg": ("/score", [{"messages": CONVERSATIONS[0], "chat_template_kwargs": {
         "add_generation_prompt": True}}], 0, "name arguments of the template call"),
     "image content part": ("/score", [[{"role": "user", "content": [{"type": "image_url", "image_url": {
-        "url": "data:image/png;base64,AAAA"}}]}, CONVERSATIONS[0][1]]], 0, "holds an image part"),
+        "url": "data:image/png;base64,AAAA"}}]}, CONVERSATIONS[0][1]]], 0, "this model reads text only"),
     "trace not a text": ("/score", [[CONVERSATIONS[0][0], {**CONVERSATIONS[0][1], "reasoning_content": ["x"]}]], 0,
                          "reasoning_content' should be str"),
 }

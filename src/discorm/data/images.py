@@ -117,7 +117,7 @@ def load_image(ref, where: str, policy: ImagePolicy = DEFAULT_POLICY) -> Image.I
     else:
         try:
             image = Image.open(io.BytesIO(_raw_bytes(source, where, policy)))
-        except (UnidentifiedImageError, OSError) as err:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
             raise DataError(f"{where}: the image cannot be read ({type(err).__name__}: {err}); send a PNG, JPEG, "
                             "WebP or GIF image.") from err
     width, height = image.size
@@ -128,6 +128,13 @@ def load_image(ref, where: str, policy: ImagePolicy = DEFAULT_POLICY) -> Image.I
         return image.convert("RGB")
     except (OSError, ValueError) as err:  # a truncated file fails only when decoded
         raise DataError(f"{where}: the image cannot be decoded ({type(err).__name__}: {err}).") from err
+
+
+def data_uri(image: Image.Image) -> str:
+    """A PIL image -> a PNG data URI (how an image travels in JSON)."""
+    buffer = io.BytesIO()
+    (image if image.mode in ("RGB", "RGBA", "L") else image.convert("RGB")).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def count_placeholders(text: str) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from discorm.data.rows import CHAT_KEYS, Message, check_text, to_conversation
+from discorm.data.rows import CHAT_KEYS, Message, check_text, conversation_images, to_conversation
 from discorm.data.templates import Renderer
 from discorm.data.tokenize import Encoder
 from discorm.errors import ConfigError, DataError
@@ -203,21 +203,28 @@ class Retemplater:
     def encode_joined(self, prompt, completion, where: str = "input", options: dict | None = None) -> list[int]:
         """A prompt and its completion given separately (TRL's ``prompts`` / ``completions``): messages + messages
         are joined; a text prompt + text completion is parsed as one policy rendering with a policy tokenizer,
-        and is a user turn + its reply without one. ``options``: the sample's ``tools`` and
-        ``chat_template_kwargs`` (TRL passes a data set's other columns to a reward function)."""
+        and is a user turn + its reply without one. ``options``: the sample's ``tools``, ``chat_template_kwargs``
+        and ``images`` (TRL passes a data set's other columns to a reward function); the prompt's images are its
+        image parts (TRL fills them with the images) or ``images``."""
+        images = (options or {}).get("images")
         options = {key: (options or {})[key] for key in CHAT_KEYS if key in (options or {})}
         if prompt is None:
             raise DataError(f"{where}: the completion has no prompt; give one prompt per completion.")
         if completion is None or (isinstance(completion, list) and not completion):
             raise DataError(f"{where}: the completion is empty (no message); give the completion's text or "
                             "messages.")
+        given = {"images": images} if images is not None else {}
         if isinstance(prompt, str) and isinstance(completion, str):
             if self.policy is not None:
-                return self.encoder.encode_item({"messages": self.policy.parse(prompt + completion, where), **options},
-                                                where)
-            return self.encoder.encode_item({"prompt": prompt, "response": completion, **options}, where)
+                return self.encoder.encode_item({"messages": self.policy.parse(prompt + completion, where), **options,
+                                                 **given}, where)
+            return self.encoder.encode_item({"prompt": prompt, "response": completion, **options, **given}, where)
         if isinstance(completion, str) and self.policy is not None:
             completion = self.policy.strip_end(completion)
-        conversation = to_conversation({"prompt": prompt, "response": completion}, where)
-        prompt_messages, response = conversation
-        return self.encoder.encode_item({"messages": prompt_messages + response, **options}, where)
+        item = {"prompt": prompt, "response": completion, **given}
+        prompt_messages, response = to_conversation(item, where)
+        refs = conversation_images(item, prompt_messages, where)  # placeholders now in the prompt's texts
+        joined = {"messages": prompt_messages + response, **options}
+        if refs:
+            joined["images"] = [ref for ref, _ in refs]
+        return self.encoder.encode_item(joined, where)

@@ -264,7 +264,9 @@ def to_conversation(item, where: str = "input") -> str | tuple[list[Message], li
     """A scoring input -> an already rendered text, or (prompt messages, response messages).
 
     Accepted: a text; a list of chat messages (the last one is the response); ``{"messages": [...]}``;
-    ``{"prompt": text | messages, "response": text | messages}``."""
+    ``{"prompt": text | messages, "response": text | messages}``. The prompt's image parts stay under its messages'
+    ``PART_IMAGES`` key for ``conversation_images``; an image in the response is refused (images belong to the
+    prompt)."""
     if isinstance(item, str):
         return item
     if isinstance(item, dict) and "messages" in item:
@@ -272,23 +274,55 @@ def to_conversation(item, where: str = "input") -> str | tuple[list[Message], li
     if isinstance(item, list):
         if not item:
             raise DataError(f"{where}: the message list is empty; give at least the response message.")
-        messages = _without_images(read_messages(item, "messages", where, "assistant"), where)
-        return messages[:-1], messages[-1:]
+        messages = read_messages(item, "messages", where, "assistant")
+        return messages[:-1], _without_images(messages[-1:], where)
     if isinstance(item, dict) and "prompt" in item and "response" in item:
         response = _without_images(read_messages(item["response"], "response", where, "assistant"), where)
         if not response:
             raise DataError(f"{where}: the response is an empty message list; give the response text or message.")
-        return _without_images(read_messages(item["prompt"], "prompt", where, "user"), where), response
+        return read_messages(item["prompt"], "prompt", where, "user"), response
     raise DataError(
         f"{where}: cannot score {str(item)[:80]!r}; give a text, a list of chat messages, {{'messages': [...]}} "
         "or {'prompt': ..., 'response': ...}."
     )
 
 
-def _without_images(messages: list[Message], where: str) -> list[Message]:
-    """A scoring input's messages, refused where a content part holds an image (scoring reads text)."""
-    for message in messages:
+def _without_images(response: list[Message], where: str) -> list[Message]:
+    """A scoring input's response, refused where a content part holds an image (images belong to the prompt)."""
+    for message in response:
         if message.get(PART_IMAGES):
-            raise DataError(f"{where}: a message holds an image part, but scoring reads text conversations here; "
-                            "score the text alone, or drop the image part.")
-    return messages
+            raise DataError(f"{message[PART_IMAGES][0][1]}: the response holds an image; images belong to the "
+                            "prompt. Move the image into a prompt message (or the input's \"images\").")
+    return response
+
+
+def conversation_images(item, prompt: list[Message], where: str = "input") -> list[tuple]:
+    """A scoring input's images, taken out of its prompt: (reference, where it stands) per image, in order. They
+    come from the prompt's image parts, or from the input's ``"images"`` list (TRL's column: it also fills bare
+    ``{"type": "image"}`` parts), one ``<image>`` placeholder per image (none: they open the first user message)."""
+    parts = [image for message in prompt for image in message.pop(PART_IMAGES, [])]
+    given = item.get("images") if isinstance(item, dict) else None
+    if missing(given) or given in ([], ()):
+        given = None
+    elif not isinstance(given, (list, tuple)):
+        given = [given]
+    if given is None:
+        empty = next((place for ref, place in parts if missing(ref)), None)
+        if empty is not None:
+            raise DataError(f"{empty}: an image part without its image; give the image in the part, or the "
+                            "input's \"images\" list.")
+        return parts
+    if any(not missing(ref) for ref, _ in parts):
+        return parts  # TRL passes both: the prompt's filled parts and the images column, the same images
+    refs = [(ref, f"{where}, images[{i}]") for i, ref in enumerate(given)]
+    placeholders = sum(message["content"].count(IMAGE_PLACEHOLDER) for message in prompt)
+    if placeholders == 0:
+        user = next((message for message in prompt if message["role"] == "user"), None)
+        if user is None:
+            raise DataError(f"{where}: the input gives {len(refs)} image(s) but its prompt has no user message to "
+                            "hold them; images belong to the prompt.")
+        user["content"] = IMAGE_PLACEHOLDER * len(refs) + user["content"]
+    elif placeholders != len(refs):
+        raise DataError(f"{where}: the prompt has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but the input "
+                        f"gives {len(refs)} image(s); give one image per placeholder, in order.")
+    return refs

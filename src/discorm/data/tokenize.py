@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from discorm.data.images import load_image
+from discorm.data.images import DEFAULT_POLICY, IMAGE_PLACEHOLDER, image_source, load_image
 from discorm.data.listwise import Ranked
 from discorm.data.pairs import Pair
 from discorm.data.ratings import Rated
-from discorm.data.rows import Message, chat_options, check_text, to_conversation
+from discorm.data.rows import Message, chat_options, check_text, conversation_images, to_conversation
 from discorm.data.templates import Renderer
 from discorm.errors import DataError
 
@@ -107,6 +107,16 @@ class ImagesDoNotFit(DataError):
     """A prompt whose image tokens leave no room for its responses within ``cutoff_len``."""
 
 
+class ImageTokens(list):
+    """The token ids of a scoring input whose prompt holds images, with ``images``: the prompt's image sources
+    (``data/images.py``), one per run of image tokens, in order. Scoring (``model/inference.py``) gives them to
+    the model with the ids; a slice is a plain list."""
+
+    def __init__(self, ids: list[int], images: list):
+        super().__init__(ids)
+        self.images = images
+
+
 class Encoder:
     """The one rule that turns conversations into tokens, for training, evaluation, scoring and serving.
 
@@ -129,6 +139,7 @@ class Encoder:
         self.score_at = score_at
         self.pad_token_id = pad_token_id  # last_non_pad: never read at the end (None: the last token is read)
         self.vision = vision
+        self.image_policy = DEFAULT_POLICY  # where a scoring input's images may come from (the server's is stricter)
 
     @classmethod
     def for_model(cls, model, cutoff_len: int | None = None) -> Encoder:
@@ -183,11 +194,14 @@ class Encoder:
         """The prompt with its image tokens, whole (an image is never cut through, and a dropped turn would drop
         its image); the responses are cut in the middle to the room left."""
         if self.vision is None:
-            raise DataError(f"{where}: the row has {len(images)} image(s) but this model reads text only. Train or "
-                            "score it with a vision-language model (an image-text-to-text checkpoint such as "
-                            "Qwen/Qwen2.5-VL-3B-Instruct), or remove the row's images.")
-        opened = [load_image(image, f"{where} image {i + 1}") for i, image in enumerate(images)]
-        prompt_ids = self.vision.expand(prompt_text, opened, where)
+            raise self._text_only(len(images), where)
+        opened = [load_image(image, f"{where} image {i + 1}", self.image_policy) for i, image in enumerate(images)]
+        try:
+            prompt_ids = self.vision.expand(prompt_text, opened, where)
+        except ValueError as err:  # the processor refuses a size (Qwen2-VL: too small, or an aspect ratio over 200)
+            sizes = ", ".join(f"{image.width}x{image.height}" for image in opened)
+            raise DataError(f"{where}: the model's image processor refuses the image(s) ({sizes}): {err}. Send "
+                            "larger images, closer to square.") from None
         response_ids = [self.tokens(text, where) for text in texts]
         budget = self.cutoff_len - len(prompt_ids)
         ends = [1 + len(self.tokens(text[len(text.rstrip()) :], where)) for text in texts]
@@ -198,6 +212,12 @@ class Encoder:
         truncated = len(prompt_ids) + max(map(len, response_ids)) > self.cutoff_len
         response_ids = [_cut_response(ids, budget, end) for ids, end in zip(response_ids, ends)]
         return Encoded(prompt_ids, response_ids, truncated)
+
+    @staticmethod
+    def _text_only(count: int, where: str) -> DataError:
+        return DataError(f"{where}: the row has {count} image(s) but this model reads text only. Train or score it "
+                         "with a vision-language model (an image-text-to-text checkpoint such as "
+                         "Qwen/Qwen2.5-VL-3B-Instruct), or remove the row's images.")
 
     def _split(self, prompt_text: str, texts: list[str], where: str) -> tuple[list[int], list[list[int]]]:
         """The prompt's and the responses' tokens, each response ending at the token its score is read at.
@@ -252,19 +272,38 @@ class Encoder:
         return self._nonempty(kept[-self.cutoff_len :], where)
 
     def encode_item(self, item, where: str = "input") -> list[int]:
-        """A scoring input (a text, chat messages, {"messages"}, {"prompt", "response"}; a dict may add ``tools`` and
-        ``chat_template_kwargs``) -> one token sequence."""
+        """A scoring input (a text, chat messages, {"messages"}, {"prompt", "response"}; a dict may add ``tools``,
+        ``chat_template_kwargs`` and ``images``) -> one token sequence, an :class:`ImageTokens` where the prompt
+        holds images (image parts, or the dict's ``images``), read under ``image_policy``."""
         conversation = to_conversation(item, where)
         if isinstance(conversation, str):
             return self.encode_text(conversation, where)
         prompt, response = conversation
-        encoded = self.encode(prompt, [response], where, chat_options(item, where))
-        return self._nonempty(encoded.prompt_ids + encoded.response_ids[0], where)
+        refs = conversation_images(item, prompt, where)
+        if refs and self.vision is None:  # said before any image is read
+            raise self._text_only(len(refs), where)
+        images = [self.image_reference(ref, place) for ref, place in refs]
+        encoded = self.encode(prompt, [response], where, chat_options(item, where), images)
+        ids = self._nonempty(encoded.prompt_ids + encoded.response_ids[0], where, len(images))
+        return ImageTokens(ids, images) if images else ids
 
-    @staticmethod
-    def _nonempty(ids: list[int], where: str) -> list[int]:
+    def image_reference(self, ref, where: str):
+        """A scoring input's image -> its source under ``image_policy``; a URL (where the policy fetches them) is
+        fetched here, once, and kept as the image it holds."""
+        source = image_source(ref, where, self.image_policy)
+        if isinstance(source, str) and source.startswith(("http://", "https://")):
+            return load_image(source, where, self.image_policy)
+        return source
+
+    def _nonempty(self, ids: list[int], where: str, images: int = 0) -> list[int]:
+        """The ids of a scoring input, refused when empty, or when a vision-language model would read image tokens
+        there is no image for (an ``<image>`` typed as text, or a rendered text holding image tokens)."""
         if not ids:
             raise DataError(f"{where}: the input renders to no tokens, so it has no score; give it some text.")
+        if self.vision is not None and not images and self.vision.image_token_id in ids:
+            raise DataError(f"{where}: the text holds the image token {self.vision.image_token!r} (or an "
+                            f"{IMAGE_PLACEHOLDER} placeholder) but the input gives no image; send each image with its "
+                            "placeholder (an image part, or the input's \"images\"), or drop the placeholder.")
         return ids
 
 

@@ -53,11 +53,13 @@ class EvalItem:
     noise: float | None = None
     ratings: list[float] | None = None  # a rated response: one per attribute, NaN where not rated
     levels: list[int] | None = None  # a ranked list: each response's rank level, 0 best (in item order)
+    images: list | None = None  # the prompt's image sources (data/images.py), scored with it
 
     @property
     def key(self) -> str:
         """A content hash: the same pair in another evaluation has the same key (for paired comparisons)."""
-        text = json.dumps([self.prompt, self.responses, self.num_correct], sort_keys=True, ensure_ascii=False)
+        content = [self.prompt, self.responses, self.num_correct] + ([self.images] if self.images else [])
+        text = json.dumps(content, sort_keys=True, ensure_ascii=False, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -149,13 +151,13 @@ def _text_list_items(rows, encoder: Encoder, stats: DataStats) -> list[EvalItem]
 
 
 def _encode(encoder: Encoder, prompt, responses, num_correct: int, row: dict, where: str, stats: DataStats,
-            target: float | None = None, noise: float | None = None) -> EvalItem:
-    encoded = encoder.encode(prompt, responses, where, chat_options(row, where))
+            target: float | None = None, noise: float | None = None, images: list | None = None) -> EvalItem:
+    encoded = encoder.encode(prompt, responses, where, chat_options(row, where), images)
     stats.truncated += encoded.truncated
     subset, item_id = row.get("subset"), row.get("id")
     return EvalItem(encoded.prompt_ids, encoded.response_ids, num_correct, prompt, responses,
                     None if subset is None else str(subset), None if item_id is None else str(item_id),
-                    1.0 if target is None else target, noise)
+                    1.0 if target is None else target, noise, images=images or None)
 
 
 def levels_from_votes(votes: list[list[float]], size: int) -> list[int]:
@@ -189,18 +191,19 @@ def load_eval_set(name: str, source: str, encoder: Encoder, read: ReadOptions, a
         for row, pair in pairs_from_rows(rows, spec, source, read, stats, attributes):
             if isinstance(pair, Rated):
                 fmt = RATED
-                item = _encode(encoder, pair.prompt, [pair.response], 1, row, pair.meta["source"], stats)
+                item = _encode(encoder, pair.prompt, [pair.response], 1, row, pair.meta["source"], stats,
+                               images=pair.meta.get("images"))
                 item.ratings = pair.scores
             elif isinstance(pair, Ranked):
                 fmt = LISTWISE
                 levels = pair.levels or levels_from_votes(pair.votes, len(pair.responses))
                 order = sorted(range(len(levels)), key=levels.__getitem__)  # best level first
                 item = _encode(encoder, pair.prompt, [pair.responses[i] for i in order], levels.count(0), row,
-                               pair.meta["source"], stats)
+                               pair.meta["source"], stats, images=pair.meta.get("images"))
                 item.levels = [levels[i] for i in order]
             else:
                 item = _encode(encoder, pair.prompt, [pair.chosen, pair.rejected], 1, row, pair.meta["source"],
-                               stats, pair.soft_label, pair.noise)
+                               stats, pair.soft_label, pair.noise, pair.meta.get("images"))
                 if pair.tie:  # neither is better: both best-ranked
                     item.num_correct, item.levels = 2, [0, 0]
             items.append(item)

@@ -9,8 +9,11 @@ are a user turn and its reply, or, with ``policy_tokenizer``, one text rendered 
 re-templated into the reward model's (``data/retemplate.py``). It scores with a model loaded here (a run
 directory) or with a running ``discorm serve`` (an ``http://`` or ``https://`` URL; the server re-templates with
 its own ``--policy-tokenizer``). A data set's ``tools`` and ``chat_template_kwargs`` columns, which TRL passes on
-per completion, go to the chat template. Where TRL passes ``log_metric``, the mean sigma of a distributional head
-is logged as ``discorm/sigma``.
+per completion, go to the chat template. Images (a vision-language reward model): GRPOTrainer passes a VLM's
+prompts with their images in ``{"type": "image", "image": <PIL image>}`` parts and the data set's ``images`` (or
+``image``) column per completion; the parts are read, and the column fills prompts without them (to a server,
+images go as data URIs). Where TRL passes ``log_metric``, the mean sigma of a distributional head is logged as
+``discorm/sigma``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import urllib.error
 import urllib.request
 
 import torch
+from PIL import Image
 
+from discorm.data.images import data_uri
 from discorm.data.retemplate import Retemplater
 from discorm.data.rows import CHAT_KEYS
 from discorm.data.rows import describe as describe_value
@@ -62,6 +67,10 @@ class RewardFunction:
             raise DataError(f"{len(prompts)} prompts for {len(completions)} completions; give one prompt per "
                             "completion.")
         options = {key: kwargs[key] for key in CHAT_KEYS if kwargs.get(key) is not None}  # data set columns
+        if kwargs.get("images") is not None:
+            options["images"] = kwargs["images"]
+        elif isinstance(kwargs.get("image"), list):  # one image per row (TRL's "image" column)
+            options["images"] = [None if image is None else [image] for image in kwargs["image"]]
         for key, values in options.items():
             if not isinstance(values, list) or len(values) != len(completions):
                 raise DataError(f"{key}: expected a list of one value per completion ({len(completions)}), found "
@@ -83,9 +92,9 @@ class RewardFunction:
         rewards, sigmas = [], []
         for start in range(0, len(prompts), self.max_items):
             chunk = slice(start, start + self.max_items)
-            answer = self._request("/score", {"prompts": prompts[chunk], "completions": completions[chunk],
-                                              **{key: values[chunk] for key, values in options.items()},
-                                              **self.options})
+            answer = self._request("/score", _as_json({
+                "prompts": prompts[chunk], "completions": completions[chunk],
+                **{key: values[chunk] for key, values in options.items()}, **self.options}))
             rewards += answer["rewards"]
             sigmas += answer.get("sigmas", [])
         return rewards, sigmas or None
@@ -106,6 +115,15 @@ class RewardFunction:
         except urllib.error.URLError as err:
             raise DiscoRMError(f"cannot reach the reward server {self.url}: {err.reason}; start it with `discorm "
                                "serve RUN_DIR`.") from None
+
+
+def _as_json(value):
+    """A request body with its PIL images as PNG data URIs (what a server reads)."""
+    if isinstance(value, dict):
+        return {key: _as_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_json(item) for item in value]
+    return data_uri(value) if isinstance(value, Image.Image) else value
 
 
 def reward_function(model, reward_mode: str | None = None, reward_alpha: float | None = None,

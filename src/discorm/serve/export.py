@@ -9,7 +9,8 @@ head's own (a Gaussian's variance logit, per-attribute means), every label named
 occurs in rendered conversations, and the exported chat template ends a whole conversation at its final
 end-of-turn token, so a consumer that renders with it and pads reads the score where DiscoRM does.
 docs/using/rl.md says which consumer reads which label; docs/using/scoring.md ("The label contract")
-lists every field.
+lists every field. A vision-language reward model is refused (no such class loads one with its images): it is
+served instead.
 """
 
 from __future__ import annotations
@@ -100,6 +101,12 @@ def export_sequence_classification(run_dir: str, out: str, merge_lora: bool = Fa
                          "--num-labels 1 for RL.")
     check_export_destination(run_dir, out, force)
     model = RewardModel.from_pretrained(run_dir, quantized=False)  # a QLoRA adapter merges into full weights
+    if model.vision is not None:
+        raise ModelError(f"{run_dir} is a vision-language reward model ({type(model.backbone).__name__}); "
+                         "transformers has no sequence-classification class that loads it with its vision tower "
+                         "and image processor, so TRL, OpenRLHF, RewardBench and vLLM could not read an export. "
+                         "Serve it with `discorm serve` (TRL's reward_function takes its URL; verl reads /classify "
+                         "or /v1/embeddings), or score with `discorm score` / RewardModel.from_pretrained.")
     if model.is_lora:
         if not merge_lora:
             raise ModelError(

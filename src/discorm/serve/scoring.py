@@ -1,15 +1,18 @@
 """``discorm score``: a file of pairs (any format the data layer reads), of ranked lists or of single responses ->
 JSONL of rewards, each conversation encoded as training encodes it (``model/inference.py`` does the scoring).
-With a policy tokenizer, texts rendered by the policy's chat template are re-templated (``data/retemplate.py``)."""
+With a policy tokenizer, texts rendered by the policy's chat template are re-templated (``data/retemplate.py``).
+A row's images (an ``images`` column, or image parts in its prompt) go with its prompt; relative paths are read
+from the input file's folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from discorm.data.formats import FORMATS, convert, detect_format
+from discorm.data.images import ImagePolicy
 from discorm.data.loader import read_path
 from discorm.data.retemplate import Retemplater
-from discorm.data.rows import SkipPair, chat_options, to_conversation
+from discorm.data.rows import SkipPair, chat_options, conversation_images, to_conversation
 from discorm.data.tokenize import Encoder
 from discorm.errors import DataError
 from discorm.files import check_destination, write_jsonl
@@ -28,10 +31,14 @@ def _score_lists(model, encoder: Encoder, rows: list, batch_size: int, options: 
         if not isinstance(responses, list) or not responses:
             raise DataError(f"{where}: 'responses' should be a non-empty list of responses to score, found "
                             f"{str(responses)[:60]!r}.")
-        conversations = [to_conversation({"prompt": row.get("prompt", ""), "response": r}, where) for r in responses]
-        encoded = encoder.encode(conversations[0][0], [response for _, response in conversations], where,
-                                 chat_options(row, where))
-        groups.append({"prompt_ids": encoded.prompt_ids, "responses_ids": encoded.response_ids})
+        item = {"prompt": row.get("prompt", ""), "images": row.get("images")}
+        conversations = [to_conversation({**item, "response": r}, where) for r in responses]
+        prompt = conversations[0][0]
+        images = [encoder.image_reference(ref, place) for ref, place in conversation_images(item, prompt, where)]
+        encoded = encoder.encode(prompt, [response for _, response in conversations], where,
+                                 chat_options(row, where), images)
+        groups.append({"prompt_ids": encoded.prompt_ids, "responses_ids": encoded.response_ids,
+                       "images": images or None, "source": where})
     params = score_groups(model, groups, batch_size, show_progress=True)
     return [{"index": i, "responses": describe(model, p, **options)} for i, p in enumerate(params)]
 
@@ -83,18 +90,20 @@ def score_file(model_dir: str, input_path: str, output_path: str, batch_size: in
     model = RewardModel.from_pretrained(model_dir).eval()
     check_reward_options(reward_mode, reward_alpha, reward_k, model.head)
     encoder = Encoder.for_model(model)
+    encoder.image_policy = ImagePolicy(base_dir=str(path.resolve().parent))
     options = {"reward_mode": reward_mode, "reward_alpha": reward_alpha, "reward_k": reward_k}
     if kind == PAIRS:
-        spec = FORMATS[detect_format(list(rows[0][1]), input_path)].spec()
+        spec = FORMATS[detect_format(list(rows[0][1]), input_path)].spec(base_dir=str(path.resolve().parent))
         examples = []
         for where, row in rows:
             try:
                 pair = convert(row, spec, where)
             except SkipPair as skip:
                 raise DataError(f"{skip}; a pair to score needs two different, non-empty responses.") from None
-            encoded = encoder.encode(pair.prompt, [pair.chosen, pair.rejected], where, pair.meta.get("chat"))
+            encoded = encoder.encode(pair.prompt, [pair.chosen, pair.rejected], where, pair.meta.get("chat"),
+                                     pair.meta.get("images"))
             examples.append({"prompt_ids": encoded.prompt_ids, "chosen_ids": encoded.response_ids[0],
-                             "rejected_ids": encoded.response_ids[1]})
+                             "rejected_ids": encoded.response_ids[1], "images": pair.meta.get("images")})
         params = score_pairs(model, examples, batch_size, show_progress=True)
         chosen, rejected = describe(model, params[:, 0], **options), describe(model, params[:, 1], **options)
         prob = model.head.prob_pair(params[:, 0], params[:, 1], model.rm_config.temperature).tolist()

@@ -14,6 +14,13 @@
   with the model's own template (``data/retemplate.py``); without one, texts are scored as given.
 - ``GET /health`` (open to all) and ``GET /metrics`` (Prometheus); with an API key every other route needs it.
 
+Images (a vision-language model): an input's prompt may hold images, as content parts (``{"type": "image_url",
+"image_url": {"url": ...}}``, ``{"type": "image", "image": ...}``) or as the input's ``"images"`` list with
+``<image>`` placeholders (TRL's ``images``, one list per completion). Data URIs are always read; file paths only
+under the operator's ``media_root`` (none: paths are refused), relative ones from there; http(s) URLs are fetched
+only with ``allow_image_urls``. Every image is checked before it is queued (``data/images.py``): a bad one is a 422
+naming its item.
+
 Who may call it: a POST body must be sent as ``Content-Type: application/json``, a type a web page cannot send to
 another origin without the browser asking first (a CORS preflight, which this server does not answer). On a
 loopback address every request's ``Host`` must name the loopback (``localhost``, ``127.0.0.1``, ``[::1]``) and the
@@ -60,6 +67,7 @@ except ModuleNotFoundError as missing:
     raise DiscoRMError(f"the reward server needs FastAPI, uvicorn and prometheus-client ({missing.name} is not "
                        "installed): pip install 'discorm[serve]'.") from None
 
+from discorm.data.images import ImagePolicy
 from discorm.data.retemplate import Retemplater
 from discorm.data.rows import describe as describe_value
 from discorm.data.tokenize import Encoder
@@ -418,17 +426,34 @@ def model_name(path: str | None) -> str | None:
     return (PurePath(path).name or None) if path else None
 
 
+def image_policy(media_root: str | None, allow_urls: bool, max_pixels: int, max_bytes: int) -> ImagePolicy:
+    """The server's image policy: paths only under ``media_root`` (an existing folder), relative ones from there."""
+    if media_root is not None and not Path(media_root).is_dir():
+        raise ConfigError(f"--media-root {media_root} is not a folder; name the folder whose images clients may "
+                          "send by path, or leave it out (clients then send data URIs).")
+    for key, value in (("--max-image-pixels", max_pixels), ("--max-image-bytes", max_bytes)):
+        if value <= 0:
+            raise ConfigError(f"{key} {value} must be positive.")
+    root = str(Path(media_root).resolve()) if media_root is not None else None
+    return ImagePolicy(base_dir=root, media_root=root, allow_paths=root is not None, allow_urls=allow_urls,
+                       max_pixels=max_pixels, max_bytes=max_bytes)
+
+
 def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_bytes: int = 4_000_000,
                api_key: str | None = None, max_queue_items: int = 1024, request_timeout_s: float = 30.0,
                name: str | None = None, max_wait_ms: float = 5.0, policy_tokenizer=None,
-               host: str = "127.0.0.1") -> FastAPI:
+               host: str = "127.0.0.1", media_root: str | None = None, allow_image_urls: bool = False,
+               max_image_pixels: int = ImagePolicy.max_pixels, max_image_bytes: int = ImagePolicy.max_bytes) -> FastAPI:
     """The ASGI app. ``api_key``: when set, every scoring route and /metrics need it (``Authorization: Bearer
     KEY``, ``X-API-Key: KEY`` or ``?api_key=KEY``); /health stays open for liveness probes. ``policy_tokenizer``
     (a tokenizer, its folder or name): texts are rendered by its chat template and are re-templated. ``host``: the
     address it is served on; on a loopback address (the default) every request's ``Host`` header must name the
     loopback and the server's port (421 otherwise; a test client needs ``base_url="http://127.0.0.1"``), any other
-    address needs ``api_key``. ``name``: shown by /health (default: the base model's folder name)."""
+    address needs ``api_key``. ``name``: shown by /health (default: the base model's folder name). Images (see
+    the module docstring): ``media_root`` the one folder whose files may be named, ``allow_image_urls`` fetch
+    http(s) URLs, ``max_image_pixels`` / ``max_image_bytes`` the largest image taken."""
     check_access(host, api_key)
+    policy = image_policy(media_root, allow_image_urls, max_image_pixels, max_image_bytes)
     if max_queue_items < max_items:
         raise ConfigError(f"the queue ({max_queue_items} items) must hold at least one full request ({max_items} "
                           "items).")
@@ -437,6 +462,7 @@ def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_b
     batcher = MicroBatcher(model, max_batch_size, max_wait_ms, max_queue_items, metrics)
     app = FastAPI(title="DiscoRM reward server", lifespan=lifespan, dependencies=[Depends(check_host)])
     reader = Retemplater(Encoder.for_model(model), load_policy_tokenizer(policy_tokenizer))
+    reader.encoder.image_policy = policy
     hosts = LOOPBACK_NAMES | {host.lower()} if is_loopback(host) else None
     app.state.server = Server(model, reader, batcher, metrics, name or model_name(model.rm_config.base_model),
                               api_key, hosts, max_items, max_body_bytes, max_queue_items, request_timeout_s)
@@ -451,7 +477,8 @@ def create_app(model, max_batch_size: int = 16, max_items: int = 256, max_body_b
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 16,
           api_key: str | None = None, max_items: int = 256, max_queue_items: int = 1024,
           request_timeout_s: float = 30.0, max_body_bytes: int = 4_000_000,
-          policy_tokenizer: str | None = None) -> None:
+          policy_tokenizer: str | None = None, media_root: str | None = None, allow_image_urls: bool = False,
+          max_image_pixels: int = ImagePolicy.max_pixels, max_image_bytes: int = ImagePolicy.max_bytes) -> None:
     """Load a model and serve it until SIGTERM / Ctrl-C (in-flight requests are finished first). A host other
     than a loopback address needs an API key (``api_key`` or the DISCORM_API_KEY environment variable)."""
     key_source = "--api-key" if api_key is not None else API_KEY_ENV
@@ -463,11 +490,14 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch_s
             raise ConfigError(f"{key} {value} must be positive.")
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port} is not a TCP port; use a number from 1 to 65535 (0: any free port).")
+    image_policy(media_root, allow_image_urls, max_image_pixels, max_image_bytes)  # before the model: fails fast
     policy = load_policy_tokenizer(policy_tokenizer)  # before the model: an unknown name fails fast
     model = RewardModel.from_pretrained(model_dir)
     app = create_app(model, max_batch_size, max_items, max_body_bytes, api_key=api_key,
                      max_queue_items=max_queue_items, request_timeout_s=request_timeout_s,
-                     name=Path(model_dir).resolve().name, policy_tokenizer=policy, host=host)
+                     name=Path(model_dir).resolve().name, policy_tokenizer=policy, host=host, media_root=media_root,
+                     allow_image_urls=allow_image_urls, max_image_pixels=max_image_pixels,
+                     max_image_bytes=max_image_bytes)
     logger.info("serving %s (%s head) on http://%s:%d%s", model_dir, model.head.kind, host, port,
                 " (API key required)" if api_key else "")
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=request_timeout_s + 5)

@@ -94,10 +94,13 @@ class RewardOptions(BaseModel):
         return {key: getattr(self, key) for key in RewardOptions.model_fields if getattr(self, key) is not None}
 
 
+PER_COMPLETION = ("tools", "chat_template_kwargs", "images")  # TRL's columns that go with each completion
+
+
 class ScoreRequest(RewardOptions):
     """``POST /score``: ``{"inputs": [...]}`` or TRL's ``{"prompts": [...], "completions": [...]}`` (with
-    ``tools`` and ``chat_template_kwargs``, one per completion, where the data set has them) plus reward options and
-    no other key, or the inputs as a bare list."""
+    ``tools``, ``chat_template_kwargs`` and ``images``, one per completion, where the data set has them) plus reward
+    options and no other key, or the inputs as a bare list."""
 
     model_config = ConfigDict(extra="forbid")
     EXPECTED: ClassVar[str] = 'a list of inputs, {"inputs": [...]} or {"prompts": [...], "completions": [...]}'
@@ -106,6 +109,7 @@ class ScoreRequest(RewardOptions):
     completions: Inputs | None = None
     tools: Annotated[list[Any], BeforeValidator(_within_limit)] | None = None  # with completions: one per completion
     chat_template_kwargs: Annotated[list[Any], BeforeValidator(_within_limit)] | None = None  # likewise
+    images: Annotated[list[Any], BeforeValidator(_within_limit)] | None = None  # likewise: TRL's images column
 
     @model_validator(mode="before")
     @classmethod
@@ -117,7 +121,7 @@ class ScoreRequest(RewardOptions):
         if (self.inputs is None) == (self.completions is None and self.prompts is None):
             raise PydanticCustomError("shape", 'give "inputs", or "prompts" and "completions" (one prompt per '
                                       "completion), not both")
-        for key in ("tools", "chat_template_kwargs"):
+        for key in PER_COMPLETION:
             given = getattr(self, key)
             if given is not None and self.inputs is not None:
                 raise PydanticCustomError("shape", '"{key}" goes with "completions" (one per completion); an input '
@@ -129,7 +133,7 @@ class ScoreRequest(RewardOptions):
         return self
 
     def pairs(self) -> list[tuple[Any, Any, dict]]:
-        """(prompt, completion, its tools and chat_template_kwargs) per completion; 422 naming the completions
+        """(prompt, completion, its tools, chat_template_kwargs and images) per completion; 422 naming the completions
         without a prompt (and the reverse)."""
         prompts, completions = self.prompts or [], self.completions or []
         if len(prompts) != len(completions):
@@ -137,9 +141,9 @@ class ScoreRequest(RewardOptions):
             what = "completion(s) have no prompt" if len(completions) > len(prompts) else "prompt(s) have no completion"
             raise RequestError(422, f"item(s) {unpaired}: the {what}; send one prompt per completion "
                                     f"({len(prompts)} prompts, {len(completions)} completions)", items=unpaired)
-        options = [{key: values[i] for key, values in (("tools", self.tools), ("chat_template_kwargs",
-                                                                                 self.chat_template_kwargs))
-                    if values is not None and values[i] is not None} for i in range(len(completions))]
+        columns = [(key, getattr(self, key)) for key in PER_COMPLETION]
+        options = [{key: values[i] for key, values in columns if values is not None and values[i] is not None}
+                   for i in range(len(completions))]
         return list(zip(prompts, completions, options))
 
 
@@ -167,14 +171,17 @@ def _one_or_many(value: Any) -> Any:
 
 class ClassifyRequest(RewardOptions):
     """``POST /classify`` (vLLM's pooling API, as verl's reward loop calls it): ``{"model", "input": text or
-    [text, ...]}``, or vLLM's chat form ``{"model", "messages": [...]}`` (one conversation), plus reward options;
-    vLLM's other keys (``use_activation``, ...) are ignored."""
+    [text, ...]}``, or vLLM's chat form ``{"model", "messages": [...]}`` (one conversation; a message's content may
+    be OpenAI content parts, ``{"type": "image_url", "image_url": {"url": ...}}`` among them, as vLLM takes
+    multimodal chat), plus reward options and the conversation's ``chat_template_kwargs``; vLLM's other keys
+    (``use_activation``, ``mm_processor_kwargs``, ...) are ignored."""
 
     model_config = ConfigDict(extra="ignore")
     EXPECTED: ClassVar[str] = '{"model": name, "input": text or [text, ...]} or {"model": name, "messages": [...]}'
     model: Any = None
     input: Annotated[Texts, BeforeValidator(_one_or_many)] | None = None
     messages: Annotated[list[Any], Field(min_length=1)] | None = None
+    chat_template_kwargs: Any = None
 
     @model_validator(mode="after")
     def _one_shape(self):
@@ -184,7 +191,11 @@ class ClassifyRequest(RewardOptions):
 
     def items(self) -> list:
         """The scoring inputs: the texts, or the one conversation."""
-        return self.input if self.input is not None else [self.messages]
+        if self.input is not None:
+            return self.input
+        if self.chat_template_kwargs is not None:
+            return [{"messages": self.messages, "chat_template_kwargs": self.chat_template_kwargs}]
+        return [self.messages]
 
 
 def _texts_or_ids(value: Any, info: ValidationInfo) -> Any:
