@@ -267,6 +267,8 @@ def main() -> None:
     parser.add_argument("--gold-layers", default="0,2,4", help="hidden states (0: embeddings) the gold averages")
     parser.add_argument("--gold-prior", type=float, default=30000.0, help="the gold's prior precision (strong: a "
                         "smooth reward, not a memory of the human labels)")
+    parser.add_argument("--dims", type=int, default=64, help="principal components of the proxy's features "
+                        "(0: all 576)")
     parser.add_argument("--cutoff", type=int, default=96)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
@@ -284,6 +286,10 @@ def main() -> None:
     pairs = read_pairs()
     found = features(pairs, opts)
     phi, rich = standardise(found["last"]), standardise(found["mean"])
+    if opts.dims:  # the proxy's features on their first principal components (no labels used), standardised
+        flat = phi.reshape(-1, phi.shape[-1])
+        basis = torch.linalg.svd(flat - flat.mean(0), full_matrices=False).Vh[: opts.dims]
+        phi = standardise(phi @ basis.T)
     began = time.perf_counter()
     gold_w = fit(torch.cat([rich[:, 0] - rich[:, 1], rich[:, 1] - rich[:, 0]]),
                  torch.cat([torch.ones(len(rich)), torch.zeros(len(rich))]).double(), opts.gold_prior)
@@ -299,6 +305,7 @@ def main() -> None:
         for strategy in opts.strategies.split(","):
             runs = [curve(phi, label_sets[name], strategy, seed, opts) for seed in range(opts.seeds)]
             results[name][strategy] = summarise([r for r, _ in runs])
+            print(f"{name} {strategy}: {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
             finals[name][strategy] = (runs[0][1], runs[0][0][-1])  # seed 0: the labelled pairs, final accuracy
     summary["seconds_inner_loop"] = time.perf_counter() - began
     print(f"\n{opts.model}: {len(pairs)} HH harmless pairs (cutoff {opts.cutoff}); gold = linear reward on the "
