@@ -7,7 +7,13 @@ overhead under 10% of the plain pass. The default model with a Laplace head (a r
 cost does not depend on its values); synthetic prompts and responses of about --words words each.
 
     python benchmarks/bench_select.py                              # N = 10,000 pairs (CPU: long)
+    python benchmarks/bench_select.py --tiny 64 --words 8          # N = 10,000 on a small CPU (minutes)
     python benchmarks/bench_select.py --pairs 40 --budget 8        # a short run
+
+--tiny H replaces the default model by a small random-weight Llama (hidden size H, --tiny-blocks blocks) that keeps
+the default model's tokenizer and chat template (written once to --cache): encoding, packing, collation and the
+acquisition math are the real ones, only the forward pass is cheaper. That makes the overhead's share larger than
+with the default model (the fixed costs of choosing weigh more against a cheaper pass): a conservative ratio.
 
 The acquisition math alone is also timed at --math-pairs pairs (default 10,000) on random features through the
 same head: its seconds, divided by the plain pass's time per pair times --math-pairs, give the overhead at that
@@ -20,6 +26,7 @@ import argparse
 import random
 import statistics
 import time
+from pathlib import Path
 
 WORDS = ("the cat sat on a mat while rain fell over old stone bridges and people asked about recipes, taxes, "
          "travel, music, health, code and history with answers long or short").replace(",", "").split()
@@ -34,6 +41,23 @@ def pool(pairs: int, words: int, seed: int = 0) -> list[dict]:
     return [{"prompt": text(words), "responses": [text(words), text(words)], "id": i} for i in range(pairs)]
 
 
+def tiny_model(opts) -> str:
+    """A small random-weight Llama with the tokenizer of --model, saved once under --cache."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from discorm.model.loading import resolve_model_path
+
+    path = Path(opts.cache) / f"tiny-llama-{opts.tiny}-{opts.tiny_blocks}"
+    if not (path / "config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(opts.model))
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=opts.tiny, intermediate_size=2 * opts.tiny,
+                             num_hidden_layers=opts.tiny_blocks, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id)
+        LlamaForCausalLM(config).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return str(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=10_000, help="N, the pool's size")
@@ -43,7 +67,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--tiny", type=int, default=0, help="hidden size of a small random model (0: --model)")
+    parser.add_argument("--tiny-blocks", type=int, default=2)
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "discorm" / "bench_select"))
     parser.add_argument("--math-pairs", type=int, default=10_000, help="pairs for the math-only timing")
+    parser.add_argument("--math-hidden", type=int, default=576, help="feature size in the math-only timing "
+                        "(576: the default model's)")
     parser.add_argument("--math-budget", type=int, default=1000, help="diverse_bald's budget in the math-only timing")
     opts = parser.parse_args()
 
@@ -53,13 +82,15 @@ def main() -> None:
     from discorm.data.pool import read_pool_item
     from discorm.data.tokenize import Encoder
     from discorm.model.acquisition import diverse_greedy, pair_scores
+    from discorm.model.heads import LaplaceHead, ScalarHead
     from discorm.model.inference import score_pairs
     from discorm.model.loading import resolve_model_path
     from discorm.train.workflow import setup_model
 
     torch.set_num_threads(opts.threads)
     torch.manual_seed(0)
-    model = setup_model(ModelArguments(model_name_or_path=resolve_model_path(opts.model)),
+    path = tiny_model(opts) if opts.tiny else resolve_model_path(opts.model)
+    model = setup_model(ModelArguments(model_name_or_path=path),
                         FinetuningArguments(finetuning_type="full", uncertainty="laplace")).eval()
     hidden = model.head.covariance.shape[0]
     root = torch.randn(hidden, hidden) / hidden
@@ -89,23 +120,32 @@ def main() -> None:
             times[name].append(time.perf_counter() - begin)
     median = {name: statistics.median(t) for name, t in times.items()}
     base = median["plain scoring pass"]
+    head = model.head
+    if opts.math_hidden != hidden:  # the acquisition math at the default model's size
+        hidden = opts.math_hidden
+        head = LaplaceHead(ScalarHead(hidden), hidden)
+        root = torch.randn(hidden, hidden) / hidden
+        head.set_posterior(root @ root.T, 1.0)
     phi_a, phi_b = torch.randn(opts.math_pairs, hidden), torch.randn(opts.math_pairs, hidden)
     begin = time.perf_counter()
     with torch.no_grad():
-        scores = pair_scores("bald", model.head, model.head(phi_a), model.head(phi_b), phi_a, phi_b)["score"]
+        scores = pair_scores("bald", head, head(phi_a), head(phi_b), phi_a, phi_b)["score"]
     bald_math = time.perf_counter() - begin
     diverse_greedy(scores, (phi_a + phi_b) / 2, min(opts.math_budget, opts.math_pairs))
     diverse_math = time.perf_counter() - begin
     per_pair = base / opts.pairs
-    print(f"\n{opts.model} with a Laplace head; {opts.pairs} pairs of ~{opts.words}-word prompts and responses, "
+    name = f"a random Llama (hidden {opts.tiny}, {opts.tiny_blocks} blocks, {opts.model}'s tokenizer)" if opts.tiny \
+        else opts.model
+    print(f"\n{name} with a Laplace head; {opts.pairs} pairs of ~{opts.words}-word prompts and responses, "
           f"budget {opts.budget}, {opts.batch} items per pass, {opts.threads} CPU threads; median of {opts.rounds}\n")
     print("| run | seconds | overhead vs the plain pass |")
     print("|---|---:|---:|")
     for name, seconds in median.items():
         print(f"| {name} | {seconds:.1f} | {100 * (seconds / base - 1):+.1f}% |")
-    print(f"\nThe acquisition math alone at {opts.math_pairs} pairs: BALD {bald_math:.2f} s, with diverse_bald's "
-          f"greedy (budget {min(opts.math_budget, opts.math_pairs)}) {diverse_math:.2f} s; a plain pass over "
-          f"{opts.math_pairs} pairs at {per_pair:.3f} s per pair takes ~{per_pair * opts.math_pairs:.0f} s: "
+    print(f"\nThe acquisition math alone at {opts.math_pairs} pairs, hidden size {hidden}: BALD {bald_math:.2f} s, "
+          f"with diverse_bald's greedy (budget {min(opts.math_budget, opts.math_pairs)}) {diverse_math:.2f} s; "
+          f"a plain pass over {opts.math_pairs} pairs at {per_pair:.4f} s per pair takes "
+          f"~{per_pair * opts.math_pairs:.0f} s: "
           f"{100 * bald_math / (per_pair * opts.math_pairs):.2f}% and "
           f"{100 * diverse_math / (per_pair * opts.math_pairs):.2f}% of it.")
 
