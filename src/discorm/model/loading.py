@@ -188,13 +188,8 @@ def load_vision(path: str, options: LoadOptions | None = None, config=None) -> V
     """The image processor of a vision-language model at ``path`` (a folder or Hub id; a LoRA run's folder holds
     the processor, ``config`` its base model's config); None for a text-only model."""
     options = options or LoadOptions()
-    if config is None:
-        try:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=options.trust_remote_code,
-                                                cache_dir=options.cache_dir)
-        except (OSError, ValueError):
-            return None
-    if not is_multimodal(config):
+    config = config or _config_or_none(path, options)
+    if config is None or not is_multimodal(config):
         return None
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=options.trust_remote_code,
@@ -211,15 +206,20 @@ def load_vision(path: str, options: LoadOptions | None = None, config=None) -> V
     return VisionInputs(processor)
 
 
+def _config_or_none(path: str, options: LoadOptions):
+    """The transformers config at ``path``; None where there is none to read (the loader then says why)."""
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=options.trust_remote_code,
+                                          cache_dir=options.cache_dir)
+    except (OSError, ValueError):
+        return None
+
+
 def _attn_implementation(path: str, options: LoadOptions, requested: str):
     """DiscoRM's attention on the language model only: a VLM's vision tower attends over whole images with
     plain SDPA."""
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=options.trust_remote_code,
-                                            cache_dir=options.cache_dir)
-    except (OSError, ValueError):
-        return requested
-    if not is_multimodal(config):
+    config = _config_or_none(path, options)
+    if config is None or not is_multimodal(config):
         return requested
     return {"": "sdpa", "text_config": requested, "vision_config": "sdpa"}
 
