@@ -39,6 +39,10 @@ def test_a_relative_path_a_data_uri_and_a_pil_image_open_alike(tmp_path):
     ("big.png", ImagePolicy(max_pixels=100), "more than the 100"),
     ("big.png", ImagePolicy(max_bytes=10), "more than the 10"),
     (42, ImagePolicy(), "not '42'"),
+    ({"bytes": "abc"}, ImagePolicy(), "not 'None'"),
+    ("bad\x00name.png", ImagePolicy(), "not a valid path"),
+    ("~no-such-user-here/x.png", ImagePolicy(), "not a valid path|does not exist"),
+    ("gone.png", ImagePolicy(media_root="ROOT"), "'gone.png' does not exist"),
 ])
 def test_bad_images_are_refused_naming_the_item(tmp_path, ref, policy, message):
     root = tmp_path / "root"
@@ -59,3 +63,9 @@ def test_a_truncated_file_is_refused_not_raised(tmp_path):
     (tmp_path / "cut.png").write_bytes(_png((64, 64))[:60])
     with pytest.raises(DataError, match="row 2"):
         load_image("cut.png", "row 2", ImagePolicy(base_dir=str(tmp_path)))
+
+
+def test_under_a_media_root_a_missing_file_does_not_reveal_where_the_root_lies(tmp_path):
+    with pytest.raises(DataError) as caught:
+        load_image("gone.png", "item 0", ImagePolicy(base_dir=str(tmp_path), media_root=str(tmp_path)))
+    assert str(tmp_path) not in str(caught.value)

@@ -199,6 +199,10 @@ def test_text_only_model_and_wrong_placeholder_count_are_refused(vlm):
         _encoder(processor, vision=False)(_pair(IMAGES[:1]), DataStats())
     with pytest.raises(DataError, match=r"data\.jsonl:7: the prompt has 1 <image> placeholder\(s\) but the row has 2"):
         _encoder(processor)(_pair(IMAGES[:2]), DataStats())
+    imported = _encoder(processor)
+    imported.score_at = "last_non_pad"  # an imported model's rule reads whole text conversations only
+    with pytest.raises(DataError, match=r"data\.jsonl:7: .*score_at=last_non_pad"):
+        imported(_pair(IMAGES[:1]), DataStats())
 
 
 def test_qwen2_vl_branches_get_the_3d_positions_of_their_own_padded_rows(tmp_path):

@@ -19,7 +19,7 @@ from typing import TypedDict
 
 import torch
 
-from discorm.data.images import load_image
+from discorm.data.images import ImagePolicy, load_image
 from discorm.errors import DataError
 
 # (start, prompt_len, branch_1_len, ..., branch_K_len) in the packed row; a pair is (start, P, chosen, rejected).
@@ -157,10 +157,15 @@ def _pixel_inputs(vision, rows: list[list[tuple]]) -> dict:
     def open_once(image, where: str):
         key = image if isinstance(image, str) else id(image)  # a path or data URI, or a PIL image from Python
         if key not in opened:
-            opened[key] = load_image(image, where)
+            opened[key] = load_image(image, where, CHECKED_IMAGES)
         return opened[key]
 
     return vision.pixel_inputs([[open_once(image, where) for image, where in row] for row in rows])
+
+
+# Every image that reaches a batch was checked where it was read, under the reader's policy (the data reader's, or
+# the server's --max-image-pixels / --max-image-bytes), so the collator does not judge its size a second time.
+CHECKED_IMAGES = ImagePolicy(max_pixels=2**62, max_bytes=2**62)
 
 
 def pad_sequences(seqs: list[list[int]], pad_token_id: int, padding_side: str = "right",

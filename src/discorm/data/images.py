@@ -51,7 +51,7 @@ def image_source(ref, where: str, policy: ImagePolicy = DEFAULT_POLICY):
     if isinstance(ref, Image.Image):
         return ref
     if isinstance(ref, dict):  # {"path": ...} / {"url": ...} / {"bytes": ...}, as datasets' Image feature stores it
-        if ref.get("bytes"):
+        if isinstance(ref.get("bytes"), (bytes, bytearray)) and ref["bytes"]:
             return "data:image;base64," + base64.b64encode(ref["bytes"]).decode()
         ref = ref.get("path") or ref.get("url")
     if not isinstance(ref, str) or not ref.strip():
@@ -66,17 +66,21 @@ def image_source(ref, where: str, policy: ImagePolicy = DEFAULT_POLICY):
     if not policy.allow_paths:
         raise DataError(f"{where}: image file paths are not accepted here (no media root is set); send the image "
                         "as a data URI (data:image/png;base64,...).")
-    path = Path(ref).expanduser()
-    if not path.is_absolute():
-        path = Path(policy.base_dir or ".") / path
-    path = path.resolve()
+    try:  # a NUL byte or an unknown ~user is a bad path, not a crash
+        path = Path(ref) if policy.media_root is not None else Path(ref).expanduser()
+        if not path.is_absolute():
+            path = Path(policy.base_dir or ".") / path
+        path = path.resolve()
+    except (ValueError, RuntimeError, OSError) as err:
+        raise DataError(f"{where}: image path {ref[:80]!r} is not a valid path ({err}).") from None
     if policy.media_root is not None:
         root = Path(policy.media_root).resolve()
         if not path.is_relative_to(root):
             raise DataError(f"{where}: image path {ref!r} lies outside the media root; only files under the "
                             "server's --media-root are read.")
-    if not path.is_file():
-        raise DataError(f"{where}: image file {str(path)!r} does not exist. Paths are read relative to the data "
+    if not path.is_file():  # under a media root the client sees its own path, not where the root lies
+        shown = ref if policy.media_root is not None else str(path)
+        raise DataError(f"{where}: image file {shown!r} does not exist. Paths are read relative to the data "
                         "file's folder (or dataset_dir); fix the path or add the file.")
     return str(path)
 

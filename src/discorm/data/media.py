@@ -13,6 +13,8 @@ refused (training data is read from local files). Pixels are decoded only when a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PIL import Image, UnidentifiedImageError
 
 from discorm.data.images import IMAGE_PLACEHOLDER, ImagePolicy, count_placeholders, image_source, load_image
@@ -56,10 +58,14 @@ def _check_readable(source, place: str, policy: ImagePolicy) -> None:
     if source.startswith("data:"):
         load_image(source, place, policy)
         return
+    size = Path(source).stat().st_size
+    if size > policy.max_bytes:
+        raise DataError(f"{place}: image file {source!r} has {size} bytes, more than the {policy.max_bytes} "
+                        "accepted; resize it.")
     try:
         with Image.open(source) as image:
             width, height = image.size
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise DataError(f"{place}: image file {source!r} is not a readable image ({type(err).__name__}: {err}); "
                         "give a PNG, JPEG, WebP or GIF file, or drop the row.") from None
     if width * height > policy.max_pixels:

@@ -195,6 +195,10 @@ class Encoder:
         its image); the responses are cut in the middle to the room left."""
         if self.vision is None:
             raise self._text_only(len(images), where)
+        if self.whole:
+            raise DataError(f"{where}: this model reads its score by an imported trainer's rule "
+                            f"(score_at={self.score_at}), which DiscoRM applies to text conversations only; score "
+                            "rows with images with a model trained by DiscoRM (score_at: end_of_turn).")
         opened = [load_image(image, f"{where} image {i + 1}", self.image_policy) for i, image in enumerate(images)]
         try:
             prompt_ids = self.vision.expand(prompt_text, opened, where)
