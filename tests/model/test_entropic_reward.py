@@ -44,13 +44,23 @@ def test_categorical_entropic_reward_is_exact_over_the_atoms():
     assert values == sorted(values, reverse=True) and -1.0 < values[-1] < values[0] < float(head.mean(logits))
 
 
-def test_an_ensembles_entropic_reward_reads_its_total_normal():
+def test_an_ensembles_entropic_reward_is_its_mixtures_by_monte_carlo():
     torch.manual_seed(3)
     ensemble = EnsembleHead([GaussianHead(4) for _ in range(3)])
     params = ensemble(torch.randn(5, 4))
-    total = ensemble.std(params)
-    torch.testing.assert_close(ensemble.reward(params, "entropic", k=0.7),
-                               ensemble.mean(params) - 0.35 * total.square())
+    k = 0.7
+    members = [(m.mean(p), m.std(p)) for m, p in zip(ensemble.members, ensemble.split(params))]
+    draws = torch.stack([mu + sigma * torch.randn(400_000, 5, dtype=torch.float64) for mu, sigma in members])
+    pick = torch.randint(0, 3, (400_000, 5))  # the mixture: a member uniformly, then its normal
+    samples = draws.gather(0, pick.unsqueeze(0)).squeeze(0)
+    monte_carlo = -torch.log(torch.exp(-k * samples).mean(0)) / k
+    exact = ensemble.reward(params, "entropic", k=k)
+    torch.testing.assert_close(exact.double(), monte_carlo, atol=1e-2, rtol=0)
+    by_hand = [-math.log(sum(math.exp(-k * (float(mu[i]) - k * float(sigma[i]) ** 2 / 2)) for mu, sigma in members)
+                         / 3) / k for i in range(5)]
+    torch.testing.assert_close(exact.double(), torch.tensor(by_hand, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert torch.all(exact <= ensemble.mean(params) + 1e-6)
+    torch.testing.assert_close(ensemble.reward(params, "entropic", k=0.0), ensemble.mean(params))
 
 
 def test_entropic_needs_a_spread_and_is_accepted_wherever_reward_modes_are(tiny_llama):

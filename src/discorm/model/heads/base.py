@@ -152,7 +152,8 @@ class RewardDistribution(metaclass=ABCMeta):  # not ABC: its empty __slots__ wou
     def entropic(self, params: torch.Tensor, k: float) -> torch.Tensor:  # (N, K) -> (N,)
         """The entropic (exponential-utility) reward with risk aversion k = 1 / beta, the certainty equivalent
         -beta log E[exp(-R / beta)]: for a normal R, mu - k sigma^2 / 2 (exact), read here with ``mean`` and
-        ``std``; a head whose distribution is not normal computes it exactly for itself. k = 0 is the mean."""
+        ``std`` (the Laplace wrapper's predictive too); the categorical head and the ensemble (a mixture of its
+        members) compute it exactly for themselves. k = 0 is the mean."""
         return self.mean(params) - 0.5 * k * self.std(params).square()
 
     def reward(self, params: torch.Tensor, mode: str = "mean", alpha: float = 0.1, k: float = 1.0) -> torch.Tensor:

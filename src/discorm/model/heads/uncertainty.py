@@ -306,6 +306,14 @@ class EnsembleHead(EpistemicHead):
     def worst_member(self, params):
         return self.member_means(params).min(-1).values
 
+    def entropic(self, params, k):
+        """Exact for the members' mixture: E[exp(-k R)] is the members' average of theirs, each exp(-k e_m) with
+        e_m the member's entropic reward, so -(1/k) log mean_m exp(-k e_m); k = 0 is the mean."""
+        if k == 0:
+            return self.mean(params)
+        each = torch.stack([m.entropic(p, k) for m, p in zip(self.members, self.split(params))], dim=-1)
+        return -(torch.logsumexp(-k * each.double(), -1) - math.log(self.size)).div(k).to(each.dtype)
+
     def log_prob_pair(self, pc, pr, margin=None):
         """P(c > r) averaged over the members (the ensemble's predictive probability)."""
         probs = torch.stack([m.log_prob_pair(c, r, margin)[0].exp()
