@@ -199,6 +199,15 @@ def test_text_only_model_and_wrong_placeholder_count_are_refused(vlm):
         _encoder(processor, vision=False)(_pair(IMAGES[:1]), DataStats())
     with pytest.raises(DataError, match=r"data\.jsonl:7: the prompt has 1 <image> placeholder\(s\) but the row has 2"):
         _encoder(processor)(_pair(IMAGES[:2]), DataStats())
+    token = VisionInputs(processor).image_token  # typed as text: an image with no pixels behind it
+    typed = Pair([{"role": "user", "content": f"what is {token}?"}], [{"role": "assistant", "content": "a fox"}],
+                 [{"role": "assistant", "content": "bees"}], meta={"source": "data.jsonl:8"})
+    with pytest.raises(DataError, match=r"data\.jsonl:8: a row that gives no image holds the image token"):
+        _encoder(processor)(typed, DataStats())
+    in_response = _pair(IMAGES[:1])
+    in_response.chosen = [{"role": "assistant", "content": f"a {token}"}]
+    with pytest.raises(DataError, match=r"data\.jsonl:7: a response holds the image token"):
+        _encoder(processor)(in_response, DataStats())
     imported = _encoder(processor)
     imported.score_at = "last_non_pad"  # an imported model's rule reads whole text conversations only
     with pytest.raises(DataError, match=r"data\.jsonl:7: .*score_at=last_non_pad"):

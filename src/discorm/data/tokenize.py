@@ -170,8 +170,11 @@ class Encoder:
         texts = [self.renderer.render_response(prompt, prompt_text, r, where, self.whole, options)
                  for r in responses]
         if images:
-            return self._encode_with_images(prompt_text, texts, images, where)
+            encoded = self._encode_with_images(prompt_text, texts, images, where)
+            self._no_image_tokens(encoded.response_ids, where, "a response")
+            return encoded
         prompt_ids, response_ids = self._split(prompt_text, texts, where)
+        self._no_image_tokens([prompt_ids, *response_ids], where, "a row that gives no image")
         longest = max(map(len, response_ids))
         truncated = False
         while len(prompt_ids) + longest > self.cutoff_len:
@@ -216,6 +219,15 @@ class Encoder:
         truncated = len(prompt_ids) + max(map(len, response_ids)) > self.cutoff_len
         response_ids = [_cut_response(ids, budget, end) for ids, end in zip(response_ids, ends)]
         return Encoded(prompt_ids, response_ids, truncated)
+
+    def _no_image_tokens(self, sequences: list[list[int]], where: str, what: str) -> None:
+        """A vision-language model's image token typed as text would be read as an image with no pixels behind it:
+        refused where it cannot belong (a response, or a row that gives no image)."""
+        image_id = None if self.vision is None else self.vision.image_token_id
+        if image_id is not None and any(image_id in ids for ids in sequences):
+            raise DataError(f"{where}: {what} holds the image token {self.vision.image_token!r} (or an "
+                            f"{IMAGE_PLACEHOLDER} placeholder) as text; images belong to the prompt, one "
+                            f"{IMAGE_PLACEHOLDER} per image the row gives. Remove it, or give the row its image.")
 
     @staticmethod
     def _text_only(count: int, where: str) -> DataError:
