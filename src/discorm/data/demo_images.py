@@ -14,14 +14,12 @@ Rows are sharegpt records (``conversations`` with an ``<image>`` placeholder, ``
 
 from __future__ import annotations
 
-import base64
-import io
 import itertools
 import random
 
 from PIL import Image, ImageDraw
 
-from discorm.data.images import IMAGE_PLACEHOLDER
+from discorm.data.images import IMAGE_PLACEHOLDER, data_uri
 
 IMAGE_SIZE = 64
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (235, 200, 20)}
@@ -66,12 +64,6 @@ def _picture(rng: random.Random, shapes: list[str], colours: list[str]) -> Image
     return image
 
 
-def _data_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def _answers(kind: str) -> list[str]:
     return {"colour": list(COLOURS), "shape": list(SHAPES), "count": list(COUNTS)}[kind]
 
@@ -91,7 +83,7 @@ def _row(rng: random.Random, kind: str, truth, wrong, blank: bool) -> dict:
         "conversations": [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}{question}"}],
         "chosen": {"from": "gpt", "value": answer.format(say(truth))},
         "rejected": {"from": "gpt", "value": answer.format(say(wrong))},
-        "images": [_data_uri(image)],
+        "images": [data_uri(image)],
     }
 
 

@@ -10,7 +10,6 @@ may share one data set (see ``data/ratings.py``); the rated rows are read with t
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
@@ -27,6 +26,7 @@ from PIL import Image
 
 from discorm.data import demo
 from discorm.data.formats import FORMATS, check_columns, convert, detect_format
+from discorm.data.images import data_uri
 from discorm.data.listwise import Ranked
 from discorm.data.pairs import Pair
 from discorm.data.ratings import Rated
@@ -336,11 +336,7 @@ VOTE_COLUMNS = ("votes_chosen", "votes_tie", "votes_rejected")
 
 def _image_text(source) -> str:
     """An image source as the data set stores it: a path or data URI as it is, a PIL image as a PNG data URI."""
-    if not isinstance(source, Image.Image):
-        return source
-    buffer = io.BytesIO()
-    source.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return data_uri(source) if isinstance(source, Image.Image) else source
 
 
 def _record(pair: Pair | Rated | Ranked) -> dict:
