@@ -299,10 +299,10 @@ class RewardModel(nn.Module):
             self.backbone.save_pretrained(staged, state_dict=backbone_state)
             tensors = {name: t.detach().float().contiguous().cpu() for name, t in head_state.items()}
             save_file(tensors, staged / HEAD_FILE, metadata={"head": self.head.kind})
+            if self.vision is not None:  # the processor first: its tokenizer files give way to the model's own
+                self.vision.save_pretrained(staged)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(staged)
-            if self.vision is not None:
-                self.vision.save_pretrained(staged)
             self.rm_config.save(staged)
             written = {p.name for p in staged.iterdir()}
             for stale in (p for pattern in WEIGHT_FILES for p in out.glob(pattern) if p.name not in written):
