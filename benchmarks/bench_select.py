@@ -25,8 +25,13 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_throughput import matmul_peak  # noqa: E402
 
 WORDS = ("the cat sat on a mat while rain fell over old stone bridges and people asked about recipes, taxes, "
          "travel, music, health, code and history with answers long or short").replace(",", "").split()
@@ -138,10 +143,12 @@ def main() -> None:
         else opts.model
     print(f"\n{name} with a Laplace head; {opts.pairs} pairs of ~{opts.words}-word prompts and responses, "
           f"budget {opts.budget}, {opts.batch} items per pass, {opts.threads} CPU threads; median of {opts.rounds}\n")
-    print("| run | seconds | overhead vs the plain pass |")
-    print("|---|---:|---:|")
+    print(f"fp32 matmul peak (2048x2048, {opts.threads} threads): {matmul_peak(opts.threads):.0f} GFLOP/s\n")
+    print("| run | seconds (median) | every round (s) | overhead vs the plain pass |")
+    print("|---|---:|---|---:|")
     for name, seconds in median.items():
-        print(f"| {name} | {seconds:.1f} | {100 * (seconds / base - 1):+.1f}% |")
+        rounds = ", ".join(f"{t:.1f}" for t in times[name])
+        print(f"| {name} | {seconds:.1f} | {rounds} | {100 * (seconds / base - 1):+.1f}% |")
     print(f"\nThe acquisition math alone at {opts.math_pairs} pairs, hidden size {hidden}: BALD {bald_math:.2f} s, "
           f"with diverse_bald's greedy (budget {min(opts.math_budget, opts.math_pairs)}) {diverse_math:.2f} s; "
           f"a plain pass over {opts.math_pairs} pairs at {per_pair:.4f} s per pair takes "

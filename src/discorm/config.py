@@ -251,7 +251,7 @@ class FinetuningArguments:
         "on the language model only).")
     train_vision_tower: bool = _arg(
         False, "A vision-language model's vision tower and projector train in full under finetuning_type: freeze or "
-        "lora too (a model whose vision side is new, such as smollm2-135m-vision, needs it).")
+        "lora too (by default it stays as loaded).")
     cache_frozen_trunk: bool = _arg(
         False, "finetuning_type: freeze: compute the frozen blocks' output for the training rows once, before the "
         "first step, and train the top blocks and the head from it in every epoch (the same losses and gradients).")

@@ -105,4 +105,18 @@ def blank_rows(split: str = "train", seed: int = 50) -> list[dict]:
     return image_rows(split, seed, blank=True)
 
 
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+
+
+def captioned_picture(rng: random.Random) -> tuple[Image.Image, list[str]]:
+    """A picture drawn like the demo set's (one to four shapes of one colour) and its caption as four words: the
+    count, the colour, the shape (or "shapes" for several) and a full stop, e.g. ``["one", "red", "circle", "."]``.
+    The built-in vision model's tower learns to see from these (``model/builtin.py``); no preference is involved."""
+    count = rng.randint(1, 4)
+    colour = rng.choice(list(COLOURS))
+    shapes = [rng.choice(SHAPES) for _ in range(count)]
+    image = _picture(rng, shapes, [colour] * count)
+    return image, [NUMBER_WORDS[count], colour, shapes[0] if count == 1 else "shapes", "."]
+
+
 BUILTIN = {"demo_images": image_rows, "demo_images_blank": blank_rows}  # `<name>_test`: the test split

