@@ -10,8 +10,8 @@ through the vision encoder), a ``--question``-token question and two ``--answer`
 its own process (so its peak memory is its own) and the modes alternate; a step is forward, backward and an AdamW
 update of the full model, timed after a warm-up step, on batches collated beforehand.
 
-    python benchmarks/bench_multimodal.py                       # CPU: a few minutes
-    python benchmarks/bench_multimodal.py --image-tokens 1024 --rounds 1
+    python benchmarks/bench_multimodal.py                       # 1,024-token images; CPU: about seven minutes
+    python benchmarks/bench_multimodal.py --image-tokens 256 --steps 10
     python benchmarks/bench_multimodal.py --device cuda --width 1024 --layers 8 --pairs-per-step 8
 """
 
@@ -167,7 +167,7 @@ def worker(opts) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--image-tokens", type=int, default=256, help="tokens per image, after 2x2 merging")
+    parser.add_argument("--image-tokens", type=int, default=1024, help="tokens per image, after 2x2 merging")
     parser.add_argument("--question", type=int, default=50)
     parser.add_argument("--answer", type=int, default=100)
     parser.add_argument("--width", type=int, default=128, help="hidden size of the language and vision models")

@@ -213,6 +213,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on for every trainer (default: off)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the table shows the medians")
+    parser.add_argument("--peak-size", type=int, default=2048, help="matrix size of the fp32 matmul peak printed "
+                        "with the table (a CPU dry run uses a small one)")
     parser.add_argument("--finetuning", nargs="+", default=["full", "lora"])
     parser.add_argument("--modes", nargs="+", help="plain, optimised (split SDPA), flex, trl; default: plain "
                         "optimised trl on CPU, optimised flex trl on CUDA")
@@ -271,7 +273,8 @@ def print_table(opts, results: dict) -> None:
         print("| fine-tuning | trainer | pairs/s | × TRL | tokens/s | peak GPU memory (MB) | MFU |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
     else:
-        print(f"\nfp32 matmul peak (2048x2048, {opts.threads} threads): {matmul_peak(opts.threads):.0f} GFLOP/s\n")
+        print(f"\nfp32 matmul peak ({opts.peak_size}x{opts.peak_size}, {opts.threads} threads): "
+              f"{matmul_peak(opts.threads, opts.peak_size):.0f} GFLOP/s\n")
         print("| fine-tuning | trainer | pairs/s | × TRL | peak RSS (MB) | GFLOP/s (full) |")
         print("| --- | --- | --- | --- | --- | --- |")
     for finetuning in opts.finetuning:

@@ -41,7 +41,7 @@ export MPLBACKEND=Agg
 cd "$repo"
 
 if [ "$dryrun" = 1 ]; then
-    bench=(--device cpu --synthetic --pairs 8 --batch 2 --rounds 1 --threads 1 --finetuning full)
+    bench=(--device cpu --synthetic --pairs 8 --batch 2 --rounds 1 --threads 1 --finetuning full --peak-size 256)
     llama=random-llama-tiny
     modes=(optimised trl)
     gc_modes=(optimised)
