@@ -9,7 +9,9 @@ import json
 import random
 import subprocess
 import sys
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -137,6 +139,27 @@ def test_vision_model_is_a_builtin_built_from_the_default():
     assert BUILTIN_MODELS[VISION_MODEL]["language_model"] == "smollm2-135m-instruct"
 
 
+def test_two_processes_pulling_a_builtin_build_it_once(tmp_path, monkeypatch):
+    """A second pull of a built-in model that another process is building waits for that build and uses it."""
+    monkeypatch.setenv("DISCORM_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "models" / "smollm2-135m-instruct").mkdir(parents=True)  # the default model, "cached"
+    builds = []
+
+    def assemble(text_dir, out_dir, tower=None):  # a slow stand-in for the real assembly
+        builds.append(out_dir)
+        time.sleep(0.5)
+        out_dir.mkdir()
+
+    monkeypatch.setattr(builtin, "assemble_vision_model", assemble)
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(lambda _: builtin.pull_builtin_model(VISION_MODEL), range(2)))
+    assert len(builds) == 1 and paths[0] == paths[1] == tmp_path / "home" / "models" / VISION_MODEL
+    assert json.loads((paths[0] / builtin.STAMP_FILE).read_text())["version"] == BUILTIN_MODELS[VISION_MODEL]["version"]
+    (paths[0] / builtin.STAMP_FILE).unlink()  # an older, unstamped build is rebuilt
+    builtin.pull_builtin_model(VISION_MODEL)
+    assert len(builds) == 2
+
+
 def test_alignment_maps_pictures_to_their_caption_words(tiny_llama, monkeypatch):
     """The new vision side learns the language model's embeddings of each picture's caption: the loss falls, the
     language model is untouched, and a held-out picture is never trained on, even when the drawing yields one."""
@@ -191,17 +214,13 @@ def test_blank_pictures_leave_any_text_only_scorer_at_exactly_chance():
 
 @pytest.mark.slow  # builds smollm2-135m-vision on first use (two to three minutes), then trains (about two)
 def test_quick_start_through_the_cli_reads_the_pictures(tmp_path):
-    """`discorm train examples/multimodal.yaml` as a user runs it: held-out accuracy >= 0.85. The trained model
-    scored by `discorm eval` on the same held-out pairs with their pictures blanked stays at chance."""
+    """`discorm train examples/multimodal.yaml` as a user runs it: held-out accuracy >= 0.85 (the blanked control
+    is at exactly chance for any model: test_blank_pictures_leave_any_text_only_scorer_at_exactly_chance)."""
     run = tmp_path / "run"
     done = subprocess.run([sys.executable, "-m", "discorm.cli", "train", str(REPO / "examples" / "multimodal.yaml"),
                            f"output_dir={run}", "disable_tqdm=true"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("held-out accuracy"))
     assert float(line.split(":")[1]) >= 0.85, done.stdout[-3000:]
-    blank = subprocess.run([sys.executable, "-m", "discorm.cli", "eval", str(run), "--data",
-                            "blank=demo_images_blank_test", "--out", str(tmp_path / "blank"), "--no-report"],
-                           capture_output=True, text=True, cwd=tmp_path)
-    assert blank.returncode == 0, blank.stderr[-3000:]
-    results = json.loads((tmp_path / "blank" / "eval_results.json").read_text())["sets"]["blank"]
-    assert results["items"] == 144 and results["accuracy"] <= 0.6, results
+    results = json.loads((run / "eval" / "eval_results.json").read_text())["sets"]["heldout"]
+    assert results["items"] == 144, results

