@@ -13,8 +13,6 @@ the stage that teaches a new vision side the language model's words before any r
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import logging
 import os
@@ -29,7 +27,6 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from PIL import Image
 from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
@@ -43,6 +40,7 @@ from transformers import (
 )
 
 from discorm.data.demo_images import captioned_picture, image_rows
+from discorm.data.images import load_image
 from discorm.errors import ModelError
 from discorm.files import cache_root
 
@@ -232,7 +230,7 @@ def align_vision_to_words(model: LlavaForConditionalGeneration, tokenizer, image
             words[word] = embeddings[ids].mean(0)
         return words[word]
 
-    held_out = {_pixels(row["images"][0]) for row in image_rows("test")}
+    held_out = {load_image(row["images"][0], "demo_images_test").convert("RGB").tobytes() for row in image_rows("test")}
     trained = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
     optimizer = torch.optim.AdamW(trained, lr=tower.align_lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / tower.align_steps)
@@ -259,7 +257,3 @@ def align_vision_to_words(model: LlavaForConditionalGeneration, tokenizer, image
     logger.info("Vision tower aligned to words: loss %.3f -> %.3f over %d steps", losses[0], losses[-1], len(losses))
     return losses
 
-
-def _pixels(uri: str) -> bytes:
-    """A PNG data URI's RGB pixels (to compare pictures)."""
-    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB").tobytes()
