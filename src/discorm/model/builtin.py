@@ -256,4 +256,3 @@ def align_vision_to_words(model: LlavaForConditionalGeneration, tokenizer, image
     model.eval()
     logger.info("Vision tower aligned to words: loss %.3f -> %.3f over %d steps", losses[0], losses[-1], len(losses))
     return losses
-
