@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,11 +54,17 @@ def random_llama(size: str) -> str:
               "random-llama-tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2)}[size]
     config = LlamaConfig(vocab_size=32000, max_position_embeddings=4096, **shapes)
-    LlamaForCausalLM(config).save_pretrained(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{size}-", dir=target.parent))  # whole, or not there at all
+    LlamaForCausalLM(config).save_pretrained(building)
     vocab = {f"t{i}": i for i in range(32000)}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
                                         pad_token="t0", eos_token="t1")
-    tokenizer.save_pretrained(target)
+    tokenizer.save_pretrained(building)
+    try:
+        building.rename(target)
+    except OSError:  # another process built it meanwhile (the dry run's steps run side by side): use theirs
+        shutil.rmtree(building, ignore_errors=True)
     return str(target)
 
 

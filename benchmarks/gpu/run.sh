@@ -149,13 +149,18 @@ if wanted install; then
         run_step install "$out/install.log" install_wheels
     fi
 fi
-wanted pytest && run_step pytest "$out/pytest.log" gpu_tests
+# on the GPU the steps run one after another (each has the GPU to itself); a dry run is mostly process start-up
+# (importing torch, transformers, peft), one core each, so it runs them side by side: their logs are their own
+side_by_side() { if [ "$dryrun" = 1 ]; then "$@" & else "$@"; fi; }
+wanted pytest && side_by_side run_step pytest "$out/pytest.log" gpu_tests
 throughput=("$python" benchmarks/bench_throughput.py "${bench[@]}" --model "$llama")
-wanted llama-1b && run_step llama-1b "$out/throughput-llama-1b.log" "${throughput[@]}" --modes "${modes[@]}"
-wanted smollm2 && run_step smollm2 "$out/throughput-smollm2.log" \
+wanted llama-1b && side_by_side run_step llama-1b "$out/throughput-llama-1b.log" "${throughput[@]}" \
+    --modes "${modes[@]}"
+wanted smollm2 && side_by_side run_step smollm2 "$out/throughput-smollm2.log" \
     smollm2_throughput "$models/smollm2-135m-instruct" "${bench[@]}" --modes "${smollm2_modes[@]}"
-wanted llama-1b-gc && run_step llama-1b-gc "$out/throughput-llama-1b-gc.log" \
+wanted llama-1b-gc && side_by_side run_step llama-1b-gc "$out/throughput-llama-1b-gc.log" \
     "${throughput[@]}" --modes "${gc_modes[@]}" --rounds 1 --gradient-checkpointing
+wait
 wanted overopt && run_step overopt "$work/overopt.log" overopt
 
 {

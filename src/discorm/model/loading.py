@@ -28,6 +28,7 @@ from transformers import (
 from discorm.data.vision import VisionInputs
 from discorm.errors import ConfigError, ModelError
 from discorm.model.builtin import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, pull_builtin_model
+from discorm.model.fused_lora import fuse_lora_layers
 from discorm.model.heads import RewardHead, ScalarHead, build_head, with_uncertainty
 from discorm.model.multimodal import hidden_size, is_multimodal, language_model
 from discorm.model.packed import ATTN_IMPLEMENTATION, register_packed_attention
@@ -318,9 +319,11 @@ def apply_finetuning(backbone: PreTrainedModel, finetuning: Finetuning) -> torch
     config = LoraConfig(r=finetuning.lora_rank, lora_alpha=finetuning.lora_alpha,
                         lora_dropout=finetuning.lora_dropout, target_modules=targets, modules_to_save=saved or None)
     try:
-        return get_peft_model(backbone, config)
+        model = get_peft_model(backbone, config)
     except ValueError as err:
         raise ModelError(f"lora_target={finetuning.lora_target!r} does not fit this model: {err}") from None
+    fuse_lora_layers(model)
+    return model
 
 
 def _vision_parts(backbone: torch.nn.Module, finetuning: Finetuning) -> list[str]:
@@ -425,6 +428,7 @@ def _read_discorm(path: Path, options: LoadOptions, head: str | None, trainable:
     if config.is_lora:
         base = load_backbone(resolve_model_path(config.base_model), options)
         backbone = PeftModel.from_pretrained(base, path, is_trainable=trainable)
+        fuse_lora_layers(backbone)
     else:
         backbone = load_backbone(str(path), options)
     kind, hidden = head or config.head, hidden_size(backbone.config)
