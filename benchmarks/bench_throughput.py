@@ -168,7 +168,15 @@ def worker(opts) -> dict:
         model_args = ModelArguments(model_name_or_path=model_dir, dtype="bfloat16" if bf16 else "float32",
                                     attention_backend=backend)
         model = setup_model(model_args, ft, tokenizer)
-        if opts.mode in ("optimised", "flex"):
+        if opts.mode == "optimised-peft":  # LoRA layers with peft's own forward: what the fused addmm replaced
+            from peft.tuners.lora.layer import Linear as LoraLinear
+
+            from discorm.model.fused_lora import FusedLoraLinear
+
+            for module in model.modules():
+                if type(module) is FusedLoraLinear:
+                    module.__class__ = LoraLinear
+        if opts.mode in ("optimised", "optimised-peft", "flex"):
             assert model.check_packing()
             collator = PackedPairCollator(prefix_sharing=True)
             real_tokens = sum(len(e["prompt_ids"]) + len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in train)
@@ -223,7 +231,8 @@ def main() -> None:
     parser.add_argument("--peak-size", type=int, default=2048, help="matrix size of the fp32 matmul peak printed "
                         "with the table (a CPU dry run uses a small one)")
     parser.add_argument("--finetuning", nargs="+", default=["full", "lora"])
-    parser.add_argument("--modes", nargs="+", help="plain, optimised (split SDPA), flex, trl; default: plain "
+    parser.add_argument("--modes", nargs="+", help="plain, optimised (split SDPA), flex, trl, optimised-peft (LoRA "
+                        "layers with peft's unfused forward); default: plain "
                         "optimised trl on CPU, optimised flex trl on CUDA")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
@@ -272,7 +281,8 @@ def print_table(opts, results: dict) -> None:
     import torch
 
     names = {"plain": "DiscoRM plain (padded)", "optimised": "DiscoRM optimised (split SDPA)",
-             "flex": "DiscoRM optimised (FlexAttention)", "trl": "TRL RewardTrainer"}
+             "flex": "DiscoRM optimised (FlexAttention)", "trl": "TRL RewardTrainer",
+             "optimised-peft": "DiscoRM optimised, peft's LoRA forward"}
     if opts.device == "cuda":
         gpu = torch.cuda.get_device_name(0)
         peak = opts.peak_tflops or next((v for k, v in GPU_BF16_TFLOPS.items() if k in gpu), None)

@@ -3,7 +3,7 @@
 one round, the current environment, no install), with a tiny stand-in for the carried default-model folder, then
 checks that every step ran and wrote its table.
 
-    python benchmarks/gpu/check_local.py            # about a minute on 2 CPU cores; OUTDIR: a temporary folder
+    python benchmarks/gpu/check_local.py            # under a minute on 2 CPU cores; OUTDIR: a temporary folder
     python benchmarks/gpu/check_local.py --out DIR  # keep the files
 """
 

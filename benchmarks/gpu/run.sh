@@ -3,7 +3,8 @@
 #
 #     bash benchmarks/gpu/fetch_wheels.sh              # first, where PyPI is reachable (wheels + model config)
 #     bash benchmarks/gpu/run.sh OUTDIR                # then on the GPU machine, from the repository root
-#     DISCORM_GPU_DRYRUN=1 bash benchmarks/gpu/run.sh OUTDIR   # the same steps on the CPU, tiny (check_local.py)
+#     DISCORM_GPU_DRYRUN=1 bash benchmarks/gpu/run.sh OUTDIR   # the same steps on the CPU, tiny, side by side
+#                                                              # (check_local.py)
 #
 # Steps (each under its own `timeout`, so one that hangs cannot eat the rest; DISCORM_GPU_STEPS picks some):
 #   env         nvidia-smi and the versions of Python, torch, transformers, accelerate, peft, datasets, trl
@@ -15,7 +16,7 @@
 #   smollm2     the default model's architecture and tokenizer (carried in benchmarks/gpu/models) with random
 #               weights: throughput does not depend on the weights, and the 517 MB of weights cannot travel
 #   llama-1b-gc the llama-1b comparison with gradient checkpointing on for both (one round)
-#   overopt     placeholder: bench_overoptimization.py has no GPU mode yet
+#   overopt     placeholder: the HH data bench_overoptimization.py reads does not travel
 #
 # OUTDIR receives at most 8 files (what the GPU tool brings back): summary.md (every table and each step's exit
 # status and seconds), env.txt, install.log, pytest.log, and one log per throughput step.
@@ -126,8 +127,8 @@ smollm2_throughput() {
 }
 
 overopt() {
-    echo "over-optimisation at large N: skipped. bench_overoptimization.py has no GPU mode yet and reads the HH"
-    echo "data from ../shared, which does not travel; add both before giving it time on the GPU."
+    echo "over-optimisation at large N: skipped. bench_overoptimization.py reads the HH data from ../shared, which"
+    echo "does not travel, and N = 4,096 needs more than the minutes left after the throughput steps."
 }
 
 export python here work
