@@ -30,7 +30,7 @@ al. (2022) and Coste et al. (ICLR 2024), on a CPU scale.
    sigma_epistemic of the new ensemble and of the old one for held-out HH responses vs mismatched, truncated,
    repeated and non-English ones.
 
-    python benchmarks/bench_overoptimization.py          # cold: ~2.5 h on 2 CPU cores; warm caches: the proxies
+    python benchmarks/bench_overoptimization.py          # cold: ~2.2 h on 2 CPU cores; warm: ~25 min
     python benchmarks/bench_overoptimization.py --fast   # smoke test: a few minutes
 Writes ``--out`` (default outputs/overoptimization): results.json, overoptimization.png, and the caches (the gold
 RM, candidates.json and pool.json with their sampling cost, the scoring tables *_tables.pt); a re-run, with
